@@ -1,0 +1,89 @@
+"""Accelerate: DDP (and FSDP full shard) with the trainer owning accumulation and the LR.
+
+We do not use Accelerate's `accumulate()` or its wrapped scheduler: its scheduler steps once per
+process, and its accumulation divides the loss by the step count, while our loss is already
+normalised by the target count of the whole global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from launcher.runtime.optim import build_optimizer, set_lr
+from launcher.runtime.precision import resolve_precision
+
+_MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+class AccelerateBackend:
+    name = "accelerate"
+
+    def __init__(self, recipe, math, dist_env) -> None:
+        from accelerate import Accelerator
+
+        self.recipe = recipe
+        self.precision = resolve_precision(recipe.precision)
+        plugin = None
+        if recipe.backend.strategy == "fsdp":
+            from accelerate.utils import FullyShardedDataParallelPlugin
+
+            plugin = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True,
+                                                    state_dict_type="FULL_STATE_DICT")
+        self.accelerator = Accelerator(mixed_precision=_MIXED[self.precision], cpu=not torch.cuda.is_available(),
+                                       fsdp_plugin=plugin)
+        self.device = self.accelerator.device
+        self.model = None
+        self.optimizer = None
+
+    def prepare(self, model, groups) -> None:
+        optimizer = build_optimizer(groups, self.recipe.optimizer, fused=self.device.type == "cuda")
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+
+    def autocast(self):
+        return self.accelerator.autocast()
+
+    def backward(self, loss, last: bool) -> None:
+        # no_sync skips DDP's all-reduce on the micro-steps before the last one.
+        context = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+        with context:
+            self.accelerator.backward(loss)
+
+    def step(self, lr: float):
+        set_lr(self.optimizer, lr)
+        clip = self.recipe.optimizer.grad_clip
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        if clip > 0:
+            norm = self.accelerator.clip_grad_norm_(parameters, clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in parameters]))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def save(self, directory: str) -> None:
+        if self.recipe.backend.strategy == "fsdp":
+            self.accelerator.save_state(directory)  # sharded: every rank writes its part
+            return
+        if self.accelerator.is_main_process:  # DDP replicas are identical: one copy
+            torch.save(self.unwrapped().state_dict(), os.path.join(directory, "model.pt"))
+            torch.save(self.optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
+
+    def load(self, directory: str) -> None:
+        if self.recipe.backend.strategy == "fsdp":
+            self.accelerator.load_state(directory)
+            return
+        model_state = torch.load(os.path.join(directory, "model.pt"), map_location=self.device, weights_only=True)
+        self.unwrapped().load_state_dict(model_state)
+        optimizer_state = torch.load(os.path.join(directory, "optimizer.pt"), map_location=self.device,
+                                     weights_only=True)
+        self.optimizer.load_state_dict(optimizer_state)
+
+    def export_state_dict(self):
+        state = self.accelerator.get_state_dict(self.model)
+        return state if self.accelerator.is_main_process else None

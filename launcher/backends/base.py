@@ -1,0 +1,39 @@
+"""The backend protocol: the trainer owns the loop, a backend owns the engine.
+
+Per optimizer step the trainer calls, for each of the `accumulation` micro-batches:
+    loss = task.loss(backend.model, batch) ...; backend.backward(scaled_loss, last=k == accumulation - 1)
+and then once:
+    grad_norm = backend.step(lr)
+The LR is set by the trainer from the closed-form schedule; backends never own a scheduler.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Backend(Protocol):
+    name: str
+    device: Any  # torch.device
+    model: Any  # the wrapped module: call it for forward passes
+
+    def prepare(self, model: Any, groups: list[dict]) -> None: ...
+
+    def backward(self, loss: Any, last: bool) -> None:
+        """Backpropagate one micro-batch; gradients sync across ranks only when `last`."""
+
+    def step(self, lr: float) -> Any:
+        """Clip, update, zero grads; return the global grad norm (a tensor, no host sync)."""
+
+    def autocast(self) -> Any:
+        """Context for forward passes (mixed precision)."""
+
+    def save(self, directory: str) -> None:
+        """Every rank writes its part of model + optimizer state into `directory`."""
+
+    def load(self, directory: str) -> None: ...
+
+    def export_state_dict(self) -> dict | None:
+        """The full model state dict on global rank 0 (consolidated from shards); None elsewhere."""
+
+    def unwrapped(self) -> Any: ...

@@ -1,0 +1,107 @@
+"""DeepSpeed: ZeRO 0-3, CPU offload, bf16/fp16, with a config generated from the recipe.
+
+The trainer normalises the loss by the global target count, so we call backward with
+scale_wrt_gas=False (DeepSpeed would otherwise divide by the accumulation steps a second time).
+DeepSpeed counts micro-steps itself: engine.step() runs after every backward and only updates at
+the accumulation boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from launcher.runtime.optim import build_optimizer, set_lr
+from launcher.runtime.precision import resolve_precision
+
+
+def deepspeed_config(recipe, math, precision: str) -> dict:
+    backend = recipe.backend
+    zero: dict = {"stage": backend.zero_stage}
+    if backend.zero_stage >= 1:
+        zero.update({"overlap_comm": torch.cuda.is_available(), "contiguous_gradients": True,
+                     "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8})
+    if backend.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if backend.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    config = {
+        "train_batch_size": math.global_batch,
+        "train_micro_batch_size_per_gpu": math.micro,
+        "gradient_accumulation_steps": math.accumulation,
+        "gradient_clipping": recipe.optimizer.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "steps_per_print": 10**9,  # the trainer logs; keep DeepSpeed quiet
+        "wall_clock_breakdown": False,
+        # Our optimizer is a plain torch one (the LR is ours); allow it with offload.
+        "zero_force_ds_cpu_optimizer": False,
+    }
+    return _merge(config, backend.deepspeed_config)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class DeepSpeedBackend:
+    name = "deepspeed"
+
+    def __init__(self, recipe, math, dist_env) -> None:
+        import deepspeed
+
+        self.recipe, self.math = recipe, math
+        self.precision = resolve_precision(recipe.precision)
+        cuda = torch.cuda.is_available()
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        if cuda:
+            torch.cuda.set_device(dist_env.local_rank)
+        self.device = torch.device("cuda", dist_env.local_rank) if cuda else torch.device("cpu")
+        self.engine = None
+        self.model = None
+
+    def prepare(self, model, groups) -> None:
+        import deepspeed
+
+        optimizer = build_optimizer(groups, self.recipe.optimizer)
+        config = deepspeed_config(self.recipe, self.math, self.precision)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        self.model = self.engine
+
+    def autocast(self):
+        return contextlib.nullcontext()  # DeepSpeed casts the model itself for bf16/fp16
+
+    def backward(self, loss, last: bool) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)
+        if not last:
+            self.engine.step()  # advances the micro-step counter; no update before the boundary
+
+    def step(self, lr: float):
+        set_lr(self.engine.optimizer, lr)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return torch.as_tensor(norm if norm is not None else float("nan"))
+
+    def unwrapped(self):
+        return self.engine.module
+
+    def save(self, directory: str) -> None:
+        self.engine.save_checkpoint(directory, tag="deepspeed", save_latest=False)
+
+    def load(self, directory: str) -> None:
+        path, _ = self.engine.load_checkpoint(directory, tag="deepspeed", load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {directory}")
+
+    def export_state_dict(self):
+        if self.recipe.backend.zero_stage == 3:
+            # Gathers the partitioned parameters; every rank must call it.
+            state = self.engine._zero3_consolidated_16bit_state_dict()
+        else:
+            state = self.engine.module.state_dict()
+        return state if torch.distributed.get_rank() == 0 else None

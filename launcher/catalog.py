@@ -1,0 +1,30 @@
+"""What ships: built-in recipe modules and the recipe files under recipes/."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from launcher.config.modules import BUILTIN
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def builtin_modules() -> list[tuple[str, str]]:
+    return [(name, importlib.import_module(module).DESCRIPTION) for name, module in sorted(BUILTIN.items())]
+
+
+def shipped_recipe_files() -> list[tuple[str, str]]:
+    """(path, description) for each recipe file; the description is the file's `description:`."""
+    import yaml
+
+    out = []
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            description = str(data.get("description", "")) if isinstance(data, dict) else ""
+        except yaml.YAMLError:
+            description = "(does not parse: run `launcher validate`)"
+        out.append((f"recipes/{path.name}", description))
+    return out
+

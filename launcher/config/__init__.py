@@ -1,0 +1,1 @@
+"""Recipe files: safe YAML loading, typed schema, overrides, one error report."""

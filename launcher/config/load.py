@@ -1,0 +1,84 @@
+"""Recipe file + overrides -> a validated, frozen Recipe (or a RecipeError listing everything)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from launcher.config.errors import Problem, RecipeError
+from launcher.config.modules import ModuleProblem, import_recipe_module, resolve_reference
+from launcher.config.overrides import apply_overrides
+from launcher.config.schema import Recipe
+from launcher.config.validate import Collector, build_dataclass, field_key
+from launcher.config.yaml_load import load_yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRecipe:
+    recipe: Recipe
+    module: ModuleType
+    source: str
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        hint = "check the path; `launcher ls` lists the shipped recipes"
+        raise RecipeError(source, [Problem("", "file not found", hint)]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(source, [Problem("", f"cannot read file: {exc}", "give a UTF-8 YAML file")]) from None
+    raw, where, problems = load_yaml(text, source)
+    if raw is not None and not isinstance(raw, dict):
+        problems.append(Problem("", f"a recipe must be a mapping of sections, got {type(raw).__name__}",
+                                "start with `recipe: <module>` and sections like `model:`", source))
+    if problems and not isinstance(raw, dict):
+        raise RecipeError(source, problems)
+    problems += apply_overrides(raw, list(overrides), where)
+    out = Collector(where, source)
+    out.problems = problems
+    recipe_dir = Path(path).resolve().parent
+    module = _load_module(raw, recipe_dir, out)
+    special = None
+    if module is not None:
+        special = {
+            "model": lambda value, key: build_dataclass(module.ModelConfig, value, key, out),
+            "data": lambda value, key: build_dataclass(module.DataConfig, value, key, out),
+        }
+    else:  # still report every other problem in the file
+        special = {"model": lambda value, key: value, "data": lambda value, key: value}
+    recipe = build_dataclass(Recipe, raw, "", out, special)
+    if out.problems:
+        raise RecipeError(source, out.problems)
+    recipe = dataclasses.replace(recipe, recipe=resolve_reference(recipe.recipe, recipe_dir))
+    return LoadedRecipe(recipe, module, source)
+
+
+def _load_module(raw: dict[str, Any], recipe_dir: Path, out: Collector) -> ModuleType | None:
+    reference = raw.get("recipe")
+    if not isinstance(reference, str) or not reference:
+        if "recipe" in raw:
+            out.add("recipe", "must name a recipe module", "e.g. `recipe: mlp_regression`")
+        return None  # "is required" comes from the schema
+    try:
+        return import_recipe_module(resolve_reference(reference, recipe_dir))
+    except ModuleProblem as exc:
+        out.add("recipe", exc.message, exc.hint)
+    except Exception as exc:  # noqa: BLE001 - a user module that fails to import is input error
+        out.add("recipe", f"importing `{reference}` failed: {type(exc).__name__}: {exc}",
+                "fix the module so that `python -c 'import ...'` works")
+    return None
+
+
+def recipe_to_dict(obj: Any) -> Any:
+    """Plain data for YAML/JSON output, with schema key spellings (`global`, not `global_`)."""
+    if dataclasses.is_dataclass(obj):
+        return {field_key(f): recipe_to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [recipe_to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: recipe_to_dict(v) for k, v in obj.items()}
+    return obj

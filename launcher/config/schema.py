@@ -1,0 +1,202 @@
+"""The typed recipe schema: one frozen dataclass per section.
+
+Recipe modules add their own `ModelConfig` and `DataConfig`; everything else is shared. A field
+without a default is required. `check()` methods add cross-field rules; the generic validator in
+validate.py does types, unknown keys and hints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+Auto = Literal["auto"]
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    # Norm weights and biases are excluded from weight decay (the usual BERT/GPT practice).
+    decay_norm_and_bias: bool = False
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+    def check(self) -> list[tuple[str, str, str]]:
+        out = []
+        if self.lr <= 0:
+            out.append(("lr", f"must be > 0, got {self.lr}", "a typical AdamW lr is 1e-4 to 1e-3"))
+        if self.weight_decay < 0:
+            out.append(("weight_decay", "must be >= 0", "use 0.0 to disable weight decay"))
+        if self.grad_clip < 0:
+            out.append(("grad_clip", "must be >= 0", "use 0 to disable clipping"))
+        if not all(0 <= b < 1 for b in self.betas):
+            out.append(("betas", f"each beta must be in [0, 1), got {list(self.betas)}", "e.g. [0.9, 0.999]"))
+        return out
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Linear warmup, then a decay over the remaining optimizer steps."""
+
+    name: Literal["constant", "linear", "cosine", "exponential", "step"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # floor for linear/cosine, as a fraction of optimizer.lr
+    gamma: float = 0.5  # exponential: lr *= gamma per decay_steps; step: lr *= gamma every step_size
+    step_size: int = 100  # step decay: optimizer steps between drops
+    decay_steps: int = 100  # exponential: optimizer steps per factor gamma
+
+    def check(self) -> list[tuple[str, str, str]]:
+        out = []
+        if self.warmup_steps < 0:
+            out.append(("warmup_steps", "must be >= 0", "use 0 for no warmup"))
+        if not 0 <= self.min_lr_ratio <= 1:
+            out.append(("min_lr_ratio", "must be in [0, 1]", "0.1 keeps a floor of lr/10"))
+        if not 0 < self.gamma <= 1:
+            out.append(("gamma", "must be in (0, 1]", "0.5 halves the lr"))
+        if self.step_size <= 0:
+            out.append(("step_size", "must be > 0", "optimizer steps between lr drops"))
+        if self.decay_steps <= 0:
+            out.append(("decay_steps", "must be > 0", "optimizer steps per factor gamma"))
+        return out
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """The global batch is the recipe's meaning; accumulation is derived from the world size."""
+
+    global_: int = field(default=32, metadata={"key": "global"})
+    micro: int = 8  # samples per process per forward/backward
+
+    def check(self) -> list[tuple[str, str, str]]:
+        out = []
+        if self.global_ <= 0:
+            out.append(("global", f"must be > 0, got {self.global_}", "samples per optimizer step, over all processes"))
+        if self.micro <= 0:
+            out.append(("micro", f"must be > 0, got {self.micro}", "samples per process per forward pass"))
+        return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100  # optimizer steps (of the global batch)
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end
+    compile: bool = False
+    activation_checkpointing: bool = False
+
+    def check(self) -> list[tuple[str, str, str]]:
+        out = []
+        if self.steps <= 0:
+            out.append(("steps", f"must be > 0, got {self.steps}", "number of optimizer steps"))
+        if self.log_every <= 0:
+            out.append(("log_every", "must be > 0", "log every N optimizer steps"))
+        if self.eval_every < 0:
+            out.append(("eval_every", "must be >= 0", "0 evaluates only at the end"))
+        return out
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Switch engines by changing `name`; options of the other engine are ignored."""
+
+    name: Literal["accelerate", "deepspeed"] = "accelerate"
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # accelerate only
+    zero_stage: Literal[0, 1, 2, 3] = 2  # deepspeed only
+    offload_optimizer: bool = False  # deepspeed only
+    offload_params: bool = False  # deepspeed only (needs zero_stage 3)
+    deepspeed_config: dict[str, Any] = field(default_factory=dict)  # raw keys over ours
+
+    def check(self) -> list[tuple[str, str, str]]:
+        out = []
+        if self.offload_params and self.zero_stage != 3:
+            out.append(("offload_params", "parameter offload needs zero_stage: 3",
+                        "set backend.zero_stage=3 or backend.offload_params=false"))
+        return out
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 0  # 0: only at the end
+    keep_last: int = 2
+    resume: str = "auto"  # auto | never | PATH to a checkpoint directory
+    dir: str = ""  # default: <run dir>/checkpoints
+
+    def check(self) -> list[tuple[str, str, str]]:
+        out = []
+        if self.every_steps < 0:
+            out.append(("every_steps", "must be >= 0", "0 saves only at the end"))
+        if self.keep_last < 1:
+            out.append(("keep_last", "must be >= 1", "keep at least the newest checkpoint"))
+        return out
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    mode: Literal["auto", "online", "offline", "disabled"] = "disabled"
+    project: str = "launcher"
+    entity: str = ""
+    name: str = ""
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    nodes: int = 1
+    nproc_per_node: Union[int, Auto] = 1  # "auto": one process per visible GPU (1 on CPU)
+    master_port: int = 29500
+    hostfile: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # set and forwarded to every rank
+    max_restarts: int = 0
+    rdzv_timeout: int = 900  # seconds a node may take to join
+
+    def check(self) -> list[tuple[str, str, str]]:
+        out = []
+        if self.nodes <= 0:
+            out.append(("nodes", f"must be > 0, got {self.nodes}", "number of machines"))
+        if isinstance(self.nproc_per_node, int) and self.nproc_per_node <= 0:
+            out.append(("nproc_per_node", f"must be > 0, got {self.nproc_per_node}",
+                        "processes per node, usually one per GPU; or `auto`"))
+        if not 1024 <= self.master_port <= 65535:
+            out.append(("master_port", f"must be in 1024..65535, got {self.master_port}", "e.g. 29500"))
+        if self.max_restarts < 0:
+            out.append(("max_restarts", "must be >= 0", "0 fails the job on the first crash"))
+        for key in self.env:
+            if not key.replace("_", "a").isalnum() or key[0].isdigit():
+                out.append((f"env.{key}", "is not a valid environment variable name",
+                            "use letters, digits and underscores"))
+        return out
+
+
+@dataclass(frozen=True)
+class Recipe:
+    recipe: str  # built-in module name, dotted module path, or a .py file path
+    model: Any  # the recipe module's ModelConfig
+    data: Any  # the recipe module's DataConfig
+    name: str = ""
+    description: str = ""
+    seed: int = 0
+    output_dir: str = "runs"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    batch: BatchConfig = BatchConfig()
+    train: TrainConfig = TrainConfig()
+    backend: BackendConfig = BackendConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    def check(self) -> list[tuple[str, str, str]]:
+        out = []
+        if self.scheduler.warmup_steps >= self.train.steps and self.train.steps > 0:
+            out.append(("scheduler.warmup_steps",
+                        f"warmup ({self.scheduler.warmup_steps}) must be shorter than train.steps ({self.train.steps})",
+                        "lower the warmup or raise train.steps"))
+        return out

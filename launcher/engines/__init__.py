@@ -1,0 +1,1 @@
+"""Engines execute a LaunchPlan. They start existing tools (torchrun, ssh, srun); nothing more."""

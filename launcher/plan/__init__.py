@@ -1,0 +1,1 @@
+"""Launch planning as pure data: topology, batch arithmetic, per-node commands."""

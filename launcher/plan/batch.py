@@ -1,0 +1,72 @@
+"""Batch and step arithmetic: the global batch is fixed by the recipe, accumulation is derived.
+
+global = micro x accumulation x world size. When that does not divide we refuse and print every
+factor, rather than silently changing the batch (and with it the meaning of the LR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launcher.config.errors import Problem
+
+
+@dataclass(frozen=True)
+class BatchMath:
+    world_size: int
+    micro: int
+    accumulation: int
+    global_batch: int
+    optimizer_steps: int
+    warmup_steps: int
+    samples_seen: int
+    tokens_per_sample: int | None
+    tokens_seen: int | None
+
+    def rows(self) -> list[tuple[str, str]]:
+        def fmt(n: int | None) -> str:
+            return "-" if n is None else f"{n:,}"
+
+        return [
+            ("world size", fmt(self.world_size)),
+            ("micro batch / process", fmt(self.micro)),
+            ("gradient accumulation", fmt(self.accumulation)),
+            ("global batch", f"{self.global_batch:,} = {self.micro} x {self.accumulation} x {self.world_size}"),
+            ("optimizer steps", fmt(self.optimizer_steps)),
+            ("warmup steps", fmt(self.warmup_steps)),
+            ("samples seen", fmt(self.samples_seen)),
+            ("tokens / sample", fmt(self.tokens_per_sample)),
+            ("tokens seen", fmt(self.tokens_seen)),
+        ]
+
+
+def batch_math(global_batch: int, micro: int, world_size: int, nodes: int, nproc: int,
+               steps: int, warmup: int, tokens_per_sample: int | None) -> BatchMath:
+    """Raise ValueError(Problem) when global is not micro x accumulation x world."""
+    per_step = micro * world_size
+    if global_batch % per_step:
+        raise ValueError(Problem(
+            "batch.global",
+            f"{global_batch} is not divisible by batch.micro x world size = {micro} x "
+            f"({nodes} node{'s' if nodes > 1 else ''} x {nproc} process{'es' if nproc > 1 else ''}) "
+            f"= {per_step}; {global_batch} / {per_step} = {global_batch / per_step:g}",
+            _divisible_hint(global_batch, micro, world_size)))
+    samples = steps * global_batch
+    return BatchMath(
+        world_size=world_size, micro=micro, accumulation=global_batch // per_step,
+        global_batch=global_batch, optimizer_steps=steps, warmup_steps=warmup,
+        samples_seen=samples, tokens_per_sample=tokens_per_sample,
+        tokens_seen=samples * tokens_per_sample if tokens_per_sample else None)
+
+
+def _divisible_hint(global_batch: int, micro: int, world: int) -> str:
+    per_step = micro * world
+    lower = max(per_step, global_batch // per_step * per_step)
+    options = sorted({lower, lower + per_step})
+    hint = "set batch.global to a multiple of " + f"{per_step} (e.g. {' or '.join(map(str, options))})"
+    if global_batch % world == 0:
+        micros = [m for m in range(1, global_batch // world + 1) if (global_batch // world) % m == 0]
+        hint += f", or batch.micro to one of {micros[-6:]}"
+    else:
+        hint += f"; batch.global must at least be a multiple of the world size {world}"
+    return hint

@@ -1,0 +1,1 @@
+"""What runs inside each worker process (torch is imported here, never in the CLI)."""

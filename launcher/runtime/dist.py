@@ -1,0 +1,41 @@
+"""The engine's view of this process: rank and world from torchrun/srun environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+
+
+def from_environment(env: dict[str, str] | None = None) -> DistEnv:
+    env = dict(os.environ) if env is None else env
+    # torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; a bare `srun python -m ...` sets SLURM_* only.
+    rank = int(env.get("RANK", env.get("SLURM_PROCID", 0)))
+    local_rank = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
+    world = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
+    local_world = int(env.get("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]))
+    if not 0 <= rank < world:
+        raise RuntimeError(f"rank {rank} is outside world size {world}: the engine's environment is inconsistent")
+    return DistEnv(rank, local_rank, world, local_world)
+
+
+def all_reduce_sum(tensor):
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,64 @@
+"""Metrics out of the loop: a JSON-lines file (always, rank 0) and a console line."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+# Dense bf16 peak FLOP/s per device, for MFU. Unknown devices report no MFU rather than a guess.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    if not device_name:
+        return None
+    for key, value in PEAK_FLOPS.items():
+        if key in device_name:
+            return value
+    return None
+
+
+class MetricsLog:
+    """Append-only JSONL on rank 0. On resume from step k, lines after k are dropped first so a
+    restarted run never shows a step twice."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._truncate_after(resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, allow_nan=True) + "\n")
+
+
+def console_line(record: dict, total_steps: int) -> str:
+    parts = [f"step {record['step']}/{total_steps}"]
+    for key, fmt in (("loss", "{:.4f}"), ("eval_loss", "{:.4f}"), ("lr", "{:.3e}"), ("grad_norm", "{:.3f}"),
+                     ("samples_per_s", "{:.1f}"), ("tokens_per_s", "{:.0f}"), ("mfu", "{:.1%}")):
+        value = record.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            parts.append(f"{key} " + fmt.format(value))
+    return " | ".join(parts)
+
+
+def emit(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)

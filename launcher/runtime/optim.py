@@ -1,0 +1,36 @@
+"""Optimizers with the usual weight-decay exclusions, and LR setting that respects group scales."""
+
+from __future__ import annotations
+
+from launcher.config.schema import OptimizerConfig
+
+
+def param_groups(model, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Two groups: weights that decay, and biases/norm weights (1-D tensors) that do not.
+
+    A recipe may pre-tag parameters with `_lr_scale` (e.g. a backbone at 0.1x the head) by
+    passing its own groups; each group's `lr_scale` multiplies the scheduled LR.
+    """
+    decay, no_decay = [], []
+    for _, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (decay if decay_norm_and_bias or parameter.ndim >= 2 else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0})
+    return groups
+
+
+def build_optimizer(groups: list[dict], cfg: OptimizerConfig, fused: bool = False):
+    import torch
+
+    if cfg.name == "adamw":
+        extra = {"fused": True} if fused else {}
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **extra)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

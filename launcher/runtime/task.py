@@ -1,0 +1,43 @@
+"""What a recipe module's build() returns: the model, the data and how to score a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class RunContext:
+    """Handed to a recipe's build(): where it runs and where to write."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: Any  # torch.device
+    run_dir: str
+    barrier: Callable[[], None]
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class Task:
+    model: Any  # torch.nn.Module
+    train_data: Any  # map-style dataset: train_data[i] -> sample
+    collate: Callable[[list], Any]
+    # loss(model, batch) -> (sum of per-target losses, number of targets), both tensors.
+    # Summing (not averaging) lets the trainer divide by the target count of the whole global
+    # batch, so uneven micro-batches give exactly the gradient of one big batch.
+    loss: Callable[[Any, Any], tuple[Any, Any]]
+    count_targets: Callable[[Any], int]  # cheap, on the host, before the forward pass
+    eval_data: Any = None
+    # evaluate(model, batches) -> {"metric": float}; defaults to the mean loss.
+    evaluate: Callable[[Any, Any], dict[str, float]] | None = None
+    flops_per_sample: float | None = None  # forward + backward, for MFU
+    tokens_per_sample: int | None = None
+    # export(unwrapped model, full state dict, directory), called on global rank 0 only
+    export: Callable[[Any, dict, str], None] | None = None
+    shuffle: bool = True

@@ -1,0 +1,199 @@
+"""The training loop every recipe shares: accumulation, LR, logging, evaluation, checkpoints.
+
+Read top to bottom: build -> restore -> loop (micro-steps, one optimizer step) -> export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from launcher.backends import make_backend
+from launcher.config.load import LoadedRecipe
+from launcher.plan.batch import batch_math
+from launcher.runtime import checkpoint as ckpt
+from launcher.runtime.dist import DistEnv, all_reduce_sum, barrier
+from launcher.runtime.metrics import MetricsLog, console_line, emit, peak_flops
+from launcher.runtime.optim import param_groups
+from launcher.runtime.sampling import GlobalOrder, StepBatches
+from launcher.runtime.schedule import lr_at
+from launcher.runtime.task import RunContext, Task
+
+
+def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
+    recipe = loaded.recipe
+    math = batch_math(recipe.batch.global_, recipe.batch.micro, env.world_size, 1, env.world_size,
+                      recipe.train.steps, recipe.scheduler.warmup_steps, None)
+    main = env.rank == 0
+
+    # Same seed everywhere before the model is built: every rank starts from identical weights.
+    torch.manual_seed(recipe.seed)
+    backend = make_backend(recipe, math, env)
+    ctx = RunContext(env.rank, env.local_rank, env.world_size, backend.device, run_dir, barrier)
+    task: Task = loaded.module.build(recipe, ctx)
+    groups = getattr(task, "param_groups", None) or param_groups(
+        task.model, recipe.optimizer.weight_decay, recipe.optimizer.decay_norm_and_bias)
+    backend.prepare(task.model, groups)
+    # From here on each rank draws its own randomness (dropout, masking).
+    torch.manual_seed(recipe.seed * 100_003 + env.rank + 1)
+
+    root = Path(recipe.checkpoint.dir or os.path.join(run_dir, "checkpoints"))
+    manager = ckpt.CheckpointManager(str(root), recipe.checkpoint.keep_last, env.rank, barrier)
+    start_step, warnings = _restore(recipe, root, backend, env)
+    log = MetricsLog(Path(run_dir) / "metrics.jsonl", main, start_step)
+    for warning in warnings:
+        log.write({"step": start_step, "warning": warning})
+
+    order = GlobalOrder(len(task.train_data), recipe.seed, task.shuffle)
+    sampler = StepBatches(order, math.global_batch, math.micro, env.world_size, env.rank,
+                          start_step, recipe.train.steps)
+    loader = torch.utils.data.DataLoader(task.train_data, batch_sampler=sampler, collate_fn=task.collate,
+                                         pin_memory=backend.device.type == "cuda")
+    batches = iter(loader)
+    device = backend.device
+    peak = peak_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+
+    interval_loss = torch.zeros((), device=device, dtype=torch.float64)
+    interval_count = torch.zeros((), device=device, dtype=torch.float64)
+    interval_start, interval_steps = time.perf_counter(), 0
+    last_record: dict = {}
+    for step in range(start_step, recipe.train.steps):
+        micro_batches = [next(batches) for _ in range(math.accumulation)]
+        # Normalise by the targets of the whole global batch (all ranks, all micro-steps), so
+        # uneven micro-batches give exactly the gradient of one big batch. Backends average
+        # gradients over ranks, hence the factor world_size.
+        count = torch.tensor(float(sum(task.count_targets(b) for b in micro_batches)), device=device,
+                             dtype=torch.float64)
+        all_reduce_sum(count)
+        scale = env.world_size / count
+        lr = lr_at(step, recipe.optimizer.lr, recipe.train.steps, recipe.scheduler)
+        for k, batch in enumerate(micro_batches):
+            batch = _to_device(batch, device)
+            with backend.autocast():
+                loss_sum, targets = task.loss(backend.model, batch)
+            backend.backward(loss_sum * scale.to(loss_sum.dtype), last=k == math.accumulation - 1)
+            interval_loss += loss_sum.detach().double()
+            interval_count += targets.double()
+        grad_norm = backend.step(lr)
+        interval_steps += 1
+        done = step + 1
+        if done % recipe.train.log_every == 0 or done == recipe.train.steps:
+            elapsed = time.perf_counter() - interval_start
+            totals = all_reduce_sum(torch.stack([interval_loss, interval_count]))
+            samples_per_s = interval_steps * math.global_batch / elapsed
+            last_record = {
+                "step": done, "loss": (totals[0] / totals[1]).item(), "lr": lr,
+                "grad_norm": float(grad_norm), "samples": done * math.global_batch,
+                "samples_per_s": samples_per_s, "step_time_s": elapsed / interval_steps,
+            }
+            if task.tokens_per_sample:
+                last_record["tokens_per_s"] = samples_per_s * task.tokens_per_sample
+            if task.flops_per_sample and peak:
+                last_record["mfu"] = samples_per_s * task.flops_per_sample / (peak * env.world_size)
+            if device.type == "cuda":
+                last_record["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            log.write(last_record)
+            if main:
+                emit(console_line(last_record, recipe.train.steps))
+            interval_loss.zero_(), interval_count.zero_()
+            interval_start, interval_steps = time.perf_counter(), 0
+        eval_due = recipe.train.eval_every and done % recipe.train.eval_every == 0
+        if eval_due or done == recipe.train.steps:
+            metrics = evaluate(task, backend, env)
+            if metrics:
+                record = {"step": done, **metrics}
+                log.write(record)
+                if main:
+                    emit(console_line(record, recipe.train.steps))
+        save_due = recipe.checkpoint.every_steps and done % recipe.checkpoint.every_steps == 0
+        if save_due or done == recipe.train.steps:
+            _save(manager, backend, recipe, math, env, done)
+    _export(task, backend, run_dir, main)
+    return last_record
+
+
+def evaluate(task: Task, backend, env: DistEnv) -> dict:
+    """Mean loss over the eval split (each rank scores every world_size-th sample)."""
+    if task.eval_data is None or len(task.eval_data) == 0:
+        return {}
+    model = backend.model
+    model.eval()
+    totals = torch.zeros(2, device=backend.device, dtype=torch.float64)
+    indices = list(range(env.rank, len(task.eval_data), env.world_size))
+    micro = max(1, backend.recipe.batch.micro)
+    extra: dict = {}
+    with torch.no_grad():
+        batches = [task.collate([task.eval_data[i] for i in indices[j: j + micro]])
+                   for j in range(0, len(indices), micro)]
+        batches = [_to_device(b, backend.device) for b in batches]
+        for batch in batches:
+            with backend.autocast():
+                loss_sum, targets = task.loss(model, batch)
+            totals[0] += loss_sum.double()
+            totals[1] += targets.double()
+        if task.evaluate is not None:
+            extra = task.evaluate(model, batches)
+    model.train()
+    all_reduce_sum(totals)
+    return {"eval_loss": (totals[0] / totals[1]).item(), **extra}
+
+
+def _restore(recipe, root: Path, backend, env: DistEnv) -> tuple[int, list[str]]:
+    directory = ckpt.find_resume_dir(root, recipe.checkpoint.resume)
+    if directory is None:
+        return 0, []
+    meta = ckpt.verify(directory)
+    warnings = []
+    if meta["world_size"] != env.world_size:
+        if recipe.backend.name == "deepspeed" and recipe.backend.zero_stage > 0:
+            raise ckpt.CheckpointError(
+                f"{directory} was written by {meta['world_size']} processes with ZeRO-{recipe.backend.zero_stage}, "
+                f"this run has {env.world_size}. Resume with the same world size, or convert it with DeepSpeed's "
+                "universal checkpoint tool (ds_to_universal.py) first")
+        warnings.append(f"resuming a {meta['world_size']}-process checkpoint on {env.world_size} processes: "
+                        "data order is preserved (it depends on the global step), per-rank RNG streams are new")
+    if meta["global_batch"] != recipe.batch.global_:
+        raise ckpt.CheckpointError(f"{directory} was trained with batch.global={meta['global_batch']}, this run "
+                                   f"has {recipe.batch.global_}; the sample position would be wrong. "
+                                   "Keep batch.global, or start a new run directory")
+    backend.load(str(directory))
+    if not ckpt.load_rank_state(directory, env.rank):
+        warnings.append(f"rank {env.rank}: no RNG state in {directory.name}; dropout/masking streams restart")
+    if env.rank == 0:
+        emit(f"resumed from {directory} at step {meta['step']}")
+    return int(meta["step"]), warnings
+
+
+def _save(manager, backend, recipe, math, env: DistEnv, step: int) -> None:
+    meta = {"step": step, "samples": step * math.global_batch, "world_size": env.world_size,
+            "global_batch": math.global_batch, "backend": recipe.backend.name,
+            "zero_stage": recipe.backend.zero_stage, "recipe": recipe.recipe}
+    manager.save(step, meta, backend.save)
+
+
+def _export(task: Task, backend, run_dir: str, main: bool) -> None:
+    if task.export is None:
+        return
+    state = backend.export_state_dict()  # collective under ZeRO-3: every rank calls it
+    if main:
+        directory = Path(run_dir) / "export"
+        directory.mkdir(parents=True, exist_ok=True)
+        model = backend.unwrapped()
+        task.export(model, state, str(directory))
+    barrier()
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    if dataclasses.is_dataclass(batch):
+        return batch
+    return batch

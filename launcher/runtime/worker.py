@@ -1,0 +1,45 @@
+"""Entry point of every training process: `python -m launcher.runtime.worker --run-dir DIR`.
+
+torchrun (or srun) starts it; rank and world come from the engine's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="launcher.runtime.worker")
+    parser.add_argument("--run-dir", required=True)
+    args = parser.parse_args(argv)
+
+    from launcher.config.load import load_recipe
+    from launcher.runtime.checkpoint import CheckpointError
+    from launcher.runtime.dist import from_environment
+    from launcher.runtime.trainer import train
+
+    env = from_environment()
+    loaded = load_recipe(Path(args.run_dir) / "recipe.yaml")
+    try:
+        train(loaded, args.run_dir, env)
+    except CheckpointError as error:
+        print(f"rank {env.rank}: checkpoint error: {error}", file=sys.stderr, flush=True)
+        return 3
+    finally:
+        _shutdown()
+    return 0
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

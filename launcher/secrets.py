@@ -1,0 +1,22 @@
+"""Which values must never be written down: API keys, tokens, passwords."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION)", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def redact_env(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: (REDACTED if is_secret_name(k) else v) for k, v in env.items()}
+
+
+def secret_values(env: Mapping[str, str]) -> list[str]:
+    """Values to scrub from any text we write (long enough to be recognisable)."""
+    return [v for k, v in env.items() if is_secret_name(k) and len(v) >= 6]
