@@ -34,30 +34,12 @@ def _prepare(recipe_path: str, overrides: tuple[str, ...], nproc: int | None, no
              hostfile: str | None, run_dir: str | None):
     """Recipe + flags -> (loaded recipe, plan, resolved dict). Exits 2 on bad input."""
     from launcher.config.errors import RecipeError
-    from launcher.config.load import load_recipe, recipe_to_dict
-    from launcher.plan.launch import build_plan
-    from launcher.plan.topology import resolve_topology
-    from launcher.rundir import default_run_dir, run_name
-    from launcher.secrets import redact_env
+    from launcher.plan.prepare import prepare
 
     try:
-        loaded = load_recipe(recipe_path, overrides)
-        cluster = loaded.recipe.cluster
-        try:
-            topology = resolve_topology(nodes or cluster.nodes, nproc or cluster.nproc_per_node,
-                                        hostfile or cluster.hostfile or None)
-        except ValueError as exc:
-            raise RecipeError(recipe_path, exc.args[0]) from None
-        recipe = loaded.recipe
-        directory = run_dir or default_run_dir(recipe.output_dir, run_name(recipe.name, recipe_path))
-        from pathlib import Path
-
-        plan = build_plan(loaded, topology, str(Path(directory).absolute()), sys.executable)
+        return prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir)
     except RecipeError as error:
         _fail(error)
-    resolved = recipe_to_dict(recipe)
-    resolved["cluster"]["env"] = redact_env(resolved["cluster"]["env"])
-    return loaded, plan, resolved
 
 
 _common = [
@@ -116,14 +98,15 @@ def run(recipe_path, overrides, nproc, nodes, hostfile, run_dir):
 @main.command()
 @click.argument("recipe_paths", nargs=-1, required=True, metavar="RECIPE...", type=click.Path(dir_okay=False))
 def validate(recipe_paths):
-    """Check recipe files against the schema; report every problem; exit 2 on any."""
+    """Check recipe files (schema, batch arithmetic for their cluster); exit 2 on any problem."""
     from launcher.config.errors import RecipeError
-    from launcher.config.load import load_recipe
+    from launcher.plan.prepare import prepare
 
     failed = 0
     for path in recipe_paths:
         try:
-            load_recipe(path)
+            # The whole planning pipeline, so batch arithmetic and hostfiles are checked too.
+            prepare(path, (), None, None, None, None)
             click.echo(f"ok: {path}")
         except RecipeError as error:
             failed += 1

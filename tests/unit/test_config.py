@@ -1,0 +1,62 @@
+"""Recipe loading: types, YAML 1.1 surprises, hints, all problems at once."""
+
+import pytest
+
+from launcher.config.errors import RecipeError
+from launcher.config.load import load_recipe, recipe_to_dict
+
+BASE = """\
+recipe: mlp_regression
+model: {hidden: 8}
+data: {samples: 64}
+batch: {global: 16, micro: 4}
+train: {steps: 5}
+"""
+
+
+def test_yaml_11_float_strings_become_floats(write_recipe):
+    loaded = load_recipe(write_recipe(BASE + "optimizer: {lr: 1e-4, eps: 1E-8}\n"))
+    assert loaded.recipe.optimizer.lr == 1e-4
+    assert isinstance(loaded.recipe.optimizer.lr, float)
+    assert loaded.recipe.optimizer.eps == 1e-8
+
+
+def test_defaults_and_global_key_spelling(write_recipe):
+    loaded = load_recipe(write_recipe(BASE))
+    assert loaded.recipe.batch.global_ == 16
+    assert recipe_to_dict(loaded.recipe)["batch"] == {"global": 16, "micro": 4}
+    assert loaded.recipe.model.hidden == 8
+
+
+def test_overrides_set_delete_and_type(write_recipe):
+    loaded = load_recipe(write_recipe(BASE + "seed: 3\n"),
+                         ["optimizer.lr=3e-4", "batch.global=32", "~seed", "cluster.env.NCCL_DEBUG=INFO"])
+    assert loaded.recipe.optimizer.lr == 3e-4
+    assert loaded.recipe.batch.global_ == 32
+    assert loaded.recipe.seed == 0
+    assert loaded.recipe.cluster.env == {"NCCL_DEBUG": "INFO"}
+
+
+def test_all_problems_reported_at_once(write_recipe):
+    text = BASE.replace("hidden: 8", "hiden: 8") + "optimizer: {lrr: 1, weight_decay: -1}\nprecision: fp64\n"
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write_recipe(text), ["train.steps=zero"])
+    paths = {p.path for p in info.value.problems}
+    assert {"model.hiden", "optimizer.lrr", "optimizer.weight_decay", "precision", "train.steps"} <= paths
+    message = str(info.value)
+    assert "did you mean `hidden`?" in message
+    assert "did you mean `lr`?" in message
+    assert "recipe.yaml:2" in message  # model.hiden is on line 2
+    assert "command line `train.steps=zero`" in message
+
+
+def test_user_module_from_file(write_recipe, tmp_path):
+    (tmp_path / "my_recipe.py").write_text(
+        "from dataclasses import dataclass\n"
+        "DESCRIPTION = 'mine'\n"
+        "@dataclass(frozen=True)\nclass ModelConfig:\n    width: int = 3\n"
+        "@dataclass(frozen=True)\nclass DataConfig:\n    path: str = ''\n"
+        "def build(recipe, ctx):\n    raise NotImplementedError\n")
+    loaded = load_recipe(write_recipe("recipe: ./my_recipe.py\nmodel: {width: 5}\ndata: {path: x}\n"))
+    assert loaded.recipe.model.width == 5
+    assert loaded.recipe.recipe == str(tmp_path / "my_recipe.py")
