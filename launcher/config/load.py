@@ -38,6 +38,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if problems and not isinstance(raw, dict):
         raise RecipeError(source, problems)
     problems += apply_overrides(raw, list(overrides), where)
+    for section in ("model", "data"):  # a module whose configs are all defaults needs no section
+        if raw.get(section) is None:
+            raw[section] = {}
     out = Collector(where, source)
     out.problems = problems
     recipe_dir = Path(path).resolve().parent

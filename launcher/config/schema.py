@@ -83,7 +83,10 @@ class BatchConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 100  # optimizer steps (of the global batch)
+    steps: int = 100  # optimizer steps (of the global batch); the LR schedule spans these
+    # Stop after this many steps in this invocation, with a checkpoint, keeping the schedule of
+    # `steps` (time-boxed allocations; the next run resumes). 0: run to the end.
+    stop_after_steps: int = 0
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate only at the end
     compile: bool = False
@@ -97,6 +100,8 @@ class TrainConfig:
             out.append(("log_every", "must be > 0", "log every N optimizer steps"))
         if self.eval_every < 0:
             out.append(("eval_every", "must be >= 0", "0 evaluates only at the end"))
+        if self.stop_after_steps < 0:
+            out.append(("stop_after_steps", "must be >= 0", "0 runs to train.steps"))
         return out
 
 

@@ -49,8 +49,10 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
         log.write({"step": start_step, "warning": warning})
 
     order = GlobalOrder(len(task.train_data), recipe.seed, task.shuffle)
-    sampler = StepBatches(order, math.global_batch, math.micro, env.world_size, env.rank,
-                          start_step, recipe.train.steps)
+    end_step = recipe.train.steps
+    if recipe.train.stop_after_steps:
+        end_step = min(end_step, start_step + recipe.train.stop_after_steps)
+    sampler = StepBatches(order, math.global_batch, math.micro, env.world_size, env.rank, start_step, end_step)
     loader = torch.utils.data.DataLoader(task.train_data, batch_sampler=sampler, collate_fn=task.collate,
                                          pin_memory=backend.device.type == "cuda")
     batches = iter(loader)
@@ -61,7 +63,7 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
     interval_count = torch.zeros((), device=device, dtype=torch.float64)
     interval_start, interval_steps = time.perf_counter(), 0
     last_record: dict = {}
-    for step in range(start_step, recipe.train.steps):
+    for step in range(start_step, end_step):
         micro_batches = [next(batches) for _ in range(math.accumulation)]
         # Normalise by the targets of the whole global batch (all ranks, all micro-steps), so
         # uneven micro-batches give exactly the gradient of one big batch. Backends average
@@ -81,7 +83,7 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
         grad_norm = backend.step(lr)
         interval_steps += 1
         done = step + 1
-        if done % recipe.train.log_every == 0 or done == recipe.train.steps:
+        if done % recipe.train.log_every == 0 or done == end_step:
             elapsed = time.perf_counter() - interval_start
             totals = all_reduce_sum(torch.stack([interval_loss, interval_count]))
             samples_per_s = interval_steps * math.global_batch / elapsed
@@ -110,9 +112,10 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
                 if main:
                     emit(console_line(record, recipe.train.steps))
         save_due = recipe.checkpoint.every_steps and done % recipe.checkpoint.every_steps == 0
-        if save_due or done == recipe.train.steps:
+        if save_due or done == end_step:
             _save(manager, backend, recipe, math, env, done)
-    _export(task, backend, run_dir, main)
+    if end_step == recipe.train.steps:
+        _export(task, backend, run_dir, main)
     return last_record
 
 

@@ -1,0 +1,55 @@
+"""Run the real `launcher` console script (real torchrun, real engines) and read results back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def launcher_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(extra)
+    return env
+
+
+def launch(recipe: Path | str, run_dir: Path, *overrides: str, nproc: int = 1, timeout: int = 600,
+           env: dict[str, str] | None = None, command: str = "run") -> subprocess.CompletedProcess:
+    argv = ["launcher", command, str(recipe), "--nproc", str(nproc), "--run-dir", str(run_dir), *overrides]
+    return subprocess.run(argv, cwd=ROOT, env=env or launcher_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    return [r for r in metrics(run_dir) if "loss" in r]
+
+
+def exported_state(run_dir: Path) -> dict:
+    import torch
+
+    return torch.load(run_dir / "export" / "model.pt", weights_only=True)
+
+
+def max_relative_difference(a: dict, b: dict) -> float:
+    worst = 0.0
+    for key in a:
+        x, y = a[key].double(), b[key].double()
+        worst = max(worst, float((x - y).norm() / y.norm().clamp_min(1e-30)))
+    return worst
+
+
+def write_recipe(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

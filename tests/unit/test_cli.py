@@ -1,0 +1,59 @@
+"""Every subcommand's --help works; the CLI never imports torch to answer."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from launcher.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["plan"], ["validate"], ["ls"]])
+def test_help(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+
+
+def test_every_subcommand_help_is_tested():
+    assert set(main.commands) == {"run", "plan", "validate", "ls"}
+
+
+def _imported_modules(code: str) -> set[str]:
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, check=True)
+    return {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+
+
+def test_cli_import_does_not_import_torch():
+    modules = _imported_modules("import launcher.cli")
+    assert "click" in modules  # the measurement works
+    assert not modules & {"torch", "deepspeed", "accelerate", "transformers", "wandb", "numpy"}
+
+
+def test_plan_does_not_import_torch():
+    code = ("import sys; from launcher.cli import main\n"
+            "try:\n    main(['plan', 'recipes/mlp-tiny.yaml', '--nproc', '2'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'plan imported torch'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "gradient accumulation" in result.stdout
+
+
+def test_ls_lists_modules_and_recipe_files():
+    result = CliRunner().invoke(main, ["ls"])
+    assert result.exit_code == 0
+    assert "mlp_regression" in result.output
+    assert "recipes/mlp-tiny.yaml" in result.output
+
+
+def test_every_shipped_recipe_validates():
+    files = sorted(str(p) for p in (ROOT / "recipes").glob("*.yaml"))
+    assert files
+    result = CliRunner().invoke(main, ["validate", *files])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ok: ") == len(files)
