@@ -78,9 +78,9 @@ class AccelerateBackend:
         if self.recipe.backend.strategy == "fsdp":
             self.accelerator.load_state(directory)
             return
-        model_state = torch.load(os.path.join(directory, "model.pt"), map_location=self.device, weights_only=True)
+        model_state = torch.load(os.path.join(directory, "model.pt"), map_location="cpu", weights_only=True)
         self.unwrapped().load_state_dict(model_state)
-        optimizer_state = torch.load(os.path.join(directory, "optimizer.pt"), map_location=self.device,
+        optimizer_state = torch.load(os.path.join(directory, "optimizer.pt"), map_location="cpu",
                                      weights_only=True)
         self.optimizer.load_state_dict(optimizer_state)
 

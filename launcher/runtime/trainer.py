@@ -53,8 +53,11 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
     if recipe.train.stop_after_steps:
         end_step = min(end_step, start_step + recipe.train.stop_after_steps)
     sampler = StepBatches(order, math.global_batch, math.micro, env.world_size, env.rank, start_step, end_step)
+    # Its own generator: creating a DataLoader iterator otherwise draws from the global RNG, which
+    # would shift the dropout stream of a resumed run by one draw.
     loader = torch.utils.data.DataLoader(task.train_data, batch_sampler=sampler, collate_fn=task.collate,
-                                         pin_memory=backend.device.type == "cuda")
+                                         pin_memory=backend.device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(recipe.seed))
     batches = iter(loader)
     device = backend.device
     peak = peak_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else None)

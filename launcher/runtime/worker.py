@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)
 
+    from torch.distributed.elastic.multiprocessing.errors import record
+
     from launcher.config.load import load_recipe
     from launcher.runtime.checkpoint import CheckpointError
     from launcher.runtime.dist import from_environment
@@ -24,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     env = from_environment()
     loaded = load_recipe(Path(args.run_dir) / "recipe.yaml")
     try:
-        train(loaded, args.run_dir, env)
+        # record(): torchrun's failure summary then carries the traceback, not just an exit code.
+        record(train)(loaded, args.run_dir, env)
     except CheckpointError as error:
         print(f"rank {env.rank}: checkpoint error: {error}", file=sys.stderr, flush=True)
         return 3
