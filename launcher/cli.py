@@ -106,13 +106,27 @@ def validate(recipe_paths):
     for path in recipe_paths:
         try:
             # The whole planning pipeline, so batch arithmetic and hostfiles are checked too.
-            prepare(path, (), None, None, None, None)
+            loaded, launch_plan, _ = prepare(path, (), None, None, None, None)
+            _check_deepspeed_passthrough(path, loaded.recipe, launch_plan.math)
             click.echo(f"ok: {path}")
         except RecipeError as error:
             failed += 1
             click.echo(f"error: {error}", err=True)
     if failed:
         sys.exit(EXIT_BAD_INPUT)
+
+
+def _check_deepspeed_passthrough(path: str, recipe, math) -> None:
+    """Raw DeepSpeed keys are checked with DeepSpeed itself (this imports torch; only validate does)."""
+    if recipe.backend.name != "deepspeed" or not recipe.backend.deepspeed_config:
+        return
+    from launcher.backends.deepspeed_backend import deepspeed_config, passthrough_problems
+    from launcher.config.errors import Problem, RecipeError
+
+    problems = passthrough_problems(deepspeed_config(recipe, math, "fp32"))
+    if problems:
+        raise RecipeError(path, [Problem("backend.deepspeed_config", problems[0],
+                                         "see https://www.deepspeed.ai/docs/config-json/", path)])
 
 
 @main.command(name="ls")

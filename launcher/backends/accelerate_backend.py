@@ -33,7 +33,8 @@ class AccelerateBackend:
             plugin = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True,
                                                     state_dict_type="FULL_STATE_DICT")
         self.accelerator = Accelerator(mixed_precision=_MIXED[self.precision], cpu=not torch.cuda.is_available(),
-                                       fsdp_plugin=plugin)
+                                       fsdp_plugin=plugin,
+                                       dynamo_backend="inductor" if recipe.train.compile else "no")
         self.device = self.accelerator.device
         self.model = None
         self.optimizer = None

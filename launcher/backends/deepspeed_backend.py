@@ -42,6 +42,21 @@ def deepspeed_config(recipe, math, precision: str) -> dict:
     return _merge(config, backend.deepspeed_config)
 
 
+def passthrough_problems(config: dict) -> list[str]:
+    """Validate the merged config with DeepSpeed's own (pydantic) schema; [] when it is valid.
+
+    DeepSpeed forbids unknown keys inside its sections (zero_optimization, ...) but ignores unknown
+    top-level keys, so a typo there stays unnoticed by both of us.
+    """
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    try:
+        DeepSpeedConfig(dict(config))
+    except Exception as exc:  # noqa: BLE001 - pydantic and DeepSpeed raise several types
+        return [" ".join(str(exc).split())[:600]]
+    return []
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
@@ -70,7 +85,12 @@ class DeepSpeedBackend:
 
         optimizer = build_optimizer(groups, self.recipe.optimizer)
         config = deepspeed_config(self.recipe, self.math, self.precision)
+        problems = passthrough_problems(config)
+        if problems:
+            raise ValueError(f"backend.deepspeed_config is not valid for DeepSpeed: {problems[0]}")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        if self.recipe.train.compile:
+            self.engine.compile()
         self.model = self.engine
 
     def autocast(self):

@@ -35,6 +35,12 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
     backend = make_backend(recipe, math, env)
     ctx = RunContext(env.rank, env.local_rank, env.world_size, backend.device, run_dir, barrier)
     task: Task = loaded.module.build(recipe, ctx)
+    if recipe.train.activation_checkpointing:
+        enable = getattr(task.model, "gradient_checkpointing_enable", None)
+        if enable is None:
+            raise ValueError(f"train.activation_checkpointing: the model of {recipe.recipe} has no "
+                             "gradient_checkpointing_enable(); set it to false for this recipe")
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     groups = getattr(task, "param_groups", None) or param_groups(
         task.model, recipe.optimizer.weight_decay, recipe.optimizer.decay_norm_and_bias)
     backend.prepare(task.model, groups)

@@ -41,6 +41,7 @@ RUNS = {
     "acc-1x4x4": (1, ["batch.micro=4"]),
     "acc-1x8x2": (1, ["batch.micro=8"]),
     "acc-2x4x2": (2, ["batch.micro=4"]),
+    "fsdp-2x4x2": (2, ["backend.strategy=fsdp"]),
     "ds0-2x4x2": (2, ["backend.name=deepspeed", "backend.zero_stage=0"]),
     "ds1-2x4x2": (2, ["backend.name=deepspeed", "backend.zero_stage=1"]),
     "ds2-2x4x2": (2, ["backend.name=deepspeed", "backend.zero_stage=2"]),
@@ -81,8 +82,8 @@ def test_deepspeed_accumulation_and_world_size_equivalence(runs, name):
     assert max_relative_difference(exported_state(runs(name)), reference) <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["ds0-2x4x2", "ds1-2x4x2", "ds2-2x4x2", "ds3-2x4x2"])
-def test_deepspeed_zero_stages_agree_with_accelerate_ddp(runs, name):
+@pytest.mark.parametrize("name", ["ds0-2x4x2", "ds1-2x4x2", "ds2-2x4x2", "ds3-2x4x2", "fsdp-2x4x2"])
+def test_deepspeed_zero_stages_and_fsdp_agree_with_accelerate_ddp(runs, name):
     reference = exported_state(runs("acc-2x4x2"))
     state = exported_state(runs(name))
     assert set(state) == set(reference)
@@ -108,8 +109,9 @@ def _ids(run_dir: Path, rank: int) -> list[list[int]]:
     return [list(map(int, line.split())) for line in (run_dir / f"ids-rank{rank}.txt").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("backend", [["backend.name=accelerate"], ["backend.name=deepspeed", "backend.zero_stage=2"]],
-                         ids=["accelerate", "deepspeed-zero2"])
+@pytest.mark.parametrize("backend", [["backend.name=accelerate"], ["backend.strategy=fsdp"],
+                                     ["backend.name=deepspeed", "backend.zero_stage=2"]],
+                         ids=["accelerate-ddp", "accelerate-fsdp", "deepspeed-zero2"])
 def test_exact_resume_mid_epoch_and_accumulation(tmp_path, backend):
     # dropout makes the per-rank RNG state part of what must be restored
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("dropout: 0.0", "dropout: 0.2"))

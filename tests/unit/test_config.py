@@ -60,3 +60,30 @@ def test_user_module_from_file(write_recipe, tmp_path):
     loaded = load_recipe(write_recipe("recipe: ./my_recipe.py\nmodel: {width: 5}\ndata: {path: x}\n"))
     assert loaded.recipe.model.width == 5
     assert loaded.recipe.recipe == str(tmp_path / "my_recipe.py")
+
+
+def test_deepspeed_passthrough_is_checked_by_deepspeed(write_recipe):
+    from click.testing import CliRunner
+
+    from launcher.cli import main
+
+    good = write_recipe(BASE + "backend: {name: deepspeed, deepspeed_config: {zero_optimization: "
+                        "{reduce_bucket_size: 1000}}}\n", "good.yaml")
+    bad = write_recipe(BASE + "backend: {name: deepspeed, deepspeed_config: {zero_optimization: "
+                       "{overlap_com: true}}}\n", "bad.yaml")
+    assert CliRunner().invoke(main, ["validate", str(good)]).exit_code == 0
+    result = CliRunner().invoke(main, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert "backend.deepspeed_config" in result.output and "overlap_com" in result.output
+
+
+def test_weight_decay_excludes_biases_and_norms():
+    import torch
+
+    from launcher.runtime.optim import param_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    decay, no_decay = param_groups(model, 0.1, decay_norm_and_bias=False)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 3]), torch.Size([2, 4])]
+    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
+    assert len(param_groups(model, 0.1, decay_norm_and_bias=True)) == 1

@@ -1,0 +1,123 @@
+"""Checkpoint commit protocol under faults: kills at every write, truncated pointers, empty shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from launcher.runtime import checkpoint as ckpt
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL: the writer stops dead at that point."""
+
+
+def _manager(root: Path, keep_last: int = 2) -> ckpt.CheckpointManager:
+    return ckpt.CheckpointManager(str(root), keep_last, rank=0, barrier=lambda: None)
+
+
+def _writer(payload: bytes, kill_after: int | None = None):
+    """Writes three shard files in chunks; with kill_after=N it dies at the N-th write call."""
+    calls = {"n": 0}
+
+    def write(directory: str) -> None:
+        for shard in ("model.bin", "optim.bin", "extra.bin"):
+            with open(Path(directory) / shard, "wb") as handle:
+                for start in range(0, len(payload), 64):
+                    calls["n"] += 1
+                    if kill_after is not None and calls["n"] > kill_after:
+                        raise Killed
+                    handle.write(payload[start:start + 64])
+
+    return write
+
+
+def test_commit_writes_manifest_pointer_and_prunes_after_commit(tmp_path):
+    manager = _manager(tmp_path, keep_last=2)
+    for step in (10, 20, 30):
+        manager.save(step, {"step": step}, _writer(bytes([step]) * 200))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000020", "step-00000030"]
+    assert (tmp_path / "latest").read_text().strip() == "step-00000030"
+    assert ckpt.verify(ckpt.find_resume_dir(tmp_path, "auto")) == {"step": 30}
+
+
+@pytest.mark.parametrize("keep_last", [1, 2])
+def test_kill_at_every_write_point_never_breaks_resume(tmp_path, keep_last):
+    """Kill the writer at each of the 3 x 20 write calls of a new save:
+    resume always finds the previous committed checkpoint, intact."""
+    payload = bytes(range(256)) * 5  # 20 chunks per shard: 60 kill points
+    total_writes = 3 * (len(payload) // 64)
+    points = 0
+    for kill_after in range(total_writes):
+        root = tmp_path / f"k{kill_after}"
+        manager = _manager(root, keep_last)
+        manager.save(1, {"step": 1}, _writer(b"\x01" * 256))
+        with pytest.raises(Killed):
+            manager.save(2, {"step": 2}, _writer(payload, kill_after))
+        found = ckpt.find_resume_dir(root, "auto")
+        assert found is not None and found.name == "step-00000001"
+        assert ckpt.verify(found) == {"step": 1}
+        assert (root / "latest").read_text().strip() == "step-00000001"
+        assert not (root / "step-00000002").exists()
+        points += 1
+        # the next save after the crash cleans up and commits
+        manager.save(2, {"step": 2}, _writer(payload))
+        assert ckpt.verify(ckpt.find_resume_dir(root, "auto")) == {"step": 2}
+    assert points >= 50
+
+
+def test_truncated_pointer_is_a_hard_error(tmp_path):
+    _manager(tmp_path).save(5, {"step": 5}, _writer(b"x" * 100))
+    (tmp_path / "latest").write_text("step-000")
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        ckpt.find_resume_dir(tmp_path, "auto")
+    (tmp_path / "latest").write_text("")
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.find_resume_dir(tmp_path, "auto")
+
+
+def test_pointer_to_missing_directory_is_a_hard_error(tmp_path):
+    _manager(tmp_path).save(5, {"step": 5}, _writer(b"x" * 100))
+    (tmp_path / "latest").write_text("step-00000009\n")
+    with pytest.raises(ckpt.CheckpointError, match="missing or incomplete"):
+        ckpt.find_resume_dir(tmp_path, "auto")
+
+
+def test_zero_byte_or_truncated_shard_is_a_hard_error(tmp_path):
+    committed = _manager(tmp_path).save(5, {"step": 5}, _writer(b"x" * 100))
+    (committed / "optim.bin").write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError, match="optim.bin has 0 bytes"):
+        ckpt.verify(committed)
+    (committed / "optim.bin").write_bytes(b"x" * 50)
+    with pytest.raises(ckpt.CheckpointError, match="manifest says 100"):
+        ckpt.verify(committed)
+
+
+def test_resume_from_missing_explicit_path_is_a_hard_error(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="refusing to start from scratch"):
+        ckpt.find_resume_dir(tmp_path / "checkpoints", str(tmp_path / "nowhere"))
+
+
+def test_auto_without_any_checkpoint_starts_fresh_and_never_ignores_tmp(tmp_path):
+    assert ckpt.find_resume_dir(tmp_path / "none", "auto") is None
+    (tmp_path / ".tmp-step-00000007").mkdir()
+    (tmp_path / ".tmp-step-00000007" / "model.bin").write_bytes(b"half")
+    assert ckpt.find_resume_dir(tmp_path, "auto") is None
+    assert ckpt.find_resume_dir(tmp_path, "never") is None
+
+
+def test_kill_between_rename_and_pointer_update_resumes_the_new_one(tmp_path):
+    manager = _manager(tmp_path)
+    manager.save(1, {"step": 1}, _writer(b"a" * 64))
+    manager.save(2, {"step": 2}, _writer(b"b" * 64))
+    (tmp_path / "latest").unlink()  # as if killed right after the rename of step 2, before the pointer
+    assert ckpt.find_resume_dir(tmp_path, "auto").name == "step-00000002"
+
+
+def test_explicit_path_may_be_a_checkpoints_root(tmp_path):
+    _manager(tmp_path).save(3, {"step": 3}, _writer(b"a" * 64))
+    assert ckpt.find_resume_dir(Path("/unused"), str(tmp_path)).name == "step-00000003"
+    manifest = json.loads((tmp_path / "step-00000003" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.bin", "optim.bin", "extra.bin", "rng-rank00000.pt"}
