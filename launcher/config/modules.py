@@ -18,6 +18,7 @@ from types import ModuleType
 
 BUILTIN = {
     "mlp_regression": "launcher.recipes.mlp_regression",
+    "bert_pretrain": "launcher.recipes.bert_pretrain",
 }
 REQUIRED_ATTRIBUTES = ("DESCRIPTION", "ModelConfig", "DataConfig", "build")
 

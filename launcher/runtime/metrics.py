@@ -52,10 +52,13 @@ class MetricsLog:
 
 def console_line(record: dict, total_steps: int) -> str:
     parts = [f"step {record['step']}/{total_steps}"]
-    for key, fmt in (("loss", "{:.4f}"), ("eval_loss", "{:.4f}"), ("lr", "{:.3e}"), ("grad_norm", "{:.3f}"),
-                     ("samples_per_s", "{:.1f}"), ("tokens_per_s", "{:.0f}"), ("mfu", "{:.1%}")):
-        value = record.get(key)
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+    formats = {"loss": "{:.4f}", "lr": "{:.3e}", "grad_norm": "{:.3f}", "samples_per_s": "{:.1f}",
+               "tokens_per_s": "{:.0f}", "mfu": "{:.1%}", "step_time_s": None, "samples": None}
+    for key, value in record.items():
+        if key == "step" or not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+            continue
+        fmt = formats.get(key, "{:.4g}")
+        if fmt:
             parts.append(f"{key} " + fmt.format(value))
     return " | ".join(parts)
 

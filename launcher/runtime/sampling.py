@@ -31,10 +31,29 @@ class GlobalOrder:
         return self._perm[offset]
 
 
-class StepBatches:
-    """Index lists for one rank, micro-step after micro-step, from `start_step` on.
+class StreamData:
+    """The dataset seen through the global order: item `position` of the stream.
 
-    Iterable as a DataLoader `batch_sampler`, so workers can prefetch ahead.
+    A recipe dataset that defines `at(index, position)` gets the stream position too, to key
+    per-sample randomness (e.g. MLM masking) to it: each epoch differs, a resume repeats exactly.
+    """
+
+    def __init__(self, data, order: GlobalOrder) -> None:
+        self.data, self.order = data, order
+        self._at = getattr(data, "at", None)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, position: int):
+        index = self.order.index(position)
+        return self._at(index, position) if self._at else self.data[index]
+
+
+class StepBatches:
+    """Stream positions for one rank, micro-step after micro-step, from `start_step` on.
+
+    Iterable as a DataLoader `batch_sampler` over StreamData, so workers can prefetch ahead.
     """
 
     def __init__(self, order: GlobalOrder, global_batch: int, micro: int, world: int, rank: int,
@@ -51,7 +70,7 @@ class StepBatches:
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start_step, self.end_step):
             for k in range(self.accumulation):
-                yield [self.order.index(p) for p in self.positions(step, k)]
+                yield list(self.positions(step, k))
 
     def __len__(self) -> int:
         return (self.end_step - self.start_step) * self.accumulation

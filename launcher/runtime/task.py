@@ -34,7 +34,7 @@ class Task:
     loss: Callable[[Any, Any], tuple[Any, Any]]
     count_targets: Callable[[Any], int]  # cheap, on the host, before the forward pass
     eval_data: Any = None
-    # evaluate(model, batches) -> {"metric": float}; defaults to the mean loss.
+    # evaluate(model, batches) -> {"metric": (sum, count)}: summed over ranks, then divided.
     evaluate: Callable[[Any, Any], dict[str, float]] | None = None
     flops_per_sample: float | None = None  # forward + backward, for MFU
     tokens_per_sample: int | None = None

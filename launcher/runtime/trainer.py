@@ -19,7 +19,7 @@ from launcher.runtime import checkpoint as ckpt
 from launcher.runtime.dist import DistEnv, all_reduce_sum, barrier
 from launcher.runtime.metrics import MetricsLog, console_line, emit, peak_flops
 from launcher.runtime.optim import param_groups
-from launcher.runtime.sampling import GlobalOrder, StepBatches
+from launcher.runtime.sampling import GlobalOrder, StepBatches, StreamData
 from launcher.runtime.schedule import lr_at
 from launcher.runtime.task import RunContext, Task
 
@@ -61,7 +61,8 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
     sampler = StepBatches(order, math.global_batch, math.micro, env.world_size, env.rank, start_step, end_step)
     # Its own generator: creating a DataLoader iterator otherwise draws from the global RNG, which
     # would shift the dropout stream of a resumed run by one draw.
-    loader = torch.utils.data.DataLoader(task.train_data, batch_sampler=sampler, collate_fn=task.collate,
+    loader = torch.utils.data.DataLoader(StreamData(task.train_data, order), batch_sampler=sampler,
+                                         collate_fn=task.collate,
                                          pin_memory=backend.device.type == "cuda",
                                          generator=torch.Generator().manual_seed(recipe.seed))
     batches = iter(loader)
@@ -129,7 +130,8 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
 
 
 def evaluate(task: Task, backend, env: DistEnv) -> dict:
-    """Mean loss over the eval split (each rank scores every world_size-th sample)."""
+    """Mean loss over the eval split (each rank scores every world_size-th sample), plus the
+    recipe's metrics, each a (sum, count) pair reduced over all ranks before dividing."""
     if task.eval_data is None or len(task.eval_data) == 0:
         return {}
     model = backend.model
@@ -137,7 +139,7 @@ def evaluate(task: Task, backend, env: DistEnv) -> dict:
     totals = torch.zeros(2, device=backend.device, dtype=torch.float64)
     indices = list(range(env.rank, len(task.eval_data), env.world_size))
     micro = max(1, backend.recipe.batch.micro)
-    extra: dict = {}
+    extra: dict[str, tuple] = {}
     with torch.no_grad():
         batches = [task.collate([task.eval_data[i] for i in indices[j: j + micro]])
                    for j in range(0, len(indices), micro)]
@@ -150,8 +152,15 @@ def evaluate(task: Task, backend, env: DistEnv) -> dict:
         if task.evaluate is not None:
             extra = task.evaluate(model, batches)
     model.train()
+    names = list(extra)
+    if names:
+        totals = torch.cat([totals, torch.stack([torch.as_tensor(v, dtype=torch.float64, device=totals.device)
+                                                 for name in names for v in extra[name]])])
     all_reduce_sum(totals)
-    return {"eval_loss": (totals[0] / totals[1]).item(), **extra}
+    out = {"eval_loss": (totals[0] / totals[1]).item()}
+    for i, name in enumerate(names):
+        out[name] = (totals[2 + 2 * i] / totals[3 + 2 * i]).item()
+    return out
 
 
 def _restore(recipe, root: Path, backend, env: DistEnv) -> tuple[int, list[str]]:

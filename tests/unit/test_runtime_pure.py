@@ -42,7 +42,8 @@ def _seen(size, global_batch, micro, world, start, end, seed=0):
     order = GlobalOrder(size, seed)
     seen = []
     for rank in range(world):
-        seen += [i for batch in StepBatches(order, global_batch, micro, world, rank, start, end) for i in batch]
+        batches = StepBatches(order, global_batch, micro, world, rank, start, end)
+        seen += [order.index(p) for batch in batches for p in batch]
     return seen
 
 

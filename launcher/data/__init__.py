@@ -1,0 +1,1 @@
+"""Text sources for recipes: local files, directories, Hugging Face datasets, packaged corpora."""

@@ -1,0 +1,475 @@
+"""BERT pretraining: masked language modelling + next sentence prediction (BertForPreTraining).
+
+    launcher run recipes/bert-pretrain-tiny.yaml --nproc 2        # CPU, minutes, Jane Austen
+    launcher run recipes/bert-base-pretrain.yaml --nproc 8        # one 8-GPU node, seq 128
+    launcher submit recipes/bert-base-pretrain.yaml --nodes 4     # Slurm (see the multi-node docs)
+
+Data follows the BERT paper (Devlin et al., 2019, and google-research/bert's
+create_pretraining_data): documents are split into sentences; each training pair packs sentences
+up to max_seq_len (shorter with probability short_seq_prob), cut into segment A and B, where B is
+the actual continuation half of the time and a span of another document otherwise:
+`[CLS] A [SEP] B [SEP]` with token type ids 0/1. Pairs are built once and cached; masking is
+dynamic: 15% of non-special tokens (optionally whole words), of which 80% become [MASK], 10% a
+random token, 10% stay, drawn from a seed derived from the sample's position in the global data
+stream, so every epoch masks differently and a resumed run masks exactly as before.
+
+The MLM head runs only on masked positions (about 15% of tokens): the same loss as computing all
+logits, for a fraction of the vocabulary projection's FLOPs and memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+DESCRIPTION = "BERT pretraining, masked LM + next sentence prediction (transformers BertForPreTraining)"
+
+# (layers, hidden, heads): Google's BERT miniatures (Turc et al., 2019) and the paper's sizes.
+SIZES = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8),
+         "base": (12, 768, 12), "large": (24, 1024, 16)}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    size: Literal["tiny", "mini", "small", "medium", "base", "large"] = "tiny"
+    pretrained: str = ""  # a local checkpoint directory (or a hub name when online): continue pretraining
+    layers: int = 0  # 0: from size
+    hidden: int = 0
+    heads: int = 0
+    intermediate: int = 0  # 0: 4 x hidden
+    dropout: float = 0.1
+    attention: Literal["sdpa", "eager"] = "sdpa"
+
+    def check(self) -> list[tuple[str, str, str]]:
+        out = []
+        layers, hidden, heads = self.dims()
+        if min(layers, hidden, heads) <= 0:
+            out.append(("layers", "layers, hidden and heads must be > 0", "or leave them 0 to use `size`"))
+        elif hidden % heads:
+            out.append(("heads", f"hidden ({hidden}) must be divisible by heads ({heads})", "e.g. hidden 256, heads 4"))
+        if not 0 <= self.dropout < 1:
+            out.append(("dropout", "must be in [0, 1)", "BERT uses 0.1"))
+        return out
+
+    def dims(self) -> tuple[int, int, int]:
+        layers, hidden, heads = SIZES[self.size]
+        return self.layers or layers, self.hidden or hidden, self.heads or heads
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "package:austen"  # file, directory, hf:DIR, json:FILE, package:austen|kjv
+    # "" draws NSP negatives from the corpus itself (the paper). Another corpus makes NSP a
+    # corpus-discrimination task: learnable in minutes, but not a coherence signal.
+    negatives: str = ""
+    text_field: str = "text"
+    tokenizer: str = ""  # local tokenizer directory (AutoTokenizer); "" trains WordPiece on the corpus
+    vocab_size: int = 8192
+    lowercase: bool = True
+    max_seq_len: int = 128
+    short_seq_prob: float = 0.1
+    mask_prob: float = 0.15
+    max_predictions: int = 20  # per sequence (the paper: 20 at 128, 80 at 512)
+    whole_word_mask: bool = False
+    dupe_factor: int = 2  # pair sets built per document, each with different splits
+    eval_fraction: float = 0.02  # documents held out for evaluation
+    cache_dir: str = ""  # preprocessing cache; default $LAUNCHER_CACHE_DIR or ~/.cache/launcher
+    seed: int = 12345
+
+    def check(self) -> list[tuple[str, str, str]]:
+        out = []
+        if not 16 <= self.max_seq_len <= 4096:
+            out.append(("max_seq_len", f"must be in 16..4096, got {self.max_seq_len}", "128 or 512 as in the paper"))
+        for key in ("short_seq_prob", "mask_prob"):
+            if not 0 <= getattr(self, key) < 1:
+                out.append((key, "must be in [0, 1)", "the paper uses 0.1 and 0.15"))
+        if not 0 < self.eval_fraction < 0.5:
+            out.append(("eval_fraction", "must be in (0, 0.5)", "e.g. 0.02"))
+        if self.vocab_size < 200:
+            out.append(("vocab_size", "must be >= 200", "e.g. 8192 for a small corpus, 30522 as BERT"))
+        if self.max_predictions <= 0 or self.dupe_factor <= 0:
+            out.append(("max_predictions", "max_predictions and dupe_factor must be > 0", "20 and 2"))
+        return out
+
+
+def tokens_per_sample(recipe) -> int:
+    return recipe.data.max_seq_len
+
+
+# ---------------------------------------------------------------------------------------------
+# Build: tokenizer, cached pairs, model, loss
+
+
+def build(recipe, ctx):
+    import torch
+
+    from launcher.runtime.task import Task
+
+    data_cfg: DataConfig = recipe.data
+    cache = _cache_directory(data_cfg)
+    if ctx.local_rank == 0:  # one process per node preprocesses; the others wait at the barrier
+        _preprocess(data_cfg, cache)
+    ctx.barrier()
+    tokenizer = _load_tokenizer(cache / "tokenizer")
+    if ctx.is_main:
+        tokenizer.save_pretrained(os.path.join(ctx.run_dir, "tokenizer"))
+    train_pairs = torch.load(cache / "train.pt", weights_only=True)
+    eval_pairs = torch.load(cache / "eval.pt", weights_only=True)
+    masker = Masker(tokenizer, data_cfg)
+    bert = _build_model(recipe.model, tokenizer, data_cfg.max_seq_len)
+    model = _pretraining_module(bert, nsp_weight=data_cfg.mask_prob * data_cfg.max_seq_len)
+
+    def loss(model, batch):
+        out = model(**batch)
+        return out["loss_sum"], out["masked"]
+
+    def evaluate(model, batches):
+        totals = torch.zeros(5, dtype=torch.float64, device=batches[0]["input_ids"].device)
+        for batch in batches:
+            out = model(**batch)
+            totals += torch.stack([out[k].double() for k in ("mlm_sum", "masked", "mlm_correct",
+                                                             "nsp_correct", "pairs")])
+        return {"mlm_loss": (totals[0], totals[1]), "mlm_accuracy": (totals[2], totals[1]),
+                "nsp_accuracy": (totals[3], totals[4])}
+
+    def export(model, state, directory):
+        prefix = "bert."  # the wrapper's attribute holding BertForPreTraining
+        inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        model.bert.save_pretrained(directory, state_dict=inner)
+        tokenizer.save_pretrained(directory)
+
+    config = bert.config
+    non_embedding = sum(p.numel() for n, p in bert.named_parameters() if "embeddings" not in n)
+    seq = data_cfg.max_seq_len
+    return Task(
+        model=model,
+        train_data=PairData(train_pairs, masker, data_cfg.seed),
+        eval_data=PairData(eval_pairs, masker, data_cfg.seed + 1),
+        collate=lambda samples: collate(samples, tokenizer.pad_token_id),
+        loss=loss,
+        count_targets=lambda batch: int((batch["labels"] != -100).sum()),
+        evaluate=evaluate,
+        flops_per_sample=seq * (6 * non_embedding + 12 * config.num_hidden_layers * config.hidden_size * seq),
+        tokens_per_sample=seq,
+        export=export,
+    )
+
+
+def _pretraining_module(bert, nsp_weight: float):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class BertPretraining(nn.Module):
+        """BertForPreTraining with the MLM head on masked positions only; returns loss sums.
+
+        Engines (DDP, FSDP, DeepSpeed) wrap this module, so its forward is the one they hook.
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def gradient_checkpointing_enable(self, **kwargs) -> None:
+            self.bert.gradient_checkpointing_enable(**kwargs)
+
+        def forward(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label, **_):
+            sequence, pooled = self.bert.bert(input_ids=input_ids, attention_mask=attention_mask,
+                                              token_type_ids=token_type_ids, return_dict=False)[:2]
+            masked = labels != -100
+            logits = self.bert.cls.predictions(sequence[masked])
+            targets = labels[masked]
+            mlm_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+            nsp_logits = self.bert.cls.seq_relationship(pooled)
+            nsp_sum = F.cross_entropy(nsp_logits.float(), next_sentence_label, reduction="sum")
+            with torch.no_grad():
+                mlm_correct = (logits.argmax(-1) == targets).sum()
+                nsp_correct = (nsp_logits.argmax(-1) == next_sentence_label).sum()
+            # One normaliser for the global batch: masked tokens. NSP is weighted as if each pair
+            # carried mask_prob x max_seq_len masked tokens, so loss ~ mean MLM + mean NSP.
+            return {"loss_sum": mlm_sum + nsp_weight * nsp_sum, "mlm_sum": mlm_sum, "masked": masked.sum(),
+                    "mlm_correct": mlm_correct, "nsp_correct": nsp_correct,
+                    "pairs": torch.tensor(len(labels), device=labels.device)}
+
+    return BertPretraining()
+
+
+def _build_model(cfg: ModelConfig, tokenizer, max_seq_len: int):
+    from transformers import BertConfig, BertForPreTraining
+
+    if cfg.pretrained:
+        model = BertForPreTraining.from_pretrained(cfg.pretrained, attn_implementation=cfg.attention)
+        if model.config.vocab_size != len(tokenizer):
+            raise ValueError(f"model.pretrained has vocab {model.config.vocab_size}, the tokenizer "
+                             f"{len(tokenizer)}: set data.tokenizer to the checkpoint's own tokenizer")
+        return model
+    layers, hidden, heads = cfg.dims()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=cfg.intermediate or 4 * hidden,
+                        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+                        max_position_embeddings=max(512, max_seq_len), type_vocab_size=2,
+                        pad_token_id=tokenizer.pad_token_id)
+    config._attn_implementation = cfg.attention
+    return BertForPreTraining(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing (once per data + settings, cached on disk)
+
+
+def _cache_directory(cfg: DataConfig) -> Path:
+    from launcher.data.corpora import load_documents
+
+    root = Path(cfg.cache_dir or os.environ.get("LAUNCHER_CACHE_DIR") or Path.home() / ".cache" / "launcher")
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for spec in filter(None, (cfg.corpus, cfg.negatives)):  # the data itself, not only its name
+        for document in load_documents(spec, cfg.text_field):
+            digest.update("\n".join(document).encode())
+    if cfg.tokenizer:
+        for path in sorted(Path(cfg.tokenizer).glob("*")):
+            digest.update(path.name.encode() + path.read_bytes())
+    return root / f"bert-pretrain-{digest.hexdigest()[:16]}"
+
+
+def _preprocess(cfg: DataConfig, cache: Path) -> None:
+    """Tokenizer + train/eval pairs into `cache`, written to a temp dir and renamed when complete."""
+    import shutil
+
+    import torch
+
+    from launcher.data.corpora import load_documents
+
+    if (cache / "done").exists():
+        return
+    tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    documents = load_documents(cfg.corpus, cfg.text_field)
+    negatives = load_documents(cfg.negatives, cfg.text_field) if cfg.negatives else None
+    rng = random.Random(cfg.seed)
+    order = list(range(len(documents)))
+    rng.shuffle(order)
+    n_eval = max(1, round(len(documents) * cfg.eval_fraction))
+    eval_docs = [documents[i] for i in order[:n_eval]]
+    train_docs = [documents[i] for i in order[n_eval:]]
+
+    if cfg.tokenizer:
+        tokenizer = _load_tokenizer(cfg.tokenizer)
+    else:
+        texts = [s for doc in train_docs + (negatives or []) for s in doc]
+        tokenizer = train_wordpiece(texts, cfg.vocab_size, cfg.lowercase)
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))
+
+    def encode(docs):
+        flat = [s for doc in docs for s in doc]
+        ids = tokenizer(flat, add_special_tokens=False)["input_ids"]
+        out, start = [], 0
+        for doc in docs:
+            out.append([s for s in ids[start:start + len(doc)] if s])
+            start += len(doc)
+        return [d for d in out if d]
+
+    train_tok, eval_tok = encode(train_docs), encode(eval_docs)
+    negative_tok = encode(negatives) if negatives else None
+    splits = (("train", train_tok, cfg.seed, cfg.dupe_factor), ("eval", eval_tok, cfg.seed + 1, 1))
+    for name, docs, seed, dupes in splits:
+        pairs = []
+        pair_rng = random.Random(seed)
+        for _ in range(dupes):
+            for index in range(len(docs)):
+                pairs += create_pairs(docs, index, pair_rng, cfg.max_seq_len, cfg.short_seq_prob,
+                                      negative_docs=negative_tok)
+        pair_rng.shuffle(pairs)
+        torch.save(pack_pairs(pairs), tmp / f"{name}.pt")
+    (tmp / "done").write_text(json.dumps({"train_documents": len(train_tok), "eval_documents": len(eval_tok)}))
+    try:
+        os.rename(tmp, cache)
+    except OSError:  # another node's leader committed the same cache first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool):
+    """A BERT WordPiece tokenizer trained on the corpus, as a transformers fast tokenizer."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    wordpiece = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=lowercase)
+    wordpiece.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
+                                  special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    return BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, do_lower_case=lowercase,
+                             unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+                             mask_token="[MASK]")
+
+
+def _load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def create_pairs(docs: list[list[list[int]]], index: int, rng: random.Random, max_seq_len: int,
+                 short_seq_prob: float, negative_docs=None) -> list[tuple[list[int], list[int], int]]:
+    """NSP pairs (A, B, is_random) from one document, as in google-research/bert."""
+    max_tokens = max_seq_len - 3  # [CLS] A [SEP] B [SEP]
+    target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
+    document = docs[index]
+    pool = negative_docs if negative_docs else docs
+    pairs, chunk, length, i = [], [], 0, 0
+    while i < len(document):
+        chunk.append(document[i])
+        length += len(document[i])
+        if i == len(document) - 1 or length >= target:
+            a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+            a = [t for seg in chunk[:a_end] for t in seg]
+            if len(chunk) == 1 or rng.random() < 0.5:
+                is_random = 1
+                b = _random_span(pool, None if negative_docs else index, rng, max(1, target - len(a)))
+                i -= len(chunk) - a_end  # the unused segments start the next pair
+            else:
+                is_random = 0
+                b = [t for seg in chunk[a_end:] for t in seg]
+            _truncate_pair(a, b, max_tokens, rng)
+            if a and b:
+                pairs.append((a, b, is_random))
+            chunk, length = [], 0
+            target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
+        i += 1
+    return pairs
+
+
+def _random_span(pool, exclude: int | None, rng: random.Random, target: int) -> list[int]:
+    for _ in range(10):
+        pick = rng.randrange(len(pool))
+        if pick != exclude or len(pool) == 1:
+            break
+    document = pool[pick]
+    start = rng.randrange(len(document))
+    span: list[int] = []
+    for segment in document[start:]:
+        span += segment
+        if len(span) >= target:
+            break
+    return span
+
+
+def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Random) -> None:
+    while len(a) + len(b) > max_tokens:
+        longer = a if len(a) > len(b) else b
+        if rng.random() < 0.5:  # cut from the front or the back, so neither end is favoured
+            del longer[0]
+        else:
+            longer.pop()
+
+
+def pack_pairs(pairs) -> dict:
+    """Pairs as three flat tensors (cheap to save, load and share)."""
+    import torch
+
+    tokens, offsets, a_lengths, labels = [], [0], [], []
+    for a, b, is_random in pairs:
+        tokens += a + b
+        offsets.append(len(tokens))
+        a_lengths.append(len(a))
+        labels.append(is_random)
+    return {"tokens": torch.tensor(tokens, dtype=torch.int32), "offsets": torch.tensor(offsets, dtype=torch.int64),
+            "a_lengths": torch.tensor(a_lengths, dtype=torch.int32), "labels": torch.tensor(labels, dtype=torch.int64)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples: dynamic masking keyed by the stream position
+
+
+class Masker:
+    def __init__(self, tokenizer, cfg: DataConfig) -> None:
+        self.cfg = cfg
+        self.cls, self.sep, self.mask = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
+        self.special = set(tokenizer.all_special_ids)
+        self.vocab_size = len(tokenizer)
+        vocab = tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
+        self.continuation = [t.startswith("##") for t in vocab]
+        self.random_ids = [i for i in range(self.vocab_size) if i not in self.special]
+
+    def __call__(self, ids: list[int], rng: random.Random) -> tuple[list[int], list[int]]:
+        """(masked input ids, labels with -100 where nothing is predicted)."""
+        cfg = self.cfg
+        candidates: list[list[int]] = []
+        for position, token in enumerate(ids):
+            if token in self.special:
+                continue
+            if cfg.whole_word_mask and candidates and self.continuation[token]:
+                candidates[-1].append(position)  # a ## piece joins its word
+            else:
+                candidates.append([position])
+        n_tokens = sum(len(c) for c in candidates)
+        budget = min(cfg.max_predictions, max(1, round(n_tokens * cfg.mask_prob)))
+        rng.shuffle(candidates)
+        chosen: list[int] = []
+        for word in candidates:
+            if len(chosen) + len(word) > budget:
+                continue
+            chosen += word
+            if len(chosen) >= budget:
+                break
+        inputs, labels = list(ids), [-100] * len(ids)
+        for position in chosen:
+            labels[position] = ids[position]
+            draw = rng.random()
+            if draw < 0.8:
+                inputs[position] = self.mask
+            elif draw >= 0.9:
+                inputs[position] = rng.choice(self.random_ids)
+            # else: 10% keep the original token
+        return inputs, labels
+
+
+class PairData:
+    """Map-style data whose items are masked with an RNG keyed by the global stream position."""
+
+    def __init__(self, packed: dict, masker: Masker, seed: int) -> None:
+        self.tokens = packed["tokens"].tolist()
+        self.offsets = packed["offsets"].tolist()
+        self.a_lengths = packed["a_lengths"].tolist()
+        self.labels = packed["labels"].tolist()
+        self.masker, self.seed = masker, seed
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.at(index, index)  # evaluation: fixed masks
+
+    def at(self, index: int, position: int) -> dict:
+        start, end = self.offsets[index], self.offsets[index + 1]
+        a_end = start + self.a_lengths[index]
+        a, b = self.tokens[start:a_end], self.tokens[a_end:end]
+        masker = self.masker
+        ids = [masker.cls, *a, masker.sep, *b, masker.sep]
+        types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        inputs, labels = masker(ids, random.Random(self.seed * 1_000_003 + position))
+        return {"input_ids": inputs, "token_type_ids": types, "labels": labels,
+                "next_sentence_label": self.labels[index]}
+
+
+def collate(samples: list[dict], pad_id: int) -> dict:
+    """Pad to the longest sequence of the batch, rounded up to a multiple of 8 (tensor cores)."""
+    import torch
+
+    length = max(len(s["input_ids"]) for s in samples)
+    length = (length + 7) // 8 * 8
+    def pad(key, value):
+        return [s[key] + [value] * (length - len(s[key])) for s in samples]
+    lengths = torch.tensor([len(s["input_ids"]) for s in samples])
+    return {
+        "input_ids": torch.tensor(pad("input_ids", pad_id)),
+        "token_type_ids": torch.tensor(pad("token_type_ids", 0)),
+        "attention_mask": (torch.arange(length)[None, :] < lengths[:, None]).long(),
+        "labels": torch.tensor(pad("labels", -100)),
+        "next_sentence_label": torch.tensor([s["next_sentence_label"] for s in samples]),
+    }
