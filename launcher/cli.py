@@ -82,9 +82,11 @@ def run(recipe_path, overrides, nproc, nodes, hostfile, run_dir):
     """Write the run directory, then start the job and wait for it (exit status = the job's)."""
     from launcher.engines.process import execute
     from launcher.rundir import write_run_dir
+    from launcher.tracking import job_run_id
 
     _, launch_plan, resolved = _prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir)
     write_run_dir(launch_plan.run_dir, resolved, launch_plan.to_dict())
+    job_run_id(launch_plan.run_dir)  # one tracker run per job, made before any rank starts
     math = launch_plan.math
     click.echo(f"launcher: run dir {launch_plan.run_dir}", err=True)
     click.echo(f"launcher: {launch_plan.engine}, {len(launch_plan.nodes)} node(s) x {launch_plan.nproc_per_node} "

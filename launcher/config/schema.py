@@ -149,6 +149,13 @@ class TrackingConfig:
     group: str = ""
     tags: list[str] = field(default_factory=list)
     notes: str = ""
+    init_timeout: float = 30.0  # seconds to reach the server before falling back to offline
+    log_model: bool = False  # upload the exported model as an artifact at the end
+
+    def check(self) -> list[tuple[str, str, str]]:
+        if self.init_timeout <= 0:
+            return [("init_timeout", "must be > 0", "seconds, e.g. 30")]
+        return []
 
 
 @dataclass(frozen=True)

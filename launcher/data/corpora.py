@@ -18,7 +18,8 @@ from pathlib import Path
 Document = list[str]
 
 AUSTEN_DIR = Path("/usr/lib/R/site-library/janeaustenr/data")
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z])")
+# A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) before a capital.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z])")
 _CHAPTER = re.compile(r"^\s*(CHAPTER|Chapter)\b")
 _KJV_CHAPTER = re.compile(r"^(?:[1-3] )?[A-Z][A-Za-z ]+ \d+$")
 

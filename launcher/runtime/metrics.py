@@ -26,6 +26,7 @@ class MetricsLog:
 
     def __init__(self, path: Path, enabled: bool, resume_step: int) -> None:
         self.path, self.enabled = path, enabled
+        self.previous_last_step = 0  # the furthest step an earlier attempt logged
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._truncate_after(resume_step)
@@ -39,6 +40,7 @@ class MetricsLog:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
+            self.previous_last_step = max(self.previous_last_step, int(record.get("step", 0)))
             if record.get("step", 0) <= step:
                 kept.append(line)
         self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")

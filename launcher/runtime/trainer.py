@@ -22,9 +22,10 @@ from launcher.runtime.optim import param_groups
 from launcher.runtime.sampling import GlobalOrder, StepBatches, StreamData
 from launcher.runtime.schedule import lr_at
 from launcher.runtime.task import RunContext, Task
+from launcher.tracking import NullTracker, SkipLoggedSteps, job_run_id, make_tracker
 
 
-def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
+def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> None:
     recipe = loaded.recipe
     math = batch_math(recipe.batch.global_, recipe.batch.micro, env.world_size, 1, env.world_size,
                       recipe.train.steps, recipe.scheduler.warmup_steps, None)
@@ -49,10 +50,29 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
 
     root = Path(recipe.checkpoint.dir or os.path.join(run_dir, "checkpoints"))
     manager = ckpt.CheckpointManager(str(root), recipe.checkpoint.keep_last, env.rank, barrier)
-    start_step, warnings = _restore(recipe, root, backend, env)
+    start_step, warnings, meta = _restore(recipe, root, backend, env)
     log = MetricsLog(Path(run_dir) / "metrics.jsonl", main, start_step)
     for warning in warnings:
         log.write({"step": start_step, "warning": warning})
+    # The checkpoint's run id wins: a resumed job continues the run it was part of.
+    # Only rank 0 tracks and writes checkpoint metadata, so only it needs the id.
+    run_id = meta.get("tracker_run_id") or (job_run_id(run_dir) if main else "")
+    tracker = make_tracker(recipe.tracking, run_dir, run_id, Path(run_dir).name,
+                           _tracker_config(recipe, math, env), main) if main else NullTracker()
+    # Steps between the checkpoint and the kill were already sent to the tracker by the earlier
+    # attempt; exact resume recomputes identical values, so they are not sent twice.
+    tracker = SkipLoggedSteps(tracker, log.previous_last_step)
+    try:
+        _loop(recipe, task, backend, math, env, log, tracker, manager, start_step, run_id, run_dir)
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish(exit_code=0)
+
+
+def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, tracker, manager, start_step: int,
+          run_id: str, run_dir: str) -> None:
+    main = env.rank == 0
 
     order = GlobalOrder(len(task.train_data), recipe.seed, task.shuffle)
     end_step = recipe.train.steps
@@ -109,6 +129,7 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
             if device.type == "cuda":
                 last_record["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             log.write(last_record)
+            tracker.log(last_record, done)
             if main:
                 emit(console_line(last_record, recipe.train.steps))
             interval_loss.zero_(), interval_count.zero_()
@@ -119,14 +140,14 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> dict:
             if metrics:
                 record = {"step": done, **metrics}
                 log.write(record)
+                tracker.log(metrics, done)
                 if main:
                     emit(console_line(record, recipe.train.steps))
         save_due = recipe.checkpoint.every_steps and done % recipe.checkpoint.every_steps == 0
         if save_due or done == end_step:
-            _save(manager, backend, recipe, math, env, done)
+            _save(manager, backend, recipe, math, env, done, run_id)
     if end_step == recipe.train.steps:
         _export(task, backend, run_dir, main)
-    return last_record
 
 
 def evaluate(task: Task, backend, env: DistEnv) -> dict:
@@ -163,10 +184,10 @@ def evaluate(task: Task, backend, env: DistEnv) -> dict:
     return out
 
 
-def _restore(recipe, root: Path, backend, env: DistEnv) -> tuple[int, list[str]]:
+def _restore(recipe, root: Path, backend, env: DistEnv) -> tuple[int, list[str], dict]:
     directory = ckpt.find_resume_dir(root, recipe.checkpoint.resume)
     if directory is None:
-        return 0, []
+        return 0, [], {}
     meta = ckpt.verify(directory)
     warnings = []
     if meta["world_size"] != env.world_size:
@@ -186,13 +207,28 @@ def _restore(recipe, root: Path, backend, env: DistEnv) -> tuple[int, list[str]]
         warnings.append(f"rank {env.rank}: no RNG state in {directory.name}; dropout/masking streams restart")
     if env.rank == 0:
         emit(f"resumed from {directory} at step {meta['step']}")
-    return int(meta["step"]), warnings
+    return int(meta["step"]), warnings, meta
 
 
-def _save(manager, backend, recipe, math, env: DistEnv, step: int) -> None:
+def _tracker_config(recipe, math, env: DistEnv) -> dict:
+    from launcher.config.load import recipe_to_dict
+    from launcher.secrets import redact_env
+
+    config = recipe_to_dict(recipe)
+    config["cluster"]["env"] = redact_env(config["cluster"]["env"])
+    config["launch"] = {"world_size": env.world_size, "nodes": env.world_size // env.local_world_size,
+                        "processes_per_node": env.local_world_size, "backend": recipe.backend.name,
+                        "zero_stage": recipe.backend.zero_stage if recipe.backend.name == "deepspeed" else None,
+                        "strategy": recipe.backend.strategy if recipe.backend.name == "accelerate" else None,
+                        "micro_batch": math.micro, "accumulation": math.accumulation,
+                        "global_batch": math.global_batch}
+    return config
+
+
+def _save(manager, backend, recipe, math, env: DistEnv, step: int, run_id: str) -> None:
     meta = {"step": step, "samples": step * math.global_batch, "world_size": env.world_size,
             "global_batch": math.global_batch, "backend": recipe.backend.name,
-            "zero_stage": recipe.backend.zero_stage, "recipe": recipe.recipe}
+            "zero_stage": recipe.backend.zero_stage, "recipe": recipe.recipe, "tracker_run_id": run_id}
     manager.save(step, meta, backend.save)
 
 

@@ -1,0 +1,153 @@
+"""Experiment tracking: W&B on global rank 0 only, one run per job, never in the way of training.
+
+- The run id is made once per job by the launcher (run dir `tracking.json`), stored in every
+  checkpoint and reused on restart, requeue and resume: a preempted job continues the same run.
+- The step axis is our global optimizer step, logged as the metric `global_step` rather than
+  W&B's internal `_step`, so re-logging steps after a resume from an earlier checkpoint is
+  recorded instead of being dropped as "step went backwards".
+- `auto` is online with credentials and offline otherwise; an unreachable server at start falls
+  back to offline after a bounded timeout; any tracker error later disables the tracker with one
+  warning and training goes on. wandb is imported only here, only on rank 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+TRACKING_FILE = "tracking.json"
+
+
+def job_run_id(run_dir: str) -> str:
+    """The tracker run id of this run directory, created on first use (launcher side, no wandb)."""
+    path = Path(run_dir) / TRACKING_FILE
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))["run_id"]
+    run_id = secrets.token_hex(4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"run_id": run_id}) + "\n", encoding="utf-8")
+    return run_id
+
+
+def has_wandb_credentials(env: dict[str, str] | None = None) -> bool:
+    env = dict(os.environ) if env is None else env
+    if env.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(env.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text(encoding="utf-8") or bool(env.get("WANDB_BASE_URL"))
+    except OSError:
+        return False
+
+
+def _say(message: str) -> None:
+    print(f"tracking: {message}", file=sys.stderr, flush=True)
+
+
+class NullTracker:
+    mode = "disabled"
+
+    def log(self, record: dict, step: int) -> None:
+        pass
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        pass
+
+    def log_image(self, name: str, path: str, step: int) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbTracker:
+    def __init__(self, run, mode: str) -> None:
+        self.run, self.mode = run, mode
+
+    def _guard(self, action, *args) -> None:
+        if self.run is None:
+            return
+        try:
+            action(*args)
+        except Exception as exc:  # noqa: BLE001 - the tracker must never stop training
+            _say(f"W&B failed ({type(exc).__name__}: {exc}); tracking disabled, training continues "
+                 "(metrics.jsonl keeps every step)")
+            self.run = None
+
+    def log(self, record: dict, step: int) -> None:
+        self._guard(lambda: self.run.log({**record, "global_step": step}))
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        import wandb
+
+        self._guard(lambda: self.run.log({name: wandb.Table(columns=columns, data=rows), "global_step": step}))
+
+    def log_image(self, name: str, path: str, step: int) -> None:
+        import wandb
+
+        self._guard(lambda: self.run.log({name: wandb.Image(path), "global_step": step}))
+
+    def finish(self, exit_code: int = 0) -> None:
+        self._guard(lambda: self.run.finish(exit_code=exit_code))
+
+
+class SkipLoggedSteps:
+    """Forwards to a tracker, except steps at or before `floor` (already logged by a prior attempt)."""
+
+    def __init__(self, tracker, floor: int) -> None:
+        self.tracker, self.floor = tracker, floor
+
+    def log(self, record: dict, step: int) -> None:
+        if step > self.floor:
+            self.tracker.log(record, step)
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        if step > self.floor:
+            self.tracker.log_table(name, columns, rows, step)
+
+    def log_image(self, name: str, path: str, step: int) -> None:
+        if step > self.floor:
+            self.tracker.log_image(name, path, step)
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.tracker.finish(exit_code)
+
+
+def make_tracker(cfg, run_dir: str, run_id: str, run_name: str, config: dict, is_main: bool):
+    """cfg: the recipe's TrackingConfig. Returns a tracker; only rank 0 ever gets a real one."""
+    if not is_main or cfg.mode == "disabled":
+        return NullTracker()
+    mode = cfg.mode
+    if mode == "auto":
+        mode = "online" if has_wandb_credentials() else "offline"
+        if mode == "offline":
+            _say(f"no W&B credentials: logging offline under {run_dir}/wandb; upload later with "
+                 f"`wandb sync {run_dir}/wandb/offline-run-*`")
+    import wandb
+
+    def init(chosen: str):
+        settings = wandb.Settings(init_timeout=cfg.init_timeout, silent=True)
+        run = wandb.init(project=cfg.project, entity=cfg.entity or None, name=cfg.name or run_name,
+                         group=cfg.group or None, tags=list(cfg.tags) or None, notes=cfg.notes or None,
+                         id=run_id, resume="allow", dir=run_dir, config=config, mode=chosen, settings=settings)
+        run.define_metric("global_step")
+        run.define_metric("*", step_metric="global_step")
+        return run
+
+    try:
+        return WandbTracker(init(mode), mode)
+    except Exception as exc:  # noqa: BLE001 - no network, bad key, server down: keep training
+        if mode != "online":
+            _say(f"W&B {mode} init failed ({type(exc).__name__}: {exc}); tracking disabled")
+            return NullTracker()
+        _say(f"W&B online init failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+             f"fell back to offline: upload later with `wandb sync {run_dir}/wandb/offline-run-*`")
+        try:
+            return WandbTracker(init("offline"), "offline")
+        except Exception as second:  # noqa: BLE001
+            _say(f"W&B offline init failed too ({second}); tracking disabled")
+            return NullTracker()

@@ -1,0 +1,108 @@
+"""W&B with the real wandb library in offline mode, read back with wandb's own reader."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.integration.helpers import FIXTURES, ROOT, launch, launcher_env, metrics, write_recipe
+
+RECIPE = f"""\
+recipe: {FIXTURES / "uneven_recipe.py"}
+model: {{hidden: 16, dropout: 0.0}}
+data: {{samples: 96}}
+optimizer: {{lr: 1e-2}}
+batch: {{global: 16, micro: 4}}
+train: {{steps: 12, log_every: 1, eval_every: 0}}
+checkpoint: {{every_steps: 3}}
+tracking: {{mode: offline, project: launcher-tests, tags: [ci]}}
+"""
+SECRET = "wandb-key-7f3c9a1e5b2d4c6e8f"
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """Every record of the run's transaction log, via `wandb leet inspect --json`."""
+    wandb = str(Path(sys.executable).parent / "wandb")
+    out = subprocess.run([wandb, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def history_steps(records: list[dict]) -> list[int]:
+    return [r["history"]["item"]["global_step"] for r in records if r["type"] == "history"]
+
+
+def offline_runs(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_two_processes_make_one_run_with_config_and_metrics(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
+    result = launch(recipe, tmp_path / "run", nproc=2, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = offline_runs(tmp_path / "run")
+    assert len(runs) == 1  # rank 1 created none
+    run_id = json.loads((tmp_path / "run" / "tracking.json").read_text())["run_id"]
+    assert runs[0].name.endswith(run_id)
+    records = wandb_records(runs[0])
+    run_record = next(r["run"] for r in records if r["type"] == "run")
+    config = run_record["config"]["update"]
+    assert config["launch"]["world_size"] == 2 and config["launch"]["accumulation"] == 2
+    assert config["batch"]["global"] == 16 and config["optimizer"]["lr"] == 0.01
+    assert run_record["project"] == "launcher-tests"
+    assert history_steps(records) == list(range(1, 13))  # one history row per optimizer step
+    losses = {r["history"]["item"]["global_step"]: r["history"]["item"].get("loss")
+              for r in records if r["type"] == "history" and "loss" in r["history"]["item"]}
+    jsonl = {r["step"]: r["loss"] for r in metrics(tmp_path / "run") if "loss" in r}
+    assert losses == jsonl
+
+
+def test_kill_after_checkpoint_then_resume_keeps_one_run_and_one_step_axis(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("samples: 96}", "samples: 96, step_delay: 0.15}"))
+    run_dir = tmp_path / "run"
+    argv = ["launcher", "run", str(recipe), "--nproc", "2", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=launcher_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # wait for step 7 to be logged, after the step-6 checkpoint
+        if (run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= 7 for r in metrics(run_dir)):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the run never reached step 7")
+    import os
+
+    os.killpg(proc.pid, signal.SIGKILL)  # everything: launcher, torchrun, ranks
+    proc.wait()
+    killed_at = max(r["step"] for r in metrics(run_dir))
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() in ("step-00000006", "step-00000009")
+
+    result = launch(recipe, run_dir, nproc=2, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [r["step"] for r in metrics(run_dir) if "loss" in r]
+    assert steps == list(range(1, 13))  # no gap, no duplicate in the JSONL file
+    runs = offline_runs(run_dir)
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # same run id twice
+    train_steps = [s for run in runs for s in history_steps(wandb_records(run))[:]]
+    train_steps = sorted(train_steps)
+    assert train_steps == list(range(1, 13)), (killed_at, train_steps)
+
+
+def test_online_without_server_falls_back_and_no_secret_leaks(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("mode: offline", "mode: online, init_timeout: 10"))
+    env = launcher_env(WANDB_API_KEY=SECRET, WANDB_BASE_URL="http://127.0.0.1:9")  # a closed port
+    result = launch(recipe, tmp_path / "run", f"cluster.env.WANDB_API_KEY={SECRET}", nproc=2, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "fell back to offline" in output
+    assert len(offline_runs(tmp_path / "run")) == 1
+    assert SECRET not in output
+    leaked = [p for p in (tmp_path / "run").rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaked == []
+    config = next(r["run"]["config"]["update"] for r in wandb_records(offline_runs(tmp_path / "run")[0])
+                  if r["type"] == "run")
+    assert config["cluster"]["env"]["WANDB_API_KEY"] == "<redacted>"

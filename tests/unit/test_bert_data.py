@@ -1,0 +1,115 @@
+"""BERT data: masking proportions, NSP balance, pair lengths, resume-stable masks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from launcher.data.corpora import split_sentences, text_documents
+from launcher.recipes.bert_pretrain import DataConfig, Masker, PairData, create_pairs, pack_pairs, train_wordpiece
+
+TEXT = """It is a truth universally acknowledged, that a single man in possession of a good fortune,
+must be in want of a wife. However little known the feelings or views of such a man may be on his
+first entering a neighbourhood, this truth is so well fixed in the minds of the surrounding families,
+that he is considered the rightful property of some one or other of their daughters. My dear Mr.
+Bennet, said his lady to him one day, have you heard that Netherfield Park is let at last? Mr.
+Bennet replied that he had not. But it is, returned she; for Mrs. Long has just been here, and she
+told me all about it. Mr. Bennet made no answer. Do you not want to know who has taken it? cried his
+wife impatiently. You want to tell me, and I have no objection to hearing it."""
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    sentences = split_sentences(TEXT) * 20
+    return train_wordpiece(sentences, vocab_size=300, lowercase=True)
+
+
+def _documents(tokenizer, n_docs=40, seed=0):
+    rng = random.Random(seed)
+    sentences = split_sentences(TEXT)
+    docs = []
+    for _ in range(n_docs):
+        chosen = [sentences[rng.randrange(len(sentences))] for _ in range(rng.randint(3, 12))]
+        docs.append([ids for ids in tokenizer(chosen, add_special_tokens=False)["input_ids"] if ids])
+    return docs
+
+
+def test_sentence_and_document_splitting():
+    assert split_sentences('He said "No." Then she left! Was it? yes.') == ['He said "No."', "Then she left!",
+                                                                          "Was it? yes."]
+    assert len(text_documents("A b. C d.\n\nE f.\n")) == 2
+
+
+def test_masking_proportions_and_specials(tokenizer):
+    cfg = DataConfig(max_predictions=1000, mask_prob=0.15)
+    masker = Masker(tokenizer, cfg)
+    ids = tokenizer(TEXT)["input_ids"]  # with [CLS] ... [SEP]; long, so rounding per sequence is small
+    assert len(ids) > 150
+    counts = {"mask": 0, "random": 0, "same": 0}
+    chosen = total = 0
+    for seed in range(3000):
+        inputs, labels = masker(ids, random.Random(seed))
+        for position, (token, label) in enumerate(zip(inputs, labels, strict=True)):
+            if ids[position] in masker.special:
+                assert label == -100 and token == ids[position]  # specials are never touched
+                continue
+            total += 1
+            if label == -100:
+                assert token == ids[position]
+                continue
+            chosen += 1
+            counts["mask" if token == masker.mask else "same" if token == ids[position] else "random"] += 1
+    assert chosen / total == pytest.approx(0.15, abs=0.01)
+    assert counts["mask"] / chosen == pytest.approx(0.8, abs=0.02)
+    # "random" may draw the original token itself, which counts as "same": both stay near 10%.
+    assert counts["random"] / chosen == pytest.approx(0.1, abs=0.02)
+    assert counts["same"] / chosen == pytest.approx(0.1, abs=0.02)
+
+
+def test_whole_word_masking_masks_all_pieces(tokenizer):
+    masker = Masker(tokenizer, DataConfig(whole_word_mask=True, max_predictions=1000, mask_prob=0.3))
+    ids = tokenizer("universally acknowledged neighbourhood impatiently")["input_ids"]
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    assert any(p.startswith("##") for p in pieces)  # the test needs split words
+    for seed in range(200):
+        _, labels = masker(ids, random.Random(seed))
+        for position in range(1, len(ids)):
+            if pieces[position].startswith("##"):
+                # a continuation piece is predicted exactly when its word's previous piece is
+                assert (labels[position] == -100) == (labels[position - 1] == -100)
+
+
+def test_pairs_fit_max_length_and_nsp_is_balanced(tokenizer):
+    docs = _documents(tokenizer)
+    rng = random.Random(1)
+    pairs = []
+    for _ in range(5):
+        for index in range(len(docs)):
+            pairs += create_pairs(docs, index, rng, max_seq_len=48, short_seq_prob=0.1)
+    assert len(pairs) > 300
+    assert max(len(a) + len(b) + 3 for a, b, _ in pairs) <= 48
+    assert all(a and b for a, b, _ in pairs)
+    random_share = sum(label for _, _, label in pairs) / len(pairs)
+    assert 0.4 <= random_share <= 0.6, random_share
+
+
+def test_actual_next_pairs_are_contiguous_text(tokenizer):
+    docs = _documents(tokenizer, n_docs=5)
+    for index, doc in enumerate(docs):
+        flat = [t for s in doc for t in s]
+        for a, b, is_random in create_pairs(docs, index, random.Random(index), 512, 0.0):
+            if not is_random:
+                joined = a + b
+                assert any(flat[i:i + len(joined)] == joined for i in range(len(flat)))
+
+
+def test_masks_are_a_function_of_the_stream_position(tokenizer):
+    docs = _documents(tokenizer)
+    pairs = [p for i in range(len(docs)) for p in create_pairs(docs, i, random.Random(i), 48, 0.1)]
+    data = PairData(pack_pairs(pairs), Masker(tokenizer, DataConfig()), seed=5)
+    first = [data.at(3, position) for position in (3, 3 + len(data), 3 + 2 * len(data))]
+    again = [data.at(3, position) for position in (3, 3 + len(data), 3 + 2 * len(data))]
+    assert first == again  # a resumed run recomputes the same masks
+    assert len({tuple(sample["labels"]) for sample in first}) > 1  # each epoch masks anew
+    assert first[0]["token_type_ids"].count(0) == pairs[3][0].__len__() + 2
