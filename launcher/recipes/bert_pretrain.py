@@ -233,8 +233,8 @@ def _cache_directory(cfg: DataConfig) -> Path:
         for document in load_documents(spec, cfg.text_field):
             digest.update("\n".join(document).encode())
     if cfg.tokenizer:
-        for path in sorted(Path(cfg.tokenizer).glob("*")):
-            digest.update(path.name.encode() + path.read_bytes())
+        for path in sorted(p for p in Path(cfg.tokenizer).rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(cfg.tokenizer)).encode() + path.read_bytes())
     return root / f"bert-pretrain-{digest.hexdigest()[:16]}"
 
 
