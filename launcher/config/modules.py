@@ -19,6 +19,7 @@ from types import ModuleType
 BUILTIN = {
     "mlp_regression": "launcher.recipes.mlp_regression",
     "bert_pretrain": "launcher.recipes.bert_pretrain",
+    "gpt_finetune": "launcher.recipes.gpt_finetune",
 }
 REQUIRED_ATTRIBUTES = ("DESCRIPTION", "ModelConfig", "DataConfig", "build")
 

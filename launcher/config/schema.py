@@ -89,6 +89,7 @@ class TrainConfig:
     stop_after_steps: int = 0
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate only at the end
+    eval_at_start: bool = False  # also evaluate the starting model (a baseline for fine-tuning)
     compile: bool = False
     activation_checkpointing: bool = False
 

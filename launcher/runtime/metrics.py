@@ -26,7 +26,7 @@ class MetricsLog:
 
     def __init__(self, path: Path, enabled: bool, resume_step: int) -> None:
         self.path, self.enabled = path, enabled
-        self.previous_last_step = 0  # the furthest step an earlier attempt logged
+        self.previous_last_step = -1  # the furthest step an earlier attempt logged (-1: none)
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._truncate_after(resume_step)

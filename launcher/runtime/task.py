@@ -36,6 +36,10 @@ class Task:
     eval_data: Any = None
     # evaluate(model, batches) -> {"metric": (sum, count)}: summed over ranks, then divided.
     evaluate: Callable[[Any, Any], dict[str, float]] | None = None
+    # generate_samples(model) -> rows of {"prompt", "mode", "text"}, at every evaluation. Called on
+    # every rank (sharded engines need all ranks for a forward); rank 0 logs the rows.
+    generate_samples: Callable[[Any], list[dict]] | None = None
+    report_perplexity: bool = False  # language models: eval_perplexity = exp(eval_loss)
     flops_per_sample: float | None = None  # forward + backward, for MFU
     tokens_per_sample: int | None = None
     # export(unwrapped model, full state dict, directory), called on global rank 0 only

@@ -93,6 +93,8 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
     interval_count = torch.zeros((), device=device, dtype=torch.float64)
     interval_start, interval_steps = time.perf_counter(), 0
     last_record: dict = {}
+    if recipe.train.eval_at_start and start_step == 0:
+        _evaluate_and_sample(task, backend, env, log, tracker, run_dir, 0, recipe.train.steps)
     for step in range(start_step, end_step):
         micro_batches = [next(batches) for _ in range(math.accumulation)]
         # Normalise by the targets of the whole global batch (all ranks, all micro-steps), so
@@ -136,18 +138,25 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
             interval_start, interval_steps = time.perf_counter(), 0
         eval_due = recipe.train.eval_every and done % recipe.train.eval_every == 0
         if eval_due or done == recipe.train.steps:
-            metrics = evaluate(task, backend, env)
-            if metrics:
-                record = {"step": done, **metrics}
-                log.write(record)
-                tracker.log(metrics, done)
-                if main:
-                    emit(console_line(record, recipe.train.steps))
+            _evaluate_and_sample(task, backend, env, log, tracker, run_dir, done, recipe.train.steps)
         save_due = recipe.checkpoint.every_steps and done % recipe.checkpoint.every_steps == 0
         if save_due or done == end_step:
             _save(manager, backend, recipe, math, env, done, run_id)
     if end_step == recipe.train.steps:
         _export(task, backend, run_dir, main)
+
+
+def _evaluate_and_sample(task: Task, backend, env: DistEnv, log: MetricsLog, tracker, run_dir: str, step: int,
+                         total_steps: int) -> None:
+    metrics = evaluate(task, backend, env)
+    if metrics:
+        record = {"step": step, **metrics}
+        log.write(record)
+        tracker.log(metrics, step)
+        if env.rank == 0:
+            emit(console_line(record, total_steps))
+    if task.generate_samples is not None:
+        _log_samples(task.generate_samples(backend.model), step, run_dir, tracker, env.rank == 0)
 
 
 def evaluate(task: Task, backend, env: DistEnv) -> dict:
@@ -179,9 +188,31 @@ def evaluate(task: Task, backend, env: DistEnv) -> dict:
                                                  for name in names for v in extra[name]])])
     all_reduce_sum(totals)
     out = {"eval_loss": (totals[0] / totals[1]).item()}
+    if task.report_perplexity:
+        out["eval_perplexity"] = math_exp(out["eval_loss"])
     for i, name in enumerate(names):
         out[name] = (totals[2 + 2 * i] / totals[3 + 2 * i]).item()
     return out
+
+
+def math_exp(value: float) -> float:
+    import math
+
+    return math.exp(min(value, 700.0))
+
+
+def _log_samples(rows: list[dict], step: int, run_dir: str, tracker, main: bool) -> None:
+    if not main or not rows:
+        return
+    import json
+
+    with open(Path(run_dir) / "samples.jsonl", "a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps({"step": step, **row}) + "\n")
+    for row in rows:
+        emit(f"sample [{row['mode']}] {row['prompt']!r} -> {row['text']!r}")
+    columns = ["step", *rows[0].keys()]
+    tracker.log_table("samples", columns, [[step, *row.values()] for row in rows], step)
 
 
 def _restore(recipe, root: Path, backend, env: DistEnv) -> tuple[int, list[str], dict]:
