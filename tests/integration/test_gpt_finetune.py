@@ -43,8 +43,9 @@ def test_finetuning_lowers_heldout_perplexity(runs):
     _, fine, _ = runs
     evals = {r["step"]: r["eval_perplexity"] for r in metrics(fine) if "eval_perplexity" in r}
     assert sorted(evals) == [0, 100, 200]
-    # Measured: the KJV model scores PERPLEXITY_MEASURED on held-out Austen before, and after 200 steps.
-    assert evals[200] < 0.6 * evals[0], evals
+    # Measured (2 processes, 2 CPU cores): the KJV model scores 462 on held-out Austen before,
+    # 95 after 100 steps and 79 after 200.
+    assert evals[200] < 0.35 * evals[0], evals
 
 
 def test_samples_move_towards_the_finetuning_corpus(runs):
@@ -55,9 +56,9 @@ def test_samples_move_towards_the_finetuning_corpus(runs):
     assert len(before) == len(after) == 2 * len(PROMPTS)  # greedy + sampled per prompt
     austen_gain = _share(after, AUSTEN_WORDS) - _share(before, AUSTEN_WORDS)
     kjv_drop = _share(before, KJV_WORDS) - _share(after, KJV_WORDS)
-    # Measured: SHARE_MEASURED
-    assert austen_gain > 0.03, (before, after)
-    assert kjv_drop > 0.03, (before, after)
+    # Measured: Austen words 0.000 -> 0.224 of all generated words; KJV words 0.177 -> 0.000.
+    assert austen_gain > 0.10, (before, after)
+    assert kjv_drop > 0.08, (before, after)
 
 
 def test_export_generates_with_transformers(runs):
