@@ -52,8 +52,8 @@ class AccelerateBackend:
         with context:
             self.accelerator.backward(loss)
 
-    def step(self, lr: float):
-        set_lr(self.optimizer, lr)
+    def step(self, lr: float, step: int = 0):
+        set_lr(self.optimizer, lr, step)
         clip = self.recipe.optimizer.grad_clip
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         if clip > 0:

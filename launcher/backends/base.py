@@ -22,7 +22,7 @@ class Backend(Protocol):
     def backward(self, loss: Any, last: bool) -> None:
         """Backpropagate one micro-batch; gradients sync across ranks only when `last`."""
 
-    def step(self, lr: float) -> Any:
+    def step(self, lr: float, step: int) -> Any:
         """Clip, update, zero grads; return the global grad norm (a tensor, no host sync)."""
 
     def autocast(self) -> Any:

@@ -101,8 +101,8 @@ class DeepSpeedBackend:
         if not last:
             self.engine.step()  # advances the micro-step counter; no update before the boundary
 
-    def step(self, lr: float):
-        set_lr(self.engine.optimizer, lr)
+    def step(self, lr: float, step: int = 0):
+        set_lr(self.engine.optimizer, lr, step)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         return torch.as_tensor(norm if norm is not None else float("nan"))

@@ -20,6 +20,7 @@ BUILTIN = {
     "mlp_regression": "launcher.recipes.mlp_regression",
     "bert_pretrain": "launcher.recipes.bert_pretrain",
     "gpt_finetune": "launcher.recipes.gpt_finetune",
+    "resnet_transfer": "launcher.recipes.resnet_transfer",
 }
 REQUIRED_ATTRIBUTES = ("DESCRIPTION", "ModelConfig", "DataConfig", "build")
 

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+# Bump when pair construction or the cache layout changes: old caches are then never reused.
+PREPROCESS_VERSION = 2
 DESCRIPTION = "BERT pretraining, masked LM + next sentence prediction (transformers BertForPreTraining)"
 
 # (layers, hidden, heads): Google's BERT miniatures (Turc et al., 2019) and the paper's sizes.
@@ -228,6 +230,7 @@ def _cache_directory(cfg: DataConfig) -> Path:
     root = Path(cfg.cache_dir or os.environ.get("LAUNCHER_CACHE_DIR") or Path.home() / ".cache" / "launcher")
     digest = hashlib.sha256()
     settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
+    settings["format_version"] = PREPROCESS_VERSION
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for spec in filter(None, (cfg.corpus, cfg.negatives)):  # the data itself, not only its name
         for document in load_documents(spec, cfg.text_field):
@@ -329,11 +332,16 @@ def create_pairs(docs: list[list[list[int]]], index: int, rng: random.Random, ma
         length += len(document[i])
         if i == len(document) - 1 or length >= target:
             is_random = rng.random() < 0.5
-            if not is_random and len(chunk) == 1 and i + 1 < len(document):
+            if not is_random and len(chunk) == 1:
                 # The paper forces a random B for one-segment chunks, which skews NSP towards
-                # "random" (~63% measured); borrowing the next sentence keeps the labels 50/50.
-                i += 1
-                chunk.append(document[i])
+                # "random" (~63% measured). Borrow the next sentence, or at a document's end split
+                # the sentence itself: B is still the actual continuation of A.
+                if i + 1 < len(document):
+                    i += 1
+                    chunk.append(document[i])
+                elif len(chunk[0]) >= 2:
+                    cut = rng.randint(1, len(chunk[0]) - 1)
+                    chunk = [chunk[0][:cut], chunk[0][cut:]]
             a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
             a = [t for seg in chunk[:a_end] for t in seg]
             if is_random or len(chunk) == 1:

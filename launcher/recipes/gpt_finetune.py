@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+# Bump when packing or the cache layout changes: old caches are then never reused.
+PREPROCESS_VERSION = 1
 DESCRIPTION = "causal LM fine-tuning (AutoModelForCausalLM: GPT-2 family), packing or prompt/response, samples"
 
 # (layers, hidden, heads)
@@ -218,7 +220,8 @@ def _build_model(cfg: ModelConfig, source: str, tokenizer, max_seq_len: int):
 
 def _cache_directory(cfg: DataConfig, source: str) -> Path:
     root = Path(cfg.cache_dir or os.environ.get("LAUNCHER_CACHE_DIR") or Path.home() / ".cache" / "launcher")
-    digest = hashlib.sha256(json.dumps({**asdict(cfg), "cache_dir": "", "model": source}, sort_keys=True).encode())
+    settings = {**asdict(cfg), "cache_dir": "", "model": source, "format_version": PREPROCESS_VERSION}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for spec in filter(None, (cfg.corpus, cfg.eval_corpus)):
         digest.update(_fingerprint(spec).encode())
     for directory in filter(None, (cfg.tokenizer, source)):

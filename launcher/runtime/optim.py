@@ -22,6 +22,17 @@ def param_groups(model, weight_decay: float, decay_norm_and_bias: bool) -> list[
     return groups
 
 
+def param_groups_of(named: list[tuple[str, object]], weight_decay: float, decay_norm_and_bias: bool,
+                    **extra) -> list[dict]:
+    """Like param_groups, for a chosen set of parameters, with extra keys on each group."""
+    decay = [p for _, p in named if decay_norm_and_bias or p.ndim >= 2]
+    no_decay = [p for _, p in named if not (decay_norm_and_bias or p.ndim >= 2)]
+    groups = [{"params": decay, "weight_decay": weight_decay, **extra}] if decay else []
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, **extra})
+    return groups
+
+
 def build_optimizer(groups: list[dict], cfg: OptimizerConfig, fused: bool = False):
     import torch
 
@@ -31,6 +42,8 @@ def build_optimizer(groups: list[dict], cfg: OptimizerConfig, fused: bool = Fals
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
-def set_lr(optimizer, lr: float) -> None:
+def set_lr(optimizer, lr: float, step: int = 0) -> None:
+    """Scheduled LR x each group's lr_scale; 0 for groups whose unfreeze_step is still ahead."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        frozen = step < group.get("unfreeze_step", 0)
+        group["lr"] = 0.0 if frozen else lr * group.get("lr_scale", 1.0)

@@ -34,8 +34,15 @@ class Task:
     loss: Callable[[Any, Any], tuple[Any, Any]]
     count_targets: Callable[[Any], int]  # cheap, on the host, before the forward pass
     eval_data: Any = None
-    # evaluate(model, batches) -> {"metric": (sum, count)}: summed over ranks, then divided.
-    evaluate: Callable[[Any, Any], dict[str, float]] | None = None
+    # evaluate(model, batches) -> {"metric": (sum, count)}: summed over ranks, then divided. A
+    # plain tensor value (e.g. a confusion matrix) is summed over ranks and handed to
+    # eval_artifacts(tensors, step, run_dir) on rank 0, which returns [(name, image path)].
+    evaluate: Callable[[Any, Any], dict[str, Any]] | None = None
+    eval_artifacts: Callable[[dict, int, str], list[tuple[str, str]]] | None = None
+    # Optimizer groups; default: all trainable parameters, with norm/bias weight-decay exclusion.
+    # Groups may carry `lr_scale` (x the scheduled LR) and `unfreeze_step` (LR 0 before it).
+    param_groups: list[dict] | None = None
+    loader_workers: int = 0  # DataLoader worker processes (persistent, pinned memory on GPU)
     # generate_samples(model) -> rows of {"prompt", "mode", "text"}, at every evaluation. Called on
     # every rank (sharded engines need all ranks for a forward); rank 0 logs the rows.
     generate_samples: Callable[[Any], list[dict]] | None = None

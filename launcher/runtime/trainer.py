@@ -42,7 +42,7 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> None:
             raise ValueError(f"train.activation_checkpointing: the model of {recipe.recipe} has no "
                              "gradient_checkpointing_enable(); set it to false for this recipe")
         enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    groups = getattr(task, "param_groups", None) or param_groups(
+    groups = task.param_groups or param_groups(
         task.model, recipe.optimizer.weight_decay, recipe.optimizer.decay_norm_and_bias)
     backend.prepare(task.model, groups)
     # From here on each rank draws its own randomness (dropout, masking).
@@ -81,8 +81,10 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
     sampler = StepBatches(order, math.global_batch, math.micro, env.world_size, env.rank, start_step, end_step)
     # Its own generator: creating a DataLoader iterator otherwise draws from the global RNG, which
     # would shift the dropout stream of a resumed run by one draw.
+    workers = task.loader_workers
     loader = torch.utils.data.DataLoader(StreamData(task.train_data, order), batch_sampler=sampler,
-                                         collate_fn=task.collate,
+                                         collate_fn=task.collate, num_workers=workers,
+                                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                                          pin_memory=backend.device.type == "cuda",
                                          generator=torch.Generator().manual_seed(recipe.seed))
     batches = iter(loader)
@@ -112,7 +114,7 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
             backend.backward(loss_sum * scale.to(loss_sum.dtype), last=k == math.accumulation - 1)
             interval_loss += loss_sum.detach().double()
             interval_count += targets.double()
-        grad_norm = backend.step(lr)
+        grad_norm = backend.step(lr, step)
         interval_steps += 1
         done = step + 1
         if done % recipe.train.log_every == 0 or done == end_step:
@@ -148,7 +150,10 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
 
 def _evaluate_and_sample(task: Task, backend, env: DistEnv, log: MetricsLog, tracker, run_dir: str, step: int,
                          total_steps: int) -> None:
-    metrics = evaluate(task, backend, env)
+    metrics, tensors = evaluate(task, backend, env)
+    if tensors and task.eval_artifacts is not None and env.rank == 0:
+        for name, path in task.eval_artifacts(tensors, step, run_dir):
+            tracker.log_image(name, path, step)
     if metrics:
         record = {"step": step, **metrics}
         log.write(record)
@@ -159,11 +164,11 @@ def _evaluate_and_sample(task: Task, backend, env: DistEnv, log: MetricsLog, tra
         _log_samples(task.generate_samples(backend.model), step, run_dir, tracker, env.rank == 0)
 
 
-def evaluate(task: Task, backend, env: DistEnv) -> dict:
+def evaluate(task: Task, backend, env: DistEnv) -> tuple[dict, dict]:
     """Mean loss over the eval split (each rank scores every world_size-th sample), plus the
     recipe's metrics, each a (sum, count) pair reduced over all ranks before dividing."""
     if task.eval_data is None or len(task.eval_data) == 0:
-        return {}
+        return {}, {}
     model = backend.model
     model.eval()
     totals = torch.zeros(2, device=backend.device, dtype=torch.float64)
@@ -182,6 +187,11 @@ def evaluate(task: Task, backend, env: DistEnv) -> dict:
         if task.evaluate is not None:
             extra = task.evaluate(model, batches)
     model.train()
+    # Copies: a recipe's (sum, count) pairs may be views into these tensors; reducing in place
+    # would count them twice.
+    tensors = {k: all_reduce_sum(v.detach().to(torch.float64, copy=True)) for k, v in extra.items()
+               if isinstance(v, torch.Tensor)}
+    extra = {k: v for k, v in extra.items() if k not in tensors}
     names = list(extra)
     if names:
         totals = torch.cat([totals, torch.stack([torch.as_tensor(v, dtype=torch.float64, device=totals.device)
@@ -192,7 +202,7 @@ def evaluate(task: Task, backend, env: DistEnv) -> dict:
         out["eval_perplexity"] = math_exp(out["eval_loss"])
     for i, name in enumerate(names):
         out[name] = (totals[2 + 2 * i] / totals[3 + 2 * i]).item()
-    return out
+    return out, tensors
 
 
 def math_exp(value: float) -> float:
