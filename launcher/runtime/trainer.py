@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from launcher.runtime.metrics import MetricsLog, console_line, emit, peak_flops
 from launcher.runtime.optim import param_groups
 from launcher.runtime.sampling import GlobalOrder, StepBatches, StreamData
 from launcher.runtime.schedule import lr_at
+from launcher.runtime.stopping import StopRequest
 from launcher.runtime.task import RunContext, Task
 from launcher.tracking import NullTracker, SkipLoggedSteps, job_run_id, make_tracker
 
@@ -95,6 +97,7 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
     interval_count = torch.zeros((), device=device, dtype=torch.float64)
     interval_start, interval_steps = time.perf_counter(), 0
     last_record: dict = {}
+    stop = StopRequest()
     if recipe.train.eval_at_start and start_step == 0:
         _evaluate_and_sample(task, backend, env, log, tracker, run_dir, 0, recipe.train.steps)
     for step in range(start_step, end_step):
@@ -144,8 +147,24 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
         save_due = recipe.checkpoint.every_steps and done % recipe.checkpoint.every_steps == 0
         if save_due or done == end_step:
             _save(manager, backend, recipe, math, env, done, run_id)
+        signum = stop.agreed()
+        if signum is not None:
+            if not (save_due or done == end_step):  # never a second save of the same step
+                _save(manager, backend, recipe, math, env, done, run_id)
+            if main:
+                emit(f"stopped by {signal.Signals(signum).name} after step {done}: checkpoint committed; "
+                     "run the same command to resume")
+            raise Stopped(signum)
     if end_step == recipe.train.steps:
         _export(task, backend, run_dir, main)
+
+
+class Stopped(Exception):
+    """Training stopped on a signal after committing a checkpoint."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def _evaluate_and_sample(task: Task, backend, env: DistEnv, log: MetricsLog, tracker, run_dir: str, step: int,

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     from launcher.config.load import load_recipe
     from launcher.runtime.checkpoint import CheckpointError
     from launcher.runtime.dist import from_environment
-    from launcher.runtime.trainer import train
+    from launcher.runtime.trainer import Stopped, train
 
     env = from_environment()
     loaded = load_recipe(Path(args.run_dir) / "recipe.yaml")
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"rank {env.rank}: checkpoint error: {error}", file=sys.stderr, flush=True)
         return 3
+    except Stopped as stopped:
+        return 128 + stopped.signum  # the conventional status of a process ended by that signal
     finally:
         _shutdown()
     return 0
@@ -40,6 +42,10 @@ def _shutdown() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()  # no rank tears the group down while a peer is still in its last collective
+        except Exception:  # noqa: BLE001 - a peer already failed; destroy anyway
+            pass
         dist.destroy_process_group()
 
 

@@ -1,0 +1,85 @@
+"""Faults with real processes and real signals (faults.md items 1, 3, 5, 9)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.integration.helpers import FIXTURES, ROOT, exported_state, launch, launcher_env, metrics, write_recipe
+
+RECIPE = f"""\
+recipe: {FIXTURES / "uneven_recipe.py"}
+model: {{hidden: 16, dropout: 0.2}}
+data: {{samples: 96, step_delay: 0.1}}
+optimizer: {{lr: 1e-2}}
+batch: {{global: 16, micro: 4}}
+train: {{steps: 14, log_every: 1}}
+checkpoint: {{every_steps: 5}}
+"""
+
+
+def _ids(run_dir: Path, rank: int) -> list[list[int]]:
+    return [list(map(int, line.split())) for line in (run_dir / f"ids-rank{rank}.txt").read_text().splitlines()]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _start(recipe: Path, run_dir: Path) -> subprocess.Popen:
+    argv = ["launcher", "run", str(recipe), "--nproc", "2", "--run-dir", str(run_dir)]
+    return subprocess.Popen(argv, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _wait_for_step(run_dir: Path, step: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= step for r in metrics(run_dir)):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the run never reached step {step}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signal_to_launcher_commits_a_checkpoint_and_resume_loses_nothing(tmp_path, signum):
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
+    whole = tmp_path / "whole"
+    assert launch(recipe, whole, nproc=2).returncode == 0
+
+    run_dir = tmp_path / "stopped"
+    proc = _start(recipe, run_dir)
+    _wait_for_step(run_dir, 7)  # past the step-5 checkpoint, before the step-10 one
+    proc.send_signal(signum)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, output[-3000:]
+    assert _processes_mentioning(str(run_dir)) == []  # no orphans: launcher, torchrun, ranks all gone
+    stopped_at = max(r["step"] for r in metrics(run_dir) if "loss" in r)
+    assert 7 <= stopped_at < 14
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step-{stopped_at:08d}"  # the agreed stop step was committed, not step 5
+    assert f"stopped by {signal.Signals(signum).name} after step {stopped_at}" in output
+
+    resumed = launch(recipe, run_dir, nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = exported_state(whole), exported_state(run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise equal to the uninterrupted run
+    for rank in (0, 1):
+        assert _ids(run_dir, rank) == _ids(whole, rank)  # samples: 0 duplicated, 0 skipped
+    assert [r["step"] for r in metrics(run_dir) if "loss" in r] == list(range(1, 15))
