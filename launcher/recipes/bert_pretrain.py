@@ -225,9 +225,9 @@ def _build_model(cfg: ModelConfig, tokenizer, max_seq_len: int):
 
 
 def _cache_directory(cfg: DataConfig) -> Path:
+    from launcher.data.cache import cache_root
     from launcher.data.corpora import load_documents
 
-    root = Path(cfg.cache_dir or os.environ.get("LAUNCHER_CACHE_DIR") or Path.home() / ".cache" / "launcher")
     digest = hashlib.sha256()
     settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
     settings["format_version"] = PREPROCESS_VERSION
@@ -238,24 +238,21 @@ def _cache_directory(cfg: DataConfig) -> Path:
     if cfg.tokenizer:
         for path in sorted(p for p in Path(cfg.tokenizer).rglob("*") if p.is_file()):
             digest.update(str(path.relative_to(cfg.tokenizer)).encode() + path.read_bytes())
-    return root / f"bert-pretrain-{digest.hexdigest()[:16]}"
+    return cache_root(cfg.cache_dir) / f"bert-pretrain-{digest.hexdigest()[:16]}"
 
 
 def _preprocess(cfg: DataConfig, cache: Path) -> None:
-    """Tokenizer + train/eval pairs into `cache`, written to a temp dir and renamed when complete."""
-    import shutil
+    from launcher.data.cache import build_once
 
+    build_once(cache, "bert_pretrain", lambda tmp: _build_pairs(cfg, tmp))
+
+
+def _build_pairs(cfg: DataConfig, tmp: Path) -> dict:
+    """Tokenizer + train/eval pairs into `tmp`."""
     import torch
 
     from launcher.data.corpora import load_documents
 
-    if (cache / "done").exists():
-        print(f"bert_pretrain: reusing preprocessed data in {cache}", flush=True)
-        return
-    print(f"bert_pretrain: preprocessing {cfg.corpus} into {cache}", flush=True)
-    tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     documents = load_documents(cfg.corpus, cfg.text_field)
     negatives = load_documents(cfg.negatives, cfg.text_field) if cfg.negatives else None
     rng = random.Random(cfg.seed)
@@ -293,11 +290,7 @@ def _preprocess(cfg: DataConfig, cache: Path) -> None:
                                       negative_docs=negative_tok)
         pair_rng.shuffle(pairs)
         torch.save(pack_pairs(pairs), tmp / f"{name}.pt")
-    (tmp / "done").write_text(json.dumps({"train_documents": len(train_tok), "eval_documents": len(eval_tok)}))
-    try:
-        os.rename(tmp, cache)
-    except OSError:  # another node's leader committed the same cache first
-        shutil.rmtree(tmp, ignore_errors=True)
+    return {"train_documents": len(train_tok), "eval_documents": len(eval_tok)}
 
 
 def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool):

@@ -219,7 +219,8 @@ def _build_model(cfg: ModelConfig, source: str, tokenizer, max_seq_len: int):
 
 
 def _cache_directory(cfg: DataConfig, source: str) -> Path:
-    root = Path(cfg.cache_dir or os.environ.get("LAUNCHER_CACHE_DIR") or Path.home() / ".cache" / "launcher")
+    from launcher.data.cache import cache_root
+
     settings = {**asdict(cfg), "cache_dir": "", "model": source, "format_version": PREPROCESS_VERSION}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for spec in filter(None, (cfg.corpus, cfg.eval_corpus)):
@@ -227,7 +228,7 @@ def _cache_directory(cfg: DataConfig, source: str) -> Path:
     for directory in filter(None, (cfg.tokenizer, source)):
         for path in sorted(p for p in Path(directory).glob("*token*") if p.is_file()):
             digest.update(path.read_bytes())
-    return root / f"gpt-finetune-{digest.hexdigest()[:16]}"
+    return cache_root(cfg.cache_dir) / f"gpt-finetune-{digest.hexdigest()[:16]}"
 
 
 def _fingerprint(spec: str) -> str:
@@ -239,20 +240,19 @@ def _fingerprint(spec: str) -> str:
 
 
 def _preprocess(cfg: DataConfig, source: str, cache: Path) -> None:
+    from launcher.data.cache import build_once
+
+    build_once(cache, "gpt_finetune", lambda tmp: _build_blocks(cfg, source, tmp))
+
+
+def _build_blocks(cfg: DataConfig, source: str, tmp: Path) -> dict:
+    """Tokenizer + train/eval blocks into `tmp`."""
     import random
-    import shutil
 
     import torch
 
     from launcher.data.corpora import load_documents
 
-    if (cache / "done").exists():
-        print(f"gpt_finetune: reusing preprocessed data in {cache}", flush=True)
-        return
-    print(f"gpt_finetune: preprocessing {cfg.corpus} into {cache}", flush=True)
-    tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     if cfg.format == "text":
         documents = [" ".join(d) for d in load_documents(cfg.corpus, cfg.text_field)]
         if cfg.eval_corpus:
@@ -276,11 +276,7 @@ def _preprocess(cfg: DataConfig, source: str, cache: Path) -> None:
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
     torch.save(train, tmp / "train.pt")
     torch.save(evaluation, tmp / "eval.pt")
-    (tmp / "done").write_text(json.dumps({"train_blocks": len(train["input_ids"])}))
-    try:
-        os.rename(tmp, cache)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return {"train_blocks": len(train["input_ids"])}
 
 
 def _tokenizer_for(cfg: DataConfig, source: str, texts: list[str]):

@@ -1,0 +1,34 @@
+"""Preprocessing caches: built once per node into a temporary directory, renamed when complete.
+
+A kill mid-build leaves only a `.tmp-*` directory, never a half cache that a later run trusts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+
+def cache_root(configured: str) -> Path:
+    """data.cache_dir, else $LAUNCHER_CACHE_DIR, else ~/.cache/launcher."""
+    return Path(configured or os.environ.get("LAUNCHER_CACHE_DIR") or Path.home() / ".cache" / "launcher")
+
+
+def build_once(cache: Path, label: str, build: Callable[[Path], dict]) -> None:
+    """Run `build(tmp_dir) -> summary` unless `cache` is complete; commit it with one rename."""
+    if (cache / "done").exists():
+        print(f"{label}: reusing preprocessed data in {cache}", flush=True)
+        return
+    print(f"{label}: preprocessing into {cache}", flush=True)
+    tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    summary = build(tmp)
+    (tmp / "done").write_text(json.dumps(summary))
+    try:
+        os.rename(tmp, cache)
+    except OSError:  # another node's leader committed the same cache first
+        shutil.rmtree(tmp, ignore_errors=True)
