@@ -46,6 +46,9 @@ RUNS = {
     "ds1-2x4x2": (2, ["backend.name=deepspeed", "backend.zero_stage=1"]),
     "ds2-2x4x2": (2, ["backend.name=deepspeed", "backend.zero_stage=2"]),
     "ds3-2x4x2": (2, ["backend.name=deepspeed", "backend.zero_stage=3"]),
+    "ds2-offload-2x4x2": (2, ["backend.name=deepspeed", "backend.zero_stage=2", "backend.offload_optimizer=true"]),
+    "ds3-offload-2x4x2": (2, ["backend.name=deepspeed", "backend.zero_stage=3", "backend.offload_optimizer=true",
+                              "backend.offload_params=true"]),
     "ds2-1x4x4": (1, ["backend.name=deepspeed", "backend.zero_stage=2"]),
     "ds2-1x16": (1, ["backend.name=deepspeed", "backend.zero_stage=2", "batch.micro=16"]),
 }
@@ -82,7 +85,8 @@ def test_deepspeed_accumulation_and_world_size_equivalence(runs, name):
     assert max_relative_difference(exported_state(runs(name)), reference) <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["ds0-2x4x2", "ds1-2x4x2", "ds2-2x4x2", "ds3-2x4x2", "fsdp-2x4x2"])
+@pytest.mark.parametrize("name", ["ds0-2x4x2", "ds1-2x4x2", "ds2-2x4x2", "ds3-2x4x2", "ds2-offload-2x4x2",
+                                  "ds3-offload-2x4x2", "fsdp-2x4x2"])
 def test_deepspeed_zero_stages_and_fsdp_agree_with_accelerate_ddp(runs, name):
     reference = exported_state(runs("acc-2x4x2"))
     state = exported_state(runs(name))
