@@ -10,6 +10,8 @@ import pytest
 
 from tests.integration.helpers import ROOT, launch, launcher_env, metrics
 
+pytestmark = pytest.mark.slow  # minutes of real training; CI runs it, `-m "not slow"` skips it
+
 TINY = ROOT / "recipes" / "bert-pretrain-tiny.yaml"
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from tests.integration.helpers import ROOT, launch, launcher_env, metrics, write_recipe
 
+pytestmark = pytest.mark.slow  # minutes of real training; CI runs it, `-m "not slow"` skips it
+
 PROMPTS = ["It was", "She said", "He was", "The", "And", "I am"]
 # Words that tell the corpora apart (by far more frequent in one than in the other).
 AUSTEN_WORDS = {"mr", "mrs", "miss", "lady", "sir", "sure", "very", "much", "she", "her", "dear", "could",

@@ -10,6 +10,8 @@ import torch
 
 from tests.integration.helpers import ROOT, launch, metrics
 
+pytestmark = pytest.mark.slow  # minutes of real training; CI runs it, `-m "not slow"` skips it
+
 TRANSFER = ROOT / "recipes" / "resnet-transfer-tiny.yaml"
 
 

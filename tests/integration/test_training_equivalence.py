@@ -23,6 +23,8 @@ from tests.integration.helpers import (
     write_recipe,
 )
 
+pytestmark = pytest.mark.slow  # minutes of real training; CI runs it, `-m "not slow"` skips it
+
 STEPS = 8
 RECIPE = f"""\
 recipe: {FIXTURES / "uneven_recipe.py"}
