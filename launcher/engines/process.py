@@ -20,7 +20,10 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def execute(plan: LaunchPlan, grace: float = GRACE_SECONDS) -> int:
-    commands = [(node.full_argv(), {**os.environ, **node.env}) for node in plan.nodes]
+    # The start time travels in the environment (not the plan, which is pure data) so the worker
+    # can report launch overhead: `launcher run` to the first optimizer step.
+    started = {"LAUNCHER_START_TIME": repr(time.time())}
+    commands = [(node.full_argv(), {**os.environ, **node.env, **started}) for node in plan.nodes]
     return run_group(commands, grace)
 
 

@@ -120,6 +120,8 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
         grad_norm = backend.step(lr, step)
         interval_steps += 1
         done = step + 1
+        if step == start_step and main and os.environ.get("LAUNCHER_START_TIME"):
+            log.write({"step": done, "launch_to_first_step_s": time.time() - float(os.environ["LAUNCHER_START_TIME"])})
         if done % recipe.train.log_every == 0 or done == end_step:
             elapsed = time.perf_counter() - interval_start
             totals = all_reduce_sum(torch.stack([interval_loss, interval_count]))

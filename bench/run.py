@@ -1,0 +1,202 @@
+"""Throughput benchmark: each case through `launcher run`, and the plain hand-written loop on the
+same model and batch, in one session. One JSON line per (case, mode) into bench/results/.
+
+    python bench/run.py                      # GPU cases (one H100/H200: fits one 10-minute command)
+    python bench/run.py --tiny               # CPU smoke mode (what CI runs; output schema-checked)
+    python bench/run.py --cases gpt2 bert    # a subset
+
+Data is generated on the spot (the GPU machine has no corpora): random-word text for the language
+models and JPEG files on disk for ResNet, so the ResNet case measures the real decode pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# case -> (recipe file, overrides, steps). {text} and {images} are generated data locations.
+GPU_CASES = {
+    "gpt2": ("recipes/gpt2-finetune.yaml", ["model.init=scratch", "model.size=gpt2", "data.corpus={text}",
+                                            "data.vocab_size=50257", "batch.global=16", "batch.micro=16",
+                                            "train.compile=true"], 60),
+    "bert": ("recipes/bert-base-pretrain.yaml", ["data.corpus={text}", 'data.tokenizer=""', "data.vocab_size=30522",
+                                                 "batch.global=256", "batch.micro=256", "data.dupe_factor=1"], 60),
+    "resnet50": ("recipes/resnet50-transfer.yaml", ['model.weights=""', "data.source={images}",
+                                                    "batch.global=256", "batch.micro=256"], 60),
+    "resnet18": ("recipes/resnet18-transfer.yaml", ['model.weights=""', "data.source={images}",
+                                                    "batch.global=256", "batch.micro=256"], 60),
+}
+TINY_CASES = {
+    "gpt-tiny": ("recipes/gpt-pretrain-tiny.yaml", ["data.corpus={text}", "batch.global=8", "batch.micro=8"], 6),
+    "resnet-tiny": ("recipes/resnet-pretrain-tiny.yaml", ["data.source={images}", "data.image_size=32",
+                                                          "batch.global=16", "batch.micro=16", "data.train_limit=0",
+                                                          "data.eval_limit=16"], 6),
+}
+COMMON = ["train.log_every=1", "train.eval_every=0", "checkpoint.every_steps=0", "scheduler.warmup_steps=1",
+          "tracking.mode=disabled", "cluster.nproc_per_node=1"]
+WARMUP_STEPS = 3  # excluded from throughput (compilation, allocator, caches)
+
+
+def generate_text(path: Path, documents: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(2000)] + ["the", "of", "and", "a", "to"] * 50
+    with open(path, "w") as handle:
+        for _ in range(documents):
+            for _ in range(rng.randint(4, 12)):
+                handle.write(" ".join(rng.choice(words) for _ in range(rng.randint(8, 30))).capitalize() + ". ")
+            handle.write("\n\n")
+    return path
+
+
+def generate_images(root: Path, per_class: int, size: int, seed: int = 0) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", max(2, per_class // 10))):
+        for label in range(4):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                pixels[..., label % 3] //= 2  # a little class signal
+                Image.fromarray(pixels).save(folder / f"{index}.jpg", quality=90)
+    return root
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "deepspeed", "accelerate", "transformers", "torchvision"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def run_launcher(case: str, recipe: str, overrides: list[str], steps: int, work: Path) -> dict:
+    run_dir = work / f"run-{case}"
+    argv = [sys.executable, "-m", "launcher.cli", "run", recipe, "--run-dir", str(run_dir),
+            "checkpoint.resume=never", f"train.steps={steps}", *COMMON, *overrides]
+    env = {**os.environ, "LAUNCHER_CACHE_DIR": str(work / "cache")}
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        raise RuntimeError(f"{case}: launcher run failed\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r and r["step"] > WARMUP_STEPS]
+    first = next((r["launch_to_first_step_s"] for r in records if "launch_to_first_step_s" in r), None)
+    step_time = sum(r["step_time_s"] for r in train) / len(train)
+    samples_per_s = sum(r["samples_per_s"] for r in train) / len(train)
+    def mean(key: str):
+        values = [r[key] for r in train if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    return {"samples_per_s": samples_per_s, "tokens_per_s": mean("tokens_per_s"),
+            "mfu": mean("mfu"), "step_time_s": step_time,
+            "peak_memory_gb": max((r.get("max_memory_gb") or 0) for r in train) or None,
+            "launch_to_first_step_s": first}
+
+
+def run_plain(recipe_path: str, overrides: list[str], steps: int, work: Path) -> dict:
+    """The hand-written loop: same module, model and micro-batch; no launcher, no engine."""
+    import torch
+
+    from launcher.config.load import load_recipe
+    from launcher.runtime.metrics import peak_flops
+    from launcher.runtime.task import RunContext
+
+    os.environ["LAUNCHER_CACHE_DIR"] = str(work / "cache")
+    loaded = load_recipe(ROOT / recipe_path, [f"train.steps={steps}", *COMMON, *overrides])
+    recipe = loaded.recipe
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    (work / "plain").mkdir(exist_ok=True)
+    task = loaded.module.build(recipe, RunContext(0, 0, 1, device, str(work / "plain"), lambda: None))
+    model = task.model.to(device)
+    if recipe.train.compile and device.type == "cuda":
+        model = torch.compile(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                                  fused=device.type == "cuda")
+    micro = recipe.batch.micro
+    batches = [task.collate([task.train_data[(i * micro + j) % len(task.train_data)] for j in range(micro)])
+               for i in range(4)]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    times = []
+    for step in range(steps):
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in batches[step % len(batches)].items()}
+        start = time.perf_counter()
+        with autocast:
+            loss_sum, count = task.loss(model, batch)
+        (loss_sum / count).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    step_time = sum(times[WARMUP_STEPS:]) / len(times[WARMUP_STEPS:])
+    samples_per_s = micro / step_time
+    peak = peak_flops(device_name() if device.type == "cuda" else None)
+    return {"samples_per_s": samples_per_s,
+            "tokens_per_s": samples_per_s * task.tokens_per_sample if task.tokens_per_sample else None,
+            "mfu": samples_per_s * task.flops_per_sample / peak if peak and task.flops_per_sample else None,
+            "step_time_s": step_time,
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+            "launch_to_first_step_s": None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke mode")
+    parser.add_argument("--cases", nargs="*", help="subset of cases")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="directory for the JSON lines")
+    parser.add_argument("--work", default="/tmp/launcher-bench", help="scratch directory for data and runs")
+    args = parser.parse_args(argv)
+    cases = TINY_CASES if args.tiny else GPU_CASES
+    chosen = args.cases or list(cases)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    text = generate_text(work / "text.txt", 200 if args.tiny else 20000)
+    images = generate_images(work / "images", 16 if args.tiny else 1000, 40 if args.tiny else 256)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out_file = out_dir / f"{'tiny' if args.tiny else 'gpu'}-{stamp}.jsonl"
+    meta = {"device": device_name(), "versions": versions(), "time": stamp}
+    with open(out_file, "w") as handle:
+        for case in chosen:
+            recipe, overrides, steps = cases[case]
+            overrides = [o.format(text=text, images=images) for o in overrides]
+            for mode in ("launcher", "plain"):
+                if mode == "launcher":
+                    measured = run_launcher(case, recipe, overrides, steps, work)
+                else:
+                    measured = run_plain(recipe, overrides, steps, work)
+                record = {"case": case, "mode": mode, "steps": steps, **measured, **meta}
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+                print(json.dumps(record), flush=True)
+    print(f"wrote {out_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

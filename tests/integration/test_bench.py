@@ -1,0 +1,37 @@
+"""The benchmark in its CPU smoke mode: it runs end to end and writes the promised schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.helpers import ROOT, launcher_env
+
+FIELDS = {"case": str, "mode": str, "steps": int, "samples_per_s": float, "step_time_s": float,
+          "device": str, "versions": dict, "time": str}
+OPTIONAL = {"tokens_per_s", "mfu", "peak_memory_gb", "launch_to_first_step_s"}
+
+
+def test_tiny_benchmark_writes_one_line_per_case_and_mode(tmp_path):
+    result = subprocess.run([sys.executable, "bench/run.py", "--tiny", "--out", str(tmp_path / "out"),
+                             "--work", str(tmp_path / "work")], cwd=ROOT, env=launcher_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    files = list((tmp_path / "out").glob("tiny-*.jsonl"))
+    assert len(files) == 1
+    records = [json.loads(line) for line in files[0].read_text().splitlines()]
+    assert {(r["case"], r["mode"]) for r in records} == {(c, m) for c in ("gpt-tiny", "resnet-tiny")
+                                                         for m in ("launcher", "plain")}
+    for record in records:
+        for key, kind in FIELDS.items():
+            assert isinstance(record[key], kind), (key, record)
+        assert set(record) == set(FIELDS) | OPTIONAL
+        assert record["samples_per_s"] > 0 and record["step_time_s"] > 0
+        assert record["versions"]["torch"]
+    launched = [r for r in records if r["mode"] == "launcher"]
+    assert all(0 < r["launch_to_first_step_s"] < 120 for r in launched)
+    gpt = next(r for r in launched if r["case"] == "gpt-tiny")
+    assert gpt["tokens_per_s"] == pytest.approx(gpt["samples_per_s"] * 128)
