@@ -5,10 +5,10 @@ Read top to bottom: build -> restore -> loop (micro-steps, one optimizer step) -
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
+from math import exp
 from pathlib import Path
 
 import torch
@@ -220,16 +220,10 @@ def evaluate(task: Task, backend, env: DistEnv) -> tuple[dict, dict]:
     all_reduce_sum(totals)
     out = {"eval_loss": (totals[0] / totals[1]).item()}
     if task.report_perplexity:
-        out["eval_perplexity"] = math_exp(out["eval_loss"])
+        out["eval_perplexity"] = exp(min(out["eval_loss"], 700.0))  # capped: no overflow on a diverged run
     for i, name in enumerate(names):
         out[name] = (totals[2 + 2 * i] / totals[3 + 2 * i]).item()
     return out, tensors
-
-
-def math_exp(value: float) -> float:
-    import math
-
-    return math.exp(min(value, 700.0))
 
 
 def _log_samples(rows: list[dict], step: int, run_dir: str, tracker, main: bool) -> None:
@@ -313,6 +307,4 @@ def _to_device(batch, device):
         return {k: _to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
-    if dataclasses.is_dataclass(batch):
-        return batch
     return batch
