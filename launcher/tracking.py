@@ -60,6 +60,9 @@ class NullTracker:
     def log_image(self, name: str, path: str, step: int) -> None:
         pass
 
+    def log_model(self, directory: str, name: str) -> None:
+        pass
+
     def finish(self, exit_code: int = 0) -> None:
         pass
 
@@ -91,6 +94,16 @@ class WandbTracker:
 
         self._guard(lambda: self.run.log({name: wandb.Image(path), "global_step": step}))
 
+    def log_model(self, directory: str, name: str) -> None:
+        import wandb
+
+        def upload():
+            artifact = wandb.Artifact(name=name, type="model")
+            artifact.add_dir(directory)
+            self.run.log_artifact(artifact)
+
+        self._guard(upload)
+
     def finish(self, exit_code: int = 0) -> None:
         self._guard(lambda: self.run.finish(exit_code=exit_code))
 
@@ -112,6 +125,9 @@ class SkipLoggedSteps:
     def log_image(self, name: str, path: str, step: int) -> None:
         if step > self.floor:
             self.tracker.log_image(name, path, step)
+
+    def log_model(self, directory: str, name: str) -> None:
+        self.tracker.log_model(directory, name)
 
     def finish(self, exit_code: int = 0) -> None:
         self.tracker.finish(exit_code)

@@ -159,6 +159,8 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
             raise Stopped(signum)
     if end_step == recipe.train.steps:
         _export(task, backend, run_dir, main)
+        if main and recipe.tracking.log_model and task.export is not None:
+            tracker.log_model(str(Path(run_dir) / "export"), f"model-{Path(run_dir).name}")
 
 
 class Stopped(Exception):

@@ -42,7 +42,7 @@ def offline_runs(run_dir: Path) -> list[Path]:
 
 def test_two_processes_make_one_run_with_config_and_metrics(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
-    result = launch(recipe, tmp_path / "run", nproc=2, timeout=300)
+    result = launch(recipe, tmp_path / "run", "tracking.log_model=true", nproc=2, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = offline_runs(tmp_path / "run")
     assert len(runs) == 1  # rank 1 created none
@@ -59,6 +59,9 @@ def test_two_processes_make_one_run_with_config_and_metrics(tmp_path):
               for r in records if r["type"] == "history" and "loss" in r["history"]["item"]}
     jsonl = {r["step"]: r["loss"] for r in metrics(tmp_path / "run") if "loss" in r}
     assert losses == jsonl
+    artifacts = [r for r in records if r["type"] == "artifact"]
+    assert len(artifacts) == 1 and artifacts[0]["artifact"]["type"] == "model"
+    assert any(entry["path"] == "model.pt" for entry in artifacts[0]["artifact"]["manifest"]["contents"])
 
 
 def test_kill_after_checkpoint_then_resume_keeps_one_run_and_one_step_axis(tmp_path):

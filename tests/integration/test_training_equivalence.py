@@ -142,3 +142,19 @@ def test_exact_resume_mid_epoch_and_accumulation(tmp_path, backend):
     seen = sorted(i for rank in (0, 1) for batch in _ids(split, rank) for i in batch)
     assert len(seen) == 10 * 16
     assert [r["step"] for r in metrics(split) if "loss" in r] == list(range(1, 11))
+
+
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("name", ["constant", "linear", "exponential", "step"])
+def test_every_schedule_logs_the_closed_form_lr(tmp_path, name, world):
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
+    schedule = [f"scheduler.name={name}", "scheduler.warmup_steps=2", "scheduler.min_lr_ratio=0.1",
+                "scheduler.gamma=0.5", "scheduler.step_size=2", "scheduler.decay_steps=3"]
+    result = launch(recipe, tmp_path / "run", *schedule, f"batch.micro={16 // (2 * world)}", nproc=world)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cfg = SchedulerConfig(name=name, warmup_steps=2, min_lr_ratio=0.1, gamma=0.5, step_size=2, decay_steps=3)
+    logged = {r["step"]: r["lr"] for r in train_records(tmp_path / "run")}
+    assert sorted(logged) == list(range(1, STEPS + 1))
+    assert len(set(logged.values())) >= (2 if name == "constant" else 3)  # warmup, then the decay moves
+    for step, lr in logged.items():
+        assert lr == pytest.approx(lr_at(step - 1, 1e-2, STEPS, cfg), rel=1e-12)
