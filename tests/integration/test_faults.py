@@ -83,3 +83,48 @@ def test_signal_to_launcher_commits_a_checkpoint_and_resume_loses_nothing(tmp_pa
     for rank in (0, 1):
         assert _ids(run_dir, rank) == _ids(whole, rank)  # samples: 0 duplicated, 0 skipped
     assert [r["step"] for r in metrics(run_dir) if "loss" in r] == list(range(1, 15))
+
+
+class _Exploit:
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+def test_malicious_pickle_in_a_checkpoint_never_runs(tmp_path):
+    import json
+    import pickle
+
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.1", "step_delay: 0.0"))
+    run_dir = tmp_path / "run"
+    first = launch(recipe, run_dir, "train.stop_after_steps=5", nproc=1)
+    assert first.returncode == 0, first.stderr[-2000:]
+    checkpoint = run_dir / "checkpoints" / "step-00000005"
+    sentinel = tmp_path / "SENTINEL"
+    (checkpoint / "model.pt").write_bytes(pickle.dumps({"weight": _Exploit(sentinel)}))
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"]["model.pt"] = (checkpoint / "model.pt").stat().st_size  # a "valid" forged shard
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    resumed = launch(recipe, run_dir, nproc=1)
+    assert resumed.returncode != 0  # refused (weights_only loading), not executed
+    assert not sentinel.exists()
+    assert "Weights only load failed" in _logs(run_dir)
+
+
+def test_malicious_pickle_as_user_weights_never_runs(tmp_path):
+    import pickle
+
+    from launcher.recipes.resnet_transfer import ModelConfig, _starting_point
+
+    sentinel = tmp_path / "SENTINEL"
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(pickle.dumps({"conv1.weight": _Exploit(sentinel)}))
+    with pytest.raises(pickle.UnpicklingError):
+        _starting_point(ModelConfig(weights=str(weights)))
+    assert not sentinel.exists()
+
+
+def _logs(run_dir: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in run_dir.rglob("*.log"))
