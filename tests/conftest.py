@@ -1,12 +1,6 @@
-import os
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ROOT / "recipes"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture
@@ -19,12 +13,3 @@ def write_recipe(tmp_path):
         return path
 
     return write
-
-
-def launcher_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("WORLD_SIZE", None)
-    env.pop("RANK", None)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.update(extra)
-    return env
