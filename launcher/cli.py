@@ -31,13 +31,13 @@ def _fail(error: Exception) -> NoReturn:
 
 
 def _prepare(recipe_path: str, overrides: tuple[str, ...], nproc: int | None, nodes: int | None,
-             hostfile: str | None, run_dir: str | None):
+             hostfile: str | None, run_dir: str | None, include: str = "", exclude: str = ""):
     """Recipe + flags -> (loaded recipe, plan, resolved dict). Exits 2 on bad input."""
     from launcher.config.errors import RecipeError
     from launcher.plan.prepare import prepare
 
     try:
-        return prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir)
+        return prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir, include, exclude)
     except RecipeError as error:
         _fail(error)
 
@@ -48,6 +48,8 @@ _common = [
     click.option("--nproc", type=click.IntRange(min=1), help="Processes per node (default: cluster.nproc_per_node)."),
     click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes (default: cluster.nodes)."),
     click.option("--hostfile", type=click.Path(dir_okay=False), help="DeepSpeed-style hostfile: `host slots=N` lines."),
+    click.option("--include", default="", help="Hostfile filter, DeepSpeed syntax: `host1:0,1@host2` keeps these."),
+    click.option("--exclude", default="", help="Hostfile filter, DeepSpeed syntax: `host1:0@host3` drops these."),
     click.option("--run-dir", help="Run directory (default: <output_dir>/<name>; reused to resume)."),
 ]
 
@@ -61,7 +63,7 @@ def _with_common(func):
 @main.command(epilog=_OVERRIDES_HELP)
 @_with_common
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(recipe_path, overrides, nproc, nodes, hostfile, run_dir, as_json):
+def plan(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_dir, as_json):
     """Print the resolved recipe, the batch arithmetic and every command; start nothing."""
     import json
 
@@ -69,7 +71,7 @@ def plan(recipe_path, overrides, nproc, nodes, hostfile, run_dir, as_json):
 
     from launcher.plan.launch import render_plan
 
-    _, launch_plan, resolved = _prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir)
+    _, launch_plan, resolved = _prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir, include, exclude)
     if as_json:
         click.echo(json.dumps({"recipe": resolved, "plan": launch_plan.to_dict()}, indent=2))
     else:
@@ -78,13 +80,24 @@ def plan(recipe_path, overrides, nproc, nodes, hostfile, run_dir, as_json):
 
 @main.command(epilog=_OVERRIDES_HELP)
 @_with_common
-def run(recipe_path, overrides, nproc, nodes, hostfile, run_dir):
-    """Write the run directory, then start the job and wait for it (exit status = the job's)."""
+@click.option("--no-preflight", is_flag=True, help="Skip the ssh/port checks of hostfile hosts.")
+def run(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_dir, no_preflight):
+    """Write the run directory, then start the job and wait for it (exit status = the job's).
+
+    \b
+    One node: torchrun. --hostfile: one torchrun per host over pdsh (or ssh).
+    Inside a Slurm allocation (salloc/sbatch): one torchrun per node with srun.
+    """
+    import os
+
     from launcher.engines.process import execute
     from launcher.rundir import write_run_dir
     from launcher.tracking import job_run_id
 
-    _, launch_plan, resolved = _prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir)
+    loaded, launch_plan, resolved = _prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir, include,
+                                             exclude)
+    if launch_plan.engine in ("ssh", "pdsh") and not no_preflight:
+        _preflight(launch_plan, loaded.recipe.cluster.master_port)
     write_run_dir(launch_plan.run_dir, resolved, launch_plan.to_dict())
     job_run_id(launch_plan.run_dir)  # one tracker run per job, made before any rank starts
     math = launch_plan.math
@@ -92,9 +105,201 @@ def run(recipe_path, overrides, nproc, nodes, hostfile, run_dir):
     click.echo(f"launcher: {launch_plan.engine}, {len(launch_plan.nodes)} node(s) x {launch_plan.nproc_per_node} "
                f"process(es); global batch {math.global_batch} = {math.micro} x {math.accumulation} x "
                f"{math.world_size}; {math.optimizer_steps} steps", err=True)
-    status = execute(launch_plan)
+    secrets = {name: loaded.recipe.cluster.env.get(name, os.environ.get(name, ""))
+               for name in launch_plan.secret_names}
+    status = execute(launch_plan, secrets)
+    if launch_plan.engine == "slurm" and status == 128 + _SIGUSR1:
+        status = _after_slurm_signal(launch_plan, loaded.recipe.cluster.timeout_requeues, status)
     click.echo(f"launcher: job finished with exit status {status}", err=True)
     sys.exit(status)
+
+
+_SIGUSR1 = 10
+
+
+def _preflight(launch_plan, master_port: int) -> None:
+    import os
+
+    from launcher.engines.preflight import check_hosts
+
+    problems = check_hosts([n.host for n in launch_plan.nodes], sys.executable, os.getcwd(), master_port)
+    if problems:
+        click.echo("error: pre-flight check failed, nothing was started:", err=True)
+        for problem in problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _after_slurm_signal(launch_plan, timeout_budget: int, status: int) -> int:
+    """Ranks stopped on Slurm's USR1 with a checkpoint: requeue this job, or explain why not."""
+    import os
+    from pathlib import Path
+
+    from launcher.slurm import jobs, preemption
+
+    job_id = os.environ.get("SLURM_ARRAY_JOB_ID", "") and \
+        f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}" or launch_plan.slurm_job_id
+    run_dir = Path(launch_plan.run_dir)
+    lead = int(os.environ.get("LAUNCHER_SLURM_SIGNAL_LEAD", "0") or 0)
+    try:
+        decision = preemption.decide(jobs.time_left_s(job_id), lead, preemption.read_counts(run_dir), timeout_budget)
+        click.echo(f"launcher: {decision.message}", err=True)
+        if not decision.requeue:
+            return status
+        preemption.record(run_dir, decision.cause)
+        jobs.requeue(job_id)
+    except jobs.SlurmError as error:
+        click.echo(f"launcher: could not requeue: {error}", err=True)
+        return status
+    click.echo(f"launcher: job {job_id} requeued; it resumes from the last checkpoint", err=True)
+    return 0
+
+
+@main.command(epilog=_OVERRIDES_HELP)
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE | ~KEY]...")
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Nodes to allocate.")
+@click.option("--nproc", type=click.IntRange(min=1), help="Processes per node (default: --gpus-per-node, "
+              "else cluster.nproc_per_node).")
+@click.option("--gpus-per-node", type=click.IntRange(min=0), default=0, help="GPUs per node to allocate.")
+@click.option("--cpus-per-task", type=click.IntRange(min=0), default=0, help="CPUs per node for its torchrun.")
+@click.option("--time", "time_limit", default="", help="Time limit, e.g. 4:00:00 or 2-00:00:00.")
+@click.option("--partition", default="", help="Slurm partition.")
+@click.option("--account", default="", help="Slurm account.")
+@click.option("--signal-lead", type=click.IntRange(min=0), default=120, show_default=True,
+              help="Seconds before the time limit when Slurm sends USR1: a checkpoint, then a requeue.")
+@click.option("--requeue/--no-requeue", default=True, show_default=True, help="Let Slurm requeue the job.")
+@click.option("--sweep", multiple=True, metavar="KEY=V1,V2", help="A job array: one task per combination.")
+@click.option("--sbatch", "extra", multiple=True, metavar="--OPTION=VALUE", help="More #SBATCH options.")
+@click.option("--run-dir", help="Run directory (default: <output_dir>/<name>).")
+@click.option("--dry-run", is_flag=True, help="Print the sbatch script; submit nothing.")
+def submit(recipe_path, overrides, nodes, nproc, gpus_per_node, cpus_per_task, time_limit, partition, account,
+           signal_lead, requeue, sweep, extra, run_dir, dry_run):
+    """Submit the recipe to Slurm as a batch job (from a login node); print the job id."""
+    import os
+    from pathlib import Path
+
+    from launcher.config.errors import RecipeError
+    from launcher.plan.prepare import prepare
+    from launcher.slurm import jobs
+    from launcher.slurm.sbatch import SbatchRequest, check_request, render_sbatch, sweep_tasks
+
+    request = SbatchRequest("", "", run_dir or "", os.getcwd(), sys.executable, nodes, nproc, gpus_per_node,
+                            cpus_per_task, time_limit, partition, account, signal_lead, requeue, tuple(overrides),
+                            tuple(sweep), tuple(extra))
+    problems = check_request(request)
+    if problems:
+        _fail(RecipeError("launcher submit", problems))
+    # Plan the job now, as it will run inside an allocation of `nodes` nodes: bad recipes and
+    # impossible batch arithmetic fail here, not after hours in the queue.
+    fake_allocation = {"SLURM_JOB_ID": "0", "SLURM_JOB_NODELIST": f"node[1-{nodes}]" if nodes > 1 else "node1"}
+    per_node = nproc or gpus_per_node or None
+    loaded = None
+    for task in sweep_tasks(tuple(sweep)) or [()]:
+        try:
+            loaded, _, _ = prepare(recipe_path, (*overrides, *task), per_node, nodes, None, run_dir,
+                                   environ=fake_allocation)
+        except RecipeError as error:
+            _fail(error)
+    assert loaded is not None
+    from launcher.rundir import default_run_dir, run_name
+
+    name = run_name(loaded.recipe.name, recipe_path)
+    directory = Path(run_dir or default_run_dir(loaded.recipe.output_dir, name)).absolute()
+    request = SbatchRequest(name, str(Path(recipe_path).absolute()), str(directory), os.getcwd(), sys.executable,
+                            nodes, per_node, gpus_per_node, cpus_per_task, time_limit, partition, account,
+                            signal_lead, requeue, tuple(overrides), tuple(sweep), tuple(extra))
+    problems = check_request(request)
+    if problems:
+        _fail(RecipeError("launcher submit", problems))
+    script = render_sbatch(request)
+    if dry_run:
+        click.echo(script, nl=False)
+        return
+    path = directory / "slurm" / "job.sbatch"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(script, encoding="utf-8")
+    try:
+        job_id = jobs.submit(path, directory)
+    except jobs.SlurmError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"launcher: submitted {path} as job {job_id}; follow with `launcher logs {directory} -f`", err=True)
+    click.echo(job_id)
+
+
+def _job(target: str):
+    from launcher.slurm import jobs
+
+    try:
+        return jobs.resolve_job(target)
+    except jobs.SlurmError as error:
+        _fail(error)
+
+
+@main.command()
+@click.argument("target", metavar="RUN_DIR|JOB_ID")
+def status(target):
+    """State of a submitted job, and the run's last logged step."""
+    import json
+    from pathlib import Path
+
+    from launcher.slurm import jobs
+
+    job_id, run_dir = _job(target)
+    try:
+        state = jobs.job_state(job_id)
+    except jobs.SlurmError as error:
+        _fail(error)
+    if not state:
+        click.echo(f"job {job_id}: unknown to slurmctld (finished long ago, or never existed)")
+    else:
+        keys = ("JobState", "Reason", "RunTime", "TimeLimit", "NodeList", "Restarts", "ExitCode")
+        click.echo(f"job {job_id}: " + "  ".join(f"{k}={state[k]}" for k in keys if k in state))
+    metrics = Path(run_dir or ".") / "metrics.jsonl"
+    if run_dir and metrics.exists():
+        lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        steps = [r for r in lines if "loss" in r]
+        if steps:
+            click.echo(f"last step {steps[-1]['step']}: loss {steps[-1]['loss']:.4g}")
+
+
+@main.command()
+@click.argument("target", metavar="RUN_DIR|JOB_ID")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
+def logs(target, follow):
+    """Print the Slurm output of a submitted job."""
+    import time
+
+    from launcher.slurm import jobs
+
+    job_id, run_dir = _job(target)
+    offsets: dict = {}
+    while True:
+        for path in jobs.log_files(job_id, run_dir):
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                handle.seek(offsets.get(path, 0))
+                click.echo(handle.read(), nl=False)
+                offsets[path] = handle.tell()
+        if not follow or jobs.job_state(job_id).get("JobState") not in ("PENDING", "RUNNING", "COMPLETING",
+                                                                         "REQUEUED", "CONFIGURING"):
+            return
+        time.sleep(1)
+
+
+@main.command()
+@click.argument("target", metavar="RUN_DIR|JOB_ID")
+def cancel(target):
+    """Cancel a submitted job (scancel): ranks get SIGTERM and commit a checkpoint."""
+    from launcher.slurm import jobs
+
+    job_id, _ = _job(target)
+    try:
+        jobs.cancel(job_id)
+    except jobs.SlurmError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"launcher: cancelled job {job_id}", err=True)
 
 
 @main.command()

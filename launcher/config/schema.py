@@ -168,6 +168,13 @@ class ClusterConfig:
     env: dict[str, str] = field(default_factory=dict)  # set and forwarded to every rank
     max_restarts: int = 0
     rdzv_timeout: int = 900  # seconds a node may take to join
+    # Hostfile clusters: pdsh when installed (one connection fan-out), else one ssh per host.
+    remote_shell: Literal["auto", "pdsh", "ssh"] = "auto"
+    forward_env: list[str] = field(default_factory=list)  # extra variable names sent to other nodes
+    # Seconds a collective may block before the job aborts (a stuck rank is then named).
+    collective_timeout: int = 1800
+    # Slurm: how many times a job that hit its time limit is requeued (preemptions always requeue).
+    timeout_requeues: int = 3
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []
@@ -180,6 +187,14 @@ class ClusterConfig:
             out.append(("master_port", f"must be in 1024..65535, got {self.master_port}", "e.g. 29500"))
         if self.max_restarts < 0:
             out.append(("max_restarts", "must be >= 0", "0 fails the job on the first crash"))
+        if self.collective_timeout <= 0:
+            out.append(("collective_timeout", "must be > 0 seconds", "e.g. 1800; a stuck rank aborts after it"))
+        if self.timeout_requeues < 0:
+            out.append(("timeout_requeues", "must be >= 0", "0 never requeues a job that hit its time limit"))
+        for name in self.forward_env:
+            if not name.replace("_", "a").isalnum() or name[0].isdigit():
+                out.append(("forward_env", f"`{name}` is not a valid environment variable name",
+                            "list names like MY_VAR"))
         for key in self.env:
             if not key.replace("_", "a").isalnum() or key[0].isdigit():
                 out.append((f"env.{key}", "is not a valid environment variable name",

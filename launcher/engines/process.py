@@ -6,28 +6,42 @@ through torchrun, every rank; after a grace period anything left is killed. No o
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-from launcher.plan.launch import LaunchPlan
+from launcher.plan.launch import GUARD_MODULE, LaunchPlan
 
 GRACE_SECONDS = 30.0
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 
 
-def execute(plan: LaunchPlan, grace: float = GRACE_SECONDS) -> int:
+def execute(plan: LaunchPlan, secrets: Mapping[str, str] | None = None, grace: float = GRACE_SECONDS) -> int:
     # The start time travels in the environment (not the plan, which is pure data) so the worker
     # can report launch overhead: `launcher run` to the first optimizer step.
     started = {"LAUNCHER_START_TIME": repr(time.time())}
-    commands = [(node.full_argv(), {**os.environ, **node.env, **started}) for node in plan.nodes]
-    return run_group(commands, grace)
+    commands = [Command(list(p.argv), {**os.environ, **p.env, **started}, p.keep_stdin) for p in plan.processes]
+    stop_remote = _remote_stopper(plan)
+    with _secrets_file(plan.secrets_file, secrets or {}):
+        return run_group(commands, grace, stop_remote)
 
 
-def run_group(commands: Sequence[tuple[list[str], dict[str, str]]], grace: float = GRACE_SECONDS) -> int:
+@dataclass
+class Command:
+    argv: list[str]
+    env: dict[str, str]
+    keep_stdin: bool = False
+
+
+def run_group(commands: Sequence[Command | tuple[list[str], dict[str, str]]], grace: float = GRACE_SECONDS,
+              stop_remote: Callable[[], None] | None = None) -> int:
     """Run all commands; the first failure stops the rest. Returns the job's exit status."""
     received: list[int] = []
 
@@ -37,10 +51,15 @@ def run_group(commands: Sequence[tuple[list[str], dict[str, str]]], grace: float
     previous = {s: signal.signal(s, on_signal) for s in _FORWARDED}
     procs: list[subprocess.Popen] = []
     try:
-        for argv, env in commands:
-            procs.append(subprocess.Popen(argv, env=env, start_new_session=True))
-        status = _wait(procs, received, grace)
+        for command in commands:
+            if isinstance(command, tuple):
+                command = Command(*command)
+            stdin = subprocess.PIPE if command.keep_stdin else subprocess.DEVNULL
+            procs.append(subprocess.Popen(command.argv, env=command.env, stdin=stdin, start_new_session=True))
+        status = _wait(procs, received, grace, stop_remote)
     finally:
+        if stop_remote and any(p.poll() is None for p in procs):
+            _stop_remote_gracefully(procs, stop_remote, grace)
         for proc in procs:
             _stop(proc, signal.SIGTERM, grace)
         for s, handler in previous.items():
@@ -48,16 +67,68 @@ def run_group(commands: Sequence[tuple[list[str], dict[str, str]]], grace: float
     return status
 
 
-def _wait(procs: list[subprocess.Popen], received: list[int], grace: float) -> int:
+def _remote_stopper(plan: LaunchPlan) -> Callable[[], None] | None:
+    """How to ask remote guards to stop gracefully, so the launcher can wait for their checkpoint."""
+    if plan.engine == "ssh":
+        return None  # closing ssh's stdin reaches the guard as EOF; no extra connection needed
+    if plan.engine == "pdsh":
+        # pdsh does not relay stdin, so ask each host's guard directly, matched by this job's
+        # rendezvous id (hex, from the plan): nothing another job started can match.
+        pattern = f"{GUARD_MODULE} .*--rdzv-id={plan.rendezvous_id}( |$)"
+        hosts = ",".join(h for p in plan.processes for h in p.hosts)
+        argv = ["pdsh", "-R", "ssh", "-w", hosts, "pkill", "-TERM", "-f", "--", pattern]
+        return lambda: subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+                                      check=False)
+    return None
+
+
+def _stop_remote_gracefully(procs: list[subprocess.Popen], stop_remote: Callable[[], None], grace: float) -> None:
+    try:
+        stop_remote()
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"launcher: could not reach the remote guards ({exc}); closing the connections", file=sys.stderr)
+    _wait_all(procs, grace)
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _secrets_file(path: str, secrets: Mapping[str, str]):
+    """Secrets for remote ranks: a 0600 file on the shared run directory, gone when the job ends."""
+    if not path:
+        yield
+        return
+    target = Path(path)
+    target.unlink(missing_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(dict(secrets), handle)
+    try:
+        yield
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def _wait(procs: list[subprocess.Popen], received: list[int], grace: float,
+          stop_remote: Callable[[], None] | None) -> int:
     while True:
         if received:
             signum = received[0]
             print(f"launcher: received {signal.Signals(signum).name}, stopping all processes", file=sys.stderr)
             for proc in procs:
-                _signal_group(proc, signum)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-                time.sleep(0.1)
+                if proc.stdin:
+                    _close(proc.stdin)  # ssh: the remote guard reads EOF and stops torchrun gracefully
+                elif not stop_remote:
+                    # torchrun relays INT/TERM/HUP to its ranks; srun relays USR1 to the node guards,
+                    # which turn it into SIGTERM (torchrun itself would die on USR1).
+                    _signal_group(proc, signal.SIGUSR1 if _is_srun(proc) else _for_torchrun(signum))
+            if stop_remote:
+                _stop_remote_gracefully(procs, stop_remote, grace)
+            _wait_all(procs, grace)
             return 128 + signum
         codes = [p.poll() for p in procs]
         failed = [c for c in codes if c not in (None, 0)]
@@ -66,6 +137,22 @@ def _wait(procs: list[subprocess.Popen], received: list[int], grace: float) -> i
         if all(c == 0 for c in codes):
             return 0
         time.sleep(0.1)
+
+
+def _for_torchrun(signum: int) -> int:
+    return signal.SIGTERM if signum == signal.SIGUSR1 else signum
+
+
+def _is_srun(proc: subprocess.Popen) -> bool:
+    args = proc.args
+    return isinstance(args, list) and bool(args) and os.path.basename(str(args[0])) == "srun"
+
+
+def _close(stream) -> None:
+    try:
+        stream.close()
+    except OSError:
+        pass
 
 
 def _exit_code(code: int) -> int:
@@ -82,6 +169,8 @@ def _signal_group(proc: subprocess.Popen, signum: int) -> None:
 def _stop(proc: subprocess.Popen, signum: int, grace: float) -> None:
     """Terminate the whole group, then kill it after the grace period."""
     if proc.poll() is None:
+        if proc.stdin:
+            _close(proc.stdin)
         _signal_group(proc, signum)
         try:
             proc.wait(timeout=grace)

@@ -19,6 +19,13 @@ _HOST = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
 class Host:
     name: str
     slots: int
+    # Which local devices (slot indices) this host uses; None means all of 0..slots-1. Set by
+    # include/exclude filters and exported as CUDA_VISIBLE_DEVICES on that host.
+    slot_ids: tuple[int, ...] | None = None
+
+    @property
+    def used(self) -> tuple[int, ...]:
+        return self.slot_ids if self.slot_ids is not None else tuple(range(self.slots))
 
 
 def parse_hostfile(text: str, source: str) -> tuple[list[Host], list[Problem]]:
@@ -56,3 +63,53 @@ def parse_hostfile(text: str, source: str) -> tuple[list[Host], list[Problem]]:
     if not hosts and not problems:
         problems.append(Problem("hostfile", "no hosts", "add lines like `worker-1 slots=8`", source))
     return hosts, problems
+
+
+def apply_filters(hosts: list[Host], include: str, exclude: str, source: str) -> tuple[list[Host], list[Problem]]:
+    """DeepSpeed's filters: `host1:0,1@host2` keeps (include) or drops (exclude) hosts or slots.
+
+    A bare host name means all of its slots. Include and exclude are exclusive, as in DeepSpeed.
+    """
+    if include and exclude:
+        return hosts, [Problem("--include/--exclude", "both filters given",
+                               "use one: --include lists what to keep, --exclude what to drop", source)]
+    spec, keep = (include, True) if include else (exclude, False)
+    if not spec:
+        return hosts, []
+    flag = "--include" if keep else "--exclude"
+    by_name = {h.name: h for h in hosts}
+    selected: dict[str, set[int]] = {}
+    problems: list[Problem] = []
+    for part in spec.split("@"):
+        name, _, slot_text = part.strip().partition(":")
+        if name not in by_name:
+            problems.append(Problem(flag, f"unknown host `{name}` in `{spec}`",
+                                    f"hosts in {source}: {', '.join(by_name) or 'none'}"))
+            continue
+        host = by_name[name]
+        if not slot_text:
+            selected[name] = set(range(host.slots))
+            continue
+        try:
+            ids = {int(x) for x in slot_text.split(",")}
+        except ValueError:
+            problems.append(Problem(flag, f"bad slot list `{slot_text}` for {name}", "write host:0,1 (integers)"))
+            continue
+        bad = sorted(i for i in ids if not 0 <= i < host.slots)
+        if bad:
+            problems.append(Problem(flag, f"slot(s) {bad} out of range for {name} (slots={host.slots})",
+                                    f"use indices 0..{host.slots - 1}"))
+            continue
+        selected.setdefault(name, set()).update(ids)
+    if problems:
+        return hosts, problems
+    result = []
+    for host in hosts:
+        chosen = selected.get(host.name, set())
+        ids = sorted(chosen) if keep else sorted(set(host.used) - chosen)
+        if ids:
+            whole = ids == list(range(host.slots))
+            result.append(Host(host.name, len(ids), None if whole else tuple(ids)))
+    if not result:
+        problems.append(Problem(flag, f"`{spec}` leaves no hosts", "keep at least one host and slot", source))
+    return result, problems

@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from launcher.config.errors import Problem, RecipeError
 from launcher.config.load import LoadedRecipe
 from launcher.plan.batch import BatchMath, batch_math
+from launcher.plan.remote_env import forwarded_env
 from launcher.plan.topology import Topology
-from launcher.secrets import redact_env
+from launcher.secrets import is_secret_name, redact_env
 
 WORKER_MODULE = "launcher.runtime.worker"
+GUARD_MODULE = "launcher.engines.node_guard"
 
 
 @dataclass(frozen=True)
 class NodeCommand:
-    host: str
-    argv: tuple[str, ...]  # what runs on that host (torchrun ...)
-    env: dict[str, str]  # set on top of the inherited environment
-    via: tuple[str, ...] = ()  # remote-shell prefix (ssh ...), empty for the local node
+    """What runs on one node (torchrun, behind the node guard on remote nodes)."""
 
-    def full_argv(self) -> list[str]:
-        if not self.via:
-            return list(self.argv)
-        exports = [f"{k}={shlex.quote(v)}" for k, v in self.env.items()]
-        remote = " ".join(["env", *exports, *map(shlex.quote, self.argv)])
-        return [*self.via, remote]
+    host: str
+    argv: tuple[str, ...]
+    env: dict[str, str]  # set on that node on top of its environment (secrets: names only, see secret_names)
+
+
+@dataclass(frozen=True)
+class LocalProcess:
+    """What the launcher itself starts on this machine: torchrun, ssh, pdsh or srun."""
+
+    argv: tuple[str, ...]
+    hosts: tuple[str, ...]  # the node(s) it reaches
+    env: dict[str, str]  # added to the launcher's own environment
+    keep_stdin: bool = False  # ssh/pdsh: stdin stays open; its EOF tells the remote guard to stop
 
 
 @dataclass(frozen=True)
@@ -34,21 +41,35 @@ class LaunchPlan:
     run_dir: str
     engine: str
     nodes: tuple[NodeCommand, ...]
+    processes: tuple[LocalProcess, ...]
     nproc_per_node: int
     rendezvous: str
     math: BatchMath
+    # Secret variables (values never in the plan) the remote ranks need; written at launch to a
+    # 0600 file that the node guard reads, removed when the job ends.
+    secret_names: tuple[str, ...] = ()
+    slurm_job_id: str = ""
+
+    @property
+    def rendezvous_id(self) -> str:
+        return _rdzv_id(self.run_dir)
+
+    @property
+    def secrets_file(self) -> str:
+        return f"{self.run_dir}/.secrets.json" if self.secret_names else ""
 
     def to_dict(self, redact: bool = True) -> dict:
         data = asdict(self)
-        data["nodes"] = [
-            {"host": n.host, "argv": list(n.argv), "env": redact_env(n.env) if redact else dict(n.env),
-             "via": list(n.via)}
-            for n in self.nodes
-        ]
+        data["nodes"] = [{"host": n.host, "argv": list(n.argv), "env": redact_env(n.env) if redact else dict(n.env)}
+                         for n in self.nodes]
+        data["processes"] = [{"argv": list(p.argv), "hosts": list(p.hosts),
+                              "env": redact_env(p.env) if redact else dict(p.env), "keep_stdin": p.keep_stdin}
+                             for p in self.processes]
         return data
 
 
-def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: str) -> LaunchPlan:
+def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: str,
+               environ: Mapping[str, str], cwd: str) -> LaunchPlan:
     recipe = loaded.recipe
     tokens = getattr(loaded.module, "tokens_per_sample", None)
     try:
@@ -58,22 +79,78 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
     except ValueError as exc:
         problem: Problem = exc.args[0]
         raise RecipeError(loaded.source, [problem]) from None
-    env = {"LAUNCHER_RUN_DIR": run_dir, "PYTHONUNBUFFERED": "1", **recipe.cluster.env}
+    cluster = recipe.cluster
+    explicit = {"LAUNCHER_RUN_DIR": run_dir, "PYTHONUNBUFFERED": "1",
+                "LAUNCHER_COLLECTIVE_TIMEOUT": str(cluster.collective_timeout), **cluster.env}
     master = topology.hosts[0]
-    rendezvous = "standalone" if topology.nodes == 1 else f"c10d://{master}:{recipe.cluster.master_port}"
+    rendezvous = "standalone" if topology.nodes == 1 and topology.engine == "torchrun" \
+        else f"c10d://{master}:{cluster.master_port}"
+    torchrun = torchrun_argv(python, topology, cluster.max_restarts, cluster.rdzv_timeout, master,
+                             cluster.master_port, run_dir)
+    if topology.engine == "torchrun":
+        node = NodeCommand("localhost", tuple(torchrun), explicit)
+        return LaunchPlan(run_dir, "torchrun", (node,), (LocalProcess(tuple(torchrun), ("localhost",), explicit),),
+                          topology.nproc_per_node, rendezvous, math)
+    if topology.engine == "slurm":
+        guarded = (python, "-m", GUARD_MODULE, "--", *torchrun)
+        nodes = tuple(NodeCommand(host, guarded, explicit) for host in topology.hosts)
+        srun = srun_argv(topology, guarded)
+        return LaunchPlan(run_dir, "slurm", nodes, (LocalProcess(srun, topology.hosts, explicit),),
+                          topology.nproc_per_node, rendezvous, math, (), topology.slurm_job_id)
+    # Hostfile: the remote login environment knows nothing of ours, so everything travels explicitly.
+    plain, secrets = forwarded_env(environ, cluster.forward_env)
+    secret_names = tuple(sorted({*secrets, *(k for k in explicit if is_secret_name(k))}))
+    public = {k: v for k, v in explicit.items() if not is_secret_name(k)}
+    guard = [python, "-m", GUARD_MODULE, "--watch-stdin"]
+    if secret_names:
+        guard += ["--secrets-file", f"{run_dir}/.secrets.json"]
     nodes = []
-    for host in topology.hosts:
-        argv = torchrun_argv(python, topology, recipe.cluster.max_restarts, recipe.cluster.rdzv_timeout,
-                             master, recipe.cluster.master_port, run_dir)
-        via = () if topology.engine == "torchrun" else ssh_prefix(host)
-        nodes.append(NodeCommand(host, tuple(argv), env, via))
-    return LaunchPlan(run_dir, topology.engine, tuple(nodes), topology.nproc_per_node, rendezvous, math)
+    for host, slot_ids in zip(topology.hosts, topology.slot_ids or [None] * topology.nodes, strict=True):
+        env = {**plain, **public}
+        if slot_ids is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slot_ids))
+        nodes.append(NodeCommand(host, (*guard, "--", *torchrun), env))
+    processes = remote_processes(topology.engine, nodes, cwd)
+    return LaunchPlan(run_dir, topology.engine, tuple(nodes), processes, topology.nproc_per_node, rendezvous,
+                      math, secret_names)
+
+
+def remote_command(node: NodeCommand, cwd: str) -> str:
+    """The one string a remote shell runs: every piece quoted, user data never interpreted."""
+    exports = [f"{k}={shlex.quote(v)}" for k, v in node.env.items()]
+    return f"cd {shlex.quote(cwd)} && exec env {' '.join([*exports, *map(shlex.quote, node.argv)])}"
+
+
+def remote_processes(engine: str, nodes: list[NodeCommand], cwd: str) -> tuple[LocalProcess, ...]:
+    if engine == "ssh":
+        return tuple(LocalProcess((*ssh_prefix(n.host), remote_command(n, cwd)), (n.host,), {}, True) for n in nodes)
+    # pdsh runs one command on many hosts: group hosts whose commands are identical (they differ
+    # only when include/exclude filters give hosts different CUDA_VISIBLE_DEVICES).
+    groups: dict[str, list[str]] = {}
+    for node in nodes:
+        groups.setdefault(remote_command(node, cwd), []).append(node.host)
+    return tuple(LocalProcess(pdsh_argv(hosts, command), tuple(hosts), {"PDSH_RCMD_TYPE": "ssh"}, True)
+                 for command, hosts in groups.items())
+
+
+def pdsh_argv(hosts: list[str], command: str) -> tuple[str, ...]:
+    # -S: exit with the largest remote status; -f: connect to every host at once; -w takes one
+    # argv element, and hostnames are validated (no `,`, `^`, `-` prefix) so it lists only hosts.
+    return ("pdsh", "-S", "-f", str(max(32, len(hosts))), "-R", "ssh", "-w", ",".join(hosts), command)
+
+
+def srun_argv(topology: Topology, command: tuple[str, ...]) -> tuple[str, ...]:
+    # One task per node runs torchrun, which starts that node's ranks; --kill-on-bad-exit ends the
+    # step when one node fails; --cpu-bind=none lets torchrun's ranks use all of the node's CPUs.
+    return ("srun", f"--nodes={topology.nodes}", f"--ntasks={topology.nodes}", "--ntasks-per-node=1",
+            f"--nodelist={','.join(topology.hosts)}", "--kill-on-bad-exit=1", "--cpu-bind=none",
+            "--export=ALL", "--", *command)
 
 
 def torchrun_argv(python: str, topology: Topology, max_restarts: int, rdzv_timeout: int,
                   master: str, port: int, run_dir: str) -> list[str]:
     argv = [python, "-m", "torch.distributed.run"]
-    if topology.nodes == 1:
+    if topology.nodes == 1 and topology.engine == "torchrun":
         # --standalone picks a free port itself: two local jobs never collide.
         argv += ["--standalone", "--nnodes=1"]
     else:
@@ -111,11 +188,23 @@ def render_plan(plan: LaunchPlan, resolved_yaml: str) -> str:
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
     lines += ["", f"# launch: engine={plan.engine}, {len(plan.nodes)} node(s) x {plan.nproc_per_node} "
               f"process(es), rendezvous {plan.rendezvous}", f"# run dir: {plan.run_dir}"]
-    for index, node in enumerate(plan.nodes):
-        lines.append(f"node {index} ({node.host}):")
-        for key, value in redact_env(node.env).items():
+    if plan.slurm_job_id:
+        lines.append(f"# slurm job: {plan.slurm_job_id}")
+    if plan.secret_names:
+        lines.append(f"# secrets sent through {plan.secrets_file} (mode 0600, removed when the job ends): "
+                     + ", ".join(plan.secret_names))
+    for index, process in enumerate(plan.processes):
+        lines.append(f"process {index} (reaches {', '.join(process.hosts)}):")
+        for key, value in redact_env(process.env).items():
             lines.append(f"  env  {key}={shlex.quote(value)}")
-        lines.append("  argv " + shlex.join(node.full_argv() if not node.via else [*node.via, "<remote>"]))
-        if node.via:
-            lines.append("  remote " + shlex.join(node.argv))
+        if plan.engine in ("ssh", "pdsh"):
+            lines.append("  argv " + shlex.join([*process.argv[:-1], "<remote command below>"]))
+        else:
+            lines.append("  argv " + shlex.join(process.argv))
+    if plan.engine in ("ssh", "pdsh", "slurm"):
+        for index, node in enumerate(plan.nodes):
+            lines.append(f"node {index} ({node.host}):")
+            for key, value in redact_env(node.env).items():
+                lines.append(f"  env  {key}={shlex.quote(value)}")
+            lines.append("  runs " + shlex.join(node.argv))
     return "\n".join(lines) + "\n"

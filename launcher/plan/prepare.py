@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from launcher.config.errors import RecipeError
 from launcher.config.load import LoadedRecipe, load_recipe, recipe_to_dict
 from launcher.plan.launch import LaunchPlan, build_plan
-from launcher.plan.topology import resolve_topology
+from launcher.plan.topology import TopologyRequest, resolve_topology
 from launcher.rundir import default_run_dir, run_name
 from launcher.secrets import redact_env
 
 
 def prepare(recipe_path: str, overrides: tuple[str, ...], nproc: int | None, nodes: int | None,
-            hostfile: str | None, run_dir: str | None) -> tuple[LoadedRecipe, LaunchPlan, dict]:
+            hostfile: str | None, run_dir: str | None, include: str = "", exclude: str = "",
+            environ: Mapping[str, str] | None = None) -> tuple[LoadedRecipe, LaunchPlan, dict]:
     """Raises RecipeError listing every problem; starts nothing."""
     loaded = load_recipe(recipe_path, overrides)
     recipe = loaded.recipe
     cluster = recipe.cluster
     try:
-        topology = resolve_topology(nodes or cluster.nodes, nproc or cluster.nproc_per_node,
-                                    hostfile or cluster.hostfile or None)
+        request = TopologyRequest(nodes or (cluster.nodes if cluster.nodes != 1 else None),
+                                  nproc or cluster.nproc_per_node, hostfile or cluster.hostfile or None,
+                                  include, exclude, cluster.remote_shell)
+        topology = resolve_topology(request, environ)
     except ValueError as exc:
         raise RecipeError(recipe_path, exc.args[0]) from None
     directory = run_dir or default_run_dir(recipe.output_dir, run_name(recipe.name, recipe_path))
-    plan = build_plan(loaded, topology, str(Path(directory).absolute()), sys.executable)
+    plan = build_plan(loaded, topology, str(Path(directory).absolute()), sys.executable,
+                      os.environ if environ is None else environ, os.getcwd())
     resolved = recipe_to_dict(recipe)
     resolved["cluster"]["env"] = redact_env(resolved["cluster"]["env"])
     return loaded, plan, resolved

@@ -5,18 +5,23 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.config.errors import Problem
-from launcher.plan.hostfile import Host, parse_hostfile
+from launcher.plan.hostfile import apply_filters, parse_hostfile
+from launcher.plan.hostlist import expand_hostlist
 
 
 @dataclass(frozen=True)
 class Topology:
-    engine: str  # "torchrun" (one node) | "ssh" (hostfile)
+    engine: str  # "torchrun" (one local node) | "pdsh" | "ssh" (hostfile) | "slurm" (srun in an allocation)
     hosts: tuple[str, ...]  # one entry per node; "localhost" for a single local node
     nproc_per_node: int
+    # Per host: the device indices a hostfile filter selected (exported as CUDA_VISIBLE_DEVICES).
+    slot_ids: tuple[tuple[int, ...] | None, ...] = ()
+    slurm_job_id: str = ""
 
     @property
     def nodes(self) -> int:
@@ -41,32 +46,80 @@ def count_local_gpus() -> int:
     return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
 
 
-def resolve_topology(nodes: int, nproc: int | str, hostfile: str | None) -> Topology:
-    """Raise ValueError(list[Problem]) on an impossible request."""
+@dataclass(frozen=True)
+class TopologyRequest:
+    nodes: int | None  # None: not asked for (the recipe default or the Slurm allocation decides)
+    nproc: int | str
+    hostfile: str | None = None
+    include: str = ""
+    exclude: str = ""
+    remote_shell: str = "auto"
+
+
+def resolve_topology(request: TopologyRequest, environ: Mapping[str, str] | None = None,
+                     which: Callable[[str], str | None] | None = None) -> Topology:
+    """Raise ValueError(list[Problem]) on an impossible request. `environ`/`which` are test seams."""
+    environ = os.environ if environ is None else environ
+    which = which or shutil.which
+    nproc = request.nproc
+    if request.hostfile:
+        return _from_hostfile(request, which)
+    if environ.get("SLURM_JOB_ID") and environ.get("SLURM_JOB_NODELIST"):
+        return _from_slurm(request, environ)
+    if request.include or request.exclude:
+        raise ValueError([Problem("--include/--exclude", "filters need a hostfile", "pass --hostfile FILE")])
+    nodes = request.nodes or 1
+    if nodes > 1:
+        raise ValueError([Problem("cluster.nodes", f"{nodes} nodes need a hostfile or a Slurm allocation",
+                                  "pass --hostfile FILE (see hostfiles/), run inside `salloc`/`sbatch`, "
+                                  "or use `launcher submit`")])
     if nproc == "auto":
         nproc = max(1, count_local_gpus())
     assert isinstance(nproc, int)
-    if hostfile:
-        path = Path(hostfile)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            problem = Problem("cluster.hostfile", f"cannot read hostfile: {exc}", "check the path", hostfile)
-            raise ValueError([problem]) from None
-        hosts, problems = parse_hostfile(text, hostfile)
-        if problems:
-            raise ValueError(problems)
-        return _from_hosts(hosts, hostfile)
-    if nodes > 1:
-        raise ValueError([Problem("cluster.nodes", f"{nodes} nodes need a hostfile or a Slurm allocation",
-                                  "pass --hostfile FILE (see hostfiles/), or run inside `salloc`/`sbatch`")])
     return Topology("torchrun", ("localhost",), nproc)
 
 
-def _from_hosts(hosts: list[Host], source: str) -> Topology:
+def _from_hostfile(request: TopologyRequest, which: Callable[[str], str | None]) -> Topology:
+    source = str(request.hostfile)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        problem = Problem("cluster.hostfile", f"cannot read hostfile: {exc}", "check the path", source)
+        raise ValueError([problem]) from None
+    hosts, problems = parse_hostfile(text, source)
+    if not problems:
+        hosts, problems = apply_filters(hosts, request.include, request.exclude, source)
+    if problems:
+        raise ValueError(problems)
     slots = {h.slots for h in hosts}
     if len(slots) != 1:
         listing = ", ".join(f"{h.name}={h.slots}" for h in hosts)
         raise ValueError([Problem("hostfile", f"hosts have different slot counts ({listing})",
                                   "give every host the same slots=N so the batch arithmetic is one product", source)])
-    return Topology("ssh", tuple(h.name for h in hosts), slots.pop())
+    if request.nodes and request.nodes != len(hosts):
+        raise ValueError([Problem("cluster.nodes", f"{request.nodes} nodes asked for, the hostfile has {len(hosts)}",
+                                  "drop --nodes/cluster.nodes or filter hosts with --include/--exclude", source)])
+    if request.remote_shell == "pdsh" and not which("pdsh"):
+        raise ValueError([Problem("cluster.remote_shell", "pdsh is not installed here",
+                                  "install pdsh, or set cluster.remote_shell=ssh")])
+    engine = "pdsh" if request.remote_shell == "pdsh" or (request.remote_shell == "auto" and which("pdsh")) else "ssh"
+    nproc = slots.pop()  # DeepSpeed's meaning: slots = processes on that host (filters narrow them)
+    return Topology(engine, tuple(h.name for h in hosts), nproc, tuple(h.slot_ids for h in hosts))
+
+
+def _from_slurm(request: TopologyRequest, environ: Mapping[str, str]) -> Topology:
+    job = environ["SLURM_JOB_ID"]
+    try:
+        allocated = expand_hostlist(environ["SLURM_JOB_NODELIST"])
+    except ValueError as exc:
+        raise ValueError([Problem("SLURM_JOB_NODELIST", str(exc), "is this a real Slurm allocation?")]) from None
+    nodes = request.nodes or len(allocated)
+    if nodes > len(allocated):
+        raise ValueError([Problem("cluster.nodes", f"{nodes} nodes asked for, Slurm job {job} has {len(allocated)}",
+                                  "ask Slurm for more nodes (sbatch/salloc --nodes) or lower --nodes")])
+    nproc = request.nproc
+    if nproc == "auto":
+        gpus = environ.get("SLURM_GPUS_ON_NODE", "")
+        nproc = int(gpus) if gpus.isdigit() and int(gpus) > 0 else max(1, count_local_gpus())
+    assert isinstance(nproc, int)
+    return Topology("slurm", tuple(allocated[:nodes]), nproc, (), job)

@@ -19,29 +19,57 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import record
 
     from launcher.config.load import load_recipe
+    from launcher.runtime import stuck
     from launcher.runtime.checkpoint import CheckpointError
     from launcher.runtime.dist import from_environment
     from launcher.runtime.trainer import Stopped, train
 
     env = from_environment()
     loaded = load_recipe(Path(args.run_dir) / "recipe.yaml")
+    timeout_s = loaded.recipe.cluster.collective_timeout
+    _record_rank(args.run_dir, env)
+    clean = False  # a failing rank skips the final barrier: it could wait forever on a stuck peer
     try:
+        stuck.init_process_group(env, timeout_s)
         # record(): torchrun's failure summary then carries the traceback, not just an exit code.
         record(train)(loaded, args.run_dir, env)
+        clean = True
     except CheckpointError as error:
         print(f"rank {env.rank}: checkpoint error: {error}", file=sys.stderr, flush=True)
         return 3
     except Stopped as stopped:
+        clean = True
         return 128 + stopped.signum  # the conventional status of a process ended by that signal
+    except Exception as error:
+        if env.world_size > 1 and stuck.is_collective_timeout(error):
+            print(stuck.describe(env, timeout_s, stuck.missing_ranks(env)), file=sys.stderr, flush=True)
+            return 4  # no barrier on the way out: a peer is stuck
+        raise
     finally:
-        _shutdown()
+        _shutdown(clean)
     return 0
 
 
-def _shutdown() -> None:
+def _record_rank(run_dir: str, env) -> None:
+    """Where this rank runs and logs, for the launcher's failure summary (one small file per rank)."""
+    import json
+    import socket
+
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
+    record = {"rank": env.rank, "local_rank": env.local_rank, "host": socket.gethostname(), "pid": os.getpid(),
+              "attempt": int(attempt), "log_dir": os.path.dirname(error_file)}
+    directory = Path(run_dir) / "logs" / "ranks"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"rank-{env.rank}.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def _shutdown(clean: bool) -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if not clean:
+            return
         try:
             dist.barrier()  # no rank tears the group down while a peer is still in its last collective
         except Exception:  # noqa: BLE001 - a peer already failed; destroy anyway

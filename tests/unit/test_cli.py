@@ -12,7 +12,10 @@ from launcher.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["plan"], ["validate"], ["ls"]])
+SUBCOMMANDS = ["run", "plan", "validate", "ls", "submit", "status", "logs", "cancel"]
+
+
+@pytest.mark.parametrize("command", [[]] + [[name] for name in SUBCOMMANDS])
 def test_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0
@@ -20,7 +23,7 @@ def test_help(command):
 
 
 def test_every_subcommand_help_is_tested():
-    assert set(main.commands) == {"run", "plan", "validate", "ls"}
+    assert set(main.commands) == set(SUBCOMMANDS)
 
 
 def _imported_modules(code: str) -> set[str]:

@@ -50,28 +50,52 @@ def test_hostfile_parsing_and_errors():
 def _plan_text(args: list[str]) -> str:
     result = CliRunner().invoke(main, ["plan", *args, "--run-dir", "/runs/golden"])
     assert result.exit_code == 0, result.output
-    return result.output.replace(sys.executable, "{python}")
+    return result.output.replace(sys.executable, "{python}").replace(str(ROOT), "{repo}")
 
 
-@pytest.mark.parametrize("name,args", [
-    ("plan-2proc", ["recipes/mlp-tiny.yaml", "--nproc", "2"]),
-    ("plan-4node", ["recipes/mlp-tiny.yaml", "--hostfile", "hostfiles/example-4node.txt", "batch.global=256",
-                    "batch.micro=8", "cluster.env.NCCL_DEBUG=WARN", "cluster.env.HF_TOKEN=hf_secret_value"]),
+def controlled_environment(monkeypatch, **extra: str) -> None:
+    """Plans forward variables from the launching shell: pin them so golden files are stable."""
+    for name in list(os.environ):
+        monkeypatch.delenv(name)
+    base = {"PATH": "/opt/venv/bin:/usr/bin", "NCCL_DEBUG": "WARN", "HOME": "/root", "SSH_AUTH_SOCK": "/tmp/agent",
+            "WANDB_API_KEY": "wandb_secret_value", "MY_SETTING": "x"}
+    for name, value in {**base, **extra}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("launcher.plan.topology.shutil.which", lambda name: f"/usr/bin/{name}")
+
+
+SLURM = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[01-02,07],cpu5", "SLURM_JOB_NUM_NODES": "4"}
+HOSTFILE = ["--hostfile", "hostfiles/example-4node.txt", "batch.global=256", "batch.micro=8"]
+
+
+@pytest.mark.parametrize("name,args,env", [
+    ("plan-2proc", ["recipes/mlp-tiny.yaml", "--nproc", "2"], {}),
+    ("plan-4node", ["recipes/mlp-tiny.yaml", *HOSTFILE, "cluster.env.NCCL_DEBUG=WARN",
+                    "cluster.env.HF_TOKEN=hf_secret_value", "cluster.remote_shell=ssh"], {}),
+    ("plan-4node-pdsh", ["recipes/mlp-tiny.yaml", *HOSTFILE, "cluster.forward_env=[MY_SETTING]"], {}),
+    ("plan-pdsh-include", ["recipes/mlp-tiny.yaml", "--hostfile", "hostfiles/example-4node.txt",
+                           "--include", "gpu-node-01:0,1,2,3@gpu-node-02:4,5,6,7", "batch.global=64",
+                           "batch.micro=8"], {}),
+    ("plan-slurm", ["recipes/mlp-tiny.yaml", "--nproc", "8", "batch.global=256", "batch.micro=8"], SLURM),
 ])
-def test_golden_plans(name, args, monkeypatch):
+def test_golden_plans(name, args, env, monkeypatch):
     monkeypatch.chdir(ROOT)
+    update = os.environ.get("UPDATE_GOLDEN")
+    controlled_environment(monkeypatch, **env)
     text = _plan_text(args)
     golden = GOLDEN / f"{name}.txt"
-    if os.environ.get("UPDATE_GOLDEN"):
+    if update:
         golden.write_text(text, encoding="utf-8")
     assert text == golden.read_text(encoding="utf-8"), f"regenerate with UPDATE_GOLDEN=1 after checking {name}"
-    assert "hf_secret_value" not in text
+    for secret in ("hf_secret_value", "wandb_secret_value"):
+        assert secret not in text
+    assert "SSH_AUTH_SOCK" not in text and "HOME=" not in text  # the allowlist keeps the shell's junk home
 
 
 def test_four_node_plan_json(monkeypatch):
     monkeypatch.chdir(ROOT)
-    result = CliRunner().invoke(main, ["plan", "recipes/mlp-tiny.yaml", "--hostfile",
-                                       "hostfiles/example-4node.txt", "batch.global=256", "batch.micro=8",
+    controlled_environment(monkeypatch)
+    result = CliRunner().invoke(main, ["plan", "recipes/mlp-tiny.yaml", *HOSTFILE, "cluster.remote_shell=ssh",
                                        "--json", "--run-dir", "/runs/golden"])
     import json
 
@@ -79,4 +103,7 @@ def test_four_node_plan_json(monkeypatch):
     assert plan["engine"] == "ssh" and plan["math"]["world_size"] == 32 and plan["math"]["accumulation"] == 1
     assert [n["host"] for n in plan["nodes"]] == ["gpu-node-01", "gpu-node-02", "gpu-node-03", "gpu-node-04"]
     assert all("--rdzv-endpoint=gpu-node-01:29500" in n["argv"] for n in plan["nodes"])
-    assert all(n["via"][-2:] == ["--", n["host"]] for n in plan["nodes"])
+    assert all(p["argv"][5:7] == ["--", h] for p, h in zip(plan["processes"], [n["host"] for n in plan["nodes"]],
+                                                           strict=True))
+    assert plan["secret_names"] == ["WANDB_API_KEY"]
+    assert "wandb_secret_value" not in result.output

@@ -1,0 +1,66 @@
+"""Collective timeouts that name the rank everyone waited for (faults.md 12).
+
+The process group is created with `cluster.collective_timeout`, so a rank that is alive but never
+enters a collective makes its peers' collective fail after that long instead of hanging. The
+error alone says "timed out", not who: each rank whose collective timed out marks itself in the
+rendezvous store, waits a moment for its peers to do the same, and the ranks without a mark are
+the ones that never entered the collective (stuck, or gone).
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+from launcher.runtime.dist import DistEnv
+
+_KEY = "launcher/timed_out/"
+
+
+def init_process_group(env: DistEnv, timeout_s: int) -> None:
+    import torch
+    import torch.distributed as dist
+
+    if env.world_size <= 1 or dist.is_initialized():
+        return
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(env.local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def is_collective_timeout(error: BaseException) -> bool:
+    text = str(error).lower()
+    return ("timed out" in text or "timeout" in text) and not isinstance(error, (KeyboardInterrupt, SystemExit))
+
+
+def missing_ranks(env: DistEnv, wait_s: float = 5.0) -> list[int] | None:
+    """Ranks that did not time out with us (None when the store cannot be reached)."""
+    try:
+        import torch.distributed as dist
+        from torch.distributed import distributed_c10d
+
+        if not dist.is_initialized():
+            return None
+        store = distributed_c10d._get_default_store()  # the rendezvous store torchrun set up
+        store.set(f"{_KEY}{env.rank}", "1")
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            missing = [r for r in range(env.world_size) if not store.check([f"{_KEY}{r}"])]
+            if not missing:
+                return []
+            time.sleep(0.25)
+        return missing
+    except Exception:  # noqa: BLE001 - naming is best effort; the timeout itself is reported anyway
+        return None
+
+
+def describe(env: DistEnv, timeout_s: int, missing: list[int] | None) -> str:
+    if missing is None:
+        who = "the stuck rank could not be determined (rendezvous store unreachable)"
+    elif missing:
+        who = f"rank(s) {', '.join(map(str, missing))} never entered it (stuck or dead)"
+    else:
+        who = "every rank timed out in it (a network or backend problem, not one stuck rank)"
+    return (f"rank {env.rank}: a collective timed out after cluster.collective_timeout={timeout_s}s; {who}. "
+            "Check that rank's log (logs/torchrun/.../attempt_N/<local_rank>/) for where it is.")

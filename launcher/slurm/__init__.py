@@ -1,0 +1,1 @@
+"""Slurm: sbatch scripts, job control and requeue decisions, all through Slurm's own commands."""

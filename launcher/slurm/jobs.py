@@ -1,0 +1,130 @@
+"""Talking to Slurm: submit, status, logs, cancel, requeue. Every call is an argv list.
+
+The job ids a run directory was submitted as are kept in <run_dir>/slurm/jobs.json, so
+`launcher status|logs|cancel RUN_DIR` need no job id (a job id works too).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+JOBS_FILE = "slurm/jobs.json"
+REQUEUES_FILE = "slurm/requeues.json"
+
+
+class SlurmError(RuntimeError):
+    pass
+
+
+def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                              stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise SlurmError(f"`{argv[0]}` is not installed here: run this on a Slurm login node") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"`{' '.join(argv[:2])}` did not answer in {timeout:.0f} s: is slurmctld up?") from None
+
+
+def submit(script: Path, run_dir: Path) -> str:
+    done = _run(["sbatch", "--parsable", str(script)])
+    if done.returncode != 0:
+        raise SlurmError(f"sbatch refused the job: {done.stderr.strip()}")
+    job_id = done.stdout.strip().split(";")[0]
+    if not re.fullmatch(r"\d+", job_id):
+        raise SlurmError(f"sbatch printed no job id: {done.stdout!r}")
+    jobs = submitted_jobs(run_dir)
+    jobs.append({"job_id": job_id, "script": str(script), "submitted": datetime.now(timezone.utc).isoformat()})
+    path = run_dir / JOBS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jobs, indent=2) + "\n", encoding="utf-8")
+    return job_id
+
+
+def submitted_jobs(run_dir: Path) -> list[dict]:
+    path = run_dir / JOBS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+def resolve_job(target: str) -> tuple[str, Path | None]:
+    """A job id, or a run directory whose last submitted job is meant."""
+    if re.fullmatch(r"\d+(_\d+)?", target):
+        return target, None
+    run_dir = Path(target)
+    jobs = submitted_jobs(run_dir)
+    if not jobs:
+        raise SlurmError(f"{target}: no job was submitted from this run directory (no {JOBS_FILE})")
+    return jobs[-1]["job_id"], run_dir
+
+
+def job_state(job_id: str) -> dict[str, str]:
+    """Fields of `scontrol show job` (JobState, NodeList, RunTime, TimeLimit, Restarts, ...)."""
+    done = _run(["scontrol", "show", "job", "--oneliner", job_id])
+    if done.returncode != 0:
+        return {}
+    states = []
+    for line in done.stdout.splitlines():  # an array job has one line per task
+        fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+        if fields:
+            states.append(fields)
+    if not states:
+        return {}
+    if len(states) == 1:
+        return states[0]
+    merged = dict(states[0])
+    merged["JobState"] = ",".join(sorted({s.get("JobState", "?") for s in states}))
+    return merged
+
+
+def cancel(job_id: str) -> None:
+    done = _run(["scancel", job_id])
+    if done.returncode != 0:
+        raise SlurmError(f"scancel failed: {done.stderr.strip()}")
+
+
+def requeue(job_id: str) -> None:
+    done = _run(["scontrol", "requeue", job_id])
+    if done.returncode != 0:
+        raise SlurmError(f"scontrol requeue {job_id} failed: {done.stderr.strip()}")
+
+
+def time_left_s(job_id: str) -> float | None:
+    """Seconds until the job's time limit (None: unlimited or unknown)."""
+    done = _run(["squeue", "-h", "-j", job_id, "-o", "%L"])
+    return parse_slurm_duration(done.stdout.strip()) if done.returncode == 0 else None
+
+
+def parse_slurm_duration(text: str) -> float | None:
+    """`1-02:03:04`, `02:03:04`, `03:04`, `5` (minutes, as sbatch reads it) -> seconds."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text)
+    if match:
+        days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+        return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    return float(int(text) * 60) if text.isdigit() else None
+
+
+def wait_until_done(job_id: str, timeout: float, poll: float = 1.0) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = job_state(job_id)
+        if state and state.get("JobState") not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED",
+                                                   "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"):
+            return state
+        time.sleep(poll)
+    raise SlurmError(f"job {job_id} still running after {timeout:.0f} s")
+
+
+def log_files(job_id: str, run_dir: Path | None) -> list[Path]:
+    state = job_state(job_id)
+    named = state.get("StdOut")
+    if named and "%" not in named and Path(named).exists():
+        return [Path(named)]
+    if run_dir is not None:
+        base = job_id.split("_")[0]
+        return sorted((run_dir / "slurm").glob(f"{base}*.out"))
+    return []

@@ -1,0 +1,133 @@
+"""The sbatch script for `launcher submit`, as a pure function of a request (golden-file tested).
+
+The script runs `launcher run` once per job, as the batch step, with `exec` so that the launcher
+is the batch shell and receives `--signal=B:USR1@lead` itself. Inside the allocation `launcher
+run` sees SLURM_* and starts one torchrun per node with srun. The same script is what Slurm
+re-runs on requeue, and the run directory is fixed, so a requeued job resumes.
+
+#SBATCH lines are read by sbatch, not by a shell, so no quoting can make a hostile value safe
+there: values are validated instead (no whitespace, no control characters). The exec line is
+built with shlex.quote.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from launcher.config.errors import Problem
+
+SIGNAL_LEAD_S = 120  # Slurm sends USR1 this long before the time limit: time to commit a checkpoint
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.,:@+=/\-\[\]]+$")
+_TIME = re.compile(r"^(\d+|\d+:\d{1,2}(:\d{1,2})?|\d+-\d{1,2}(:\d{1,2}){0,2})$")
+
+
+@dataclass(frozen=True)
+class SbatchRequest:
+    job_name: str
+    recipe_path: str  # absolute
+    run_dir: str  # absolute; array tasks use run_dir/task-<i>
+    workdir: str  # absolute; relative paths in the recipe resolve from here
+    python: str
+    nodes: int = 1
+    nproc_per_node: int | None = None  # passed to `launcher run --nproc`
+    gpus_per_node: int = 0
+    cpus_per_task: int = 0
+    time: str = ""
+    partition: str = ""
+    account: str = ""
+    signal_lead_s: int = SIGNAL_LEAD_S
+    requeue: bool = True
+    overrides: tuple[str, ...] = ()
+    sweeps: tuple[str, ...] = ()  # `key=v1,v2,...`: one array task per combination
+    extra: tuple[str, ...] = ()  # more `--option=value` lines for #SBATCH
+    environment: dict[str, str] = field(default_factory=dict)  # exported by the script (never secrets)
+
+
+def sweep_tasks(sweeps: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """`a=1,2` x `b=x,y` -> [(a=1, b=x), (a=1, b=y), (a=2, b=x), (a=2, b=y)]."""
+    axes = []
+    for sweep in sweeps:
+        key, _, values = sweep.partition("=")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return [tuple(combo) for combo in itertools.product(*axes)] if axes else []
+
+
+def check_request(request: SbatchRequest) -> list[Problem]:
+    problems = []
+
+    def check(flag: str, value: str, hint: str) -> None:
+        if value and not _SAFE_VALUE.match(value):
+            problems.append(Problem(flag, f"{value!r} cannot go into an #SBATCH line", hint))
+
+    check("--job-name", request.job_name, "letters, digits and ._-")
+    check("--partition", request.partition, "a partition name from `sinfo`")
+    check("--account", request.account, "an account name from `sacctmgr show assoc`")
+    if request.time and not _TIME.match(request.time):
+        problems.append(Problem("--time", f"{request.time!r} is not a Slurm time",
+                                "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"))
+    if request.run_dir and not re.match(r"^[^\s%]+$", request.run_dir):
+        problems.append(Problem("--run-dir", f"{request.run_dir!r} cannot be a Slurm output path",
+                                "use a run directory without spaces, newlines or `%`"))
+    for option in request.extra:
+        name, _, value = option.partition("=")
+        if not re.match(r"^--[a-z][a-z-]*$", name) or (value and not _SAFE_VALUE.match(value)):
+            problems.append(Problem("--sbatch", f"{option!r} is not a safe sbatch option",
+                                    "write --option=value, e.g. --sbatch --qos=high"))
+    for sweep in request.sweeps:
+        key, sep, values = sweep.partition("=")
+        if not sep or not key or not values or any(not v for v in values.split(",")):
+            problems.append(Problem("--sweep", f"{sweep!r} is not KEY=V1,V2,...",
+                                    "e.g. --sweep optimizer.lr=1e-3,3e-4"))
+    if request.signal_lead_s < 0:
+        problems.append(Problem("--signal-lead", "must be >= 0 seconds", "e.g. 120"))
+    return problems
+
+
+def render_sbatch(request: SbatchRequest) -> str:
+    tasks = sweep_tasks(request.sweeps)
+    log = f"{request.run_dir}/slurm/%A_%a.out" if tasks else f"{request.run_dir}/slurm/%j.out"
+    lines = ["#!/bin/bash",
+             f"# Written by `launcher submit` for {request.recipe_path}.",
+             "# Slurm re-runs this same script on requeue; the run directory is fixed, so the job resumes.",
+             f"#SBATCH --job-name={request.job_name}",
+             f"#SBATCH --nodes={request.nodes}",
+             "#SBATCH --ntasks-per-node=1"]
+    if request.gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={request.gpus_per_node}")
+    if request.cpus_per_task:
+        lines.append(f"#SBATCH --cpus-per-task={request.cpus_per_task}")
+    for flag, value in (("time", request.time), ("partition", request.partition), ("account", request.account)):
+        if value:
+            lines.append(f"#SBATCH --{flag}={value}")
+    lines += [f"#SBATCH --output={log}", "#SBATCH --open-mode=append"]
+    if request.signal_lead_s:
+        # B: only the batch shell (exec'd into `launcher run`) gets it; the launcher relays it.
+        lines.append(f"#SBATCH --signal=B:USR1@{request.signal_lead_s}")
+    lines.append("#SBATCH --requeue" if request.requeue else "#SBATCH --no-requeue")
+    if tasks:
+        lines.append(f"#SBATCH --array=0-{len(tasks) - 1}")
+    lines += [f"#SBATCH {option}" for option in request.extra]
+    lines += ["", "set -eu", f"cd {shlex.quote(request.workdir)}",
+              f"export LAUNCHER_SLURM_SIGNAL_LEAD={request.signal_lead_s}"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in request.environment.items()]
+    if not tasks:
+        lines.append(_exec_line(request, request.run_dir, request.overrides))
+    else:
+        lines.append('case "$SLURM_ARRAY_TASK_ID" in')
+        for index, sweep in enumerate(tasks):
+            command = _exec_line(request, f"{request.run_dir}/task-{index}", (*request.overrides, *sweep))
+            lines.append(f"  {index}) {command} ;;")
+        lines += ['  *) echo "launcher: unknown array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
+    return "\n".join(lines) + "\n"
+
+
+def _exec_line(request: SbatchRequest, run_dir: str, overrides: tuple[str, ...]) -> str:
+    argv = [request.python, "-m", "launcher.cli", "run", request.recipe_path, "--run-dir", run_dir,
+            "--nodes", str(request.nodes)]
+    if request.nproc_per_node:
+        argv += ["--nproc", str(request.nproc_per_node)]
+    # `--` ends the options: an override can never be read as a flag of `launcher run`.
+    return "exec " + shlex.join([*argv, "--", *overrides])

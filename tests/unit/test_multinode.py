@@ -1,0 +1,182 @@
+"""Multi-node planning as pure functions: hostlists, hostfile filters, env allowlist, quoting,
+sbatch scripts (golden), requeue decisions."""
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from launcher.cli import main
+from launcher.plan.hostfile import apply_filters, parse_hostfile
+from launcher.plan.hostlist import expand_hostlist
+from launcher.plan.launch import NodeCommand, remote_command
+from launcher.plan.remote_env import forwarded_env
+from launcher.slurm.jobs import parse_slurm_duration
+from launcher.slurm.preemption import decide
+from launcher.slurm.sbatch import SbatchRequest, check_request, render_sbatch, sweep_tasks
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden"
+
+
+@pytest.mark.parametrize("expression,hosts", [
+    ("gpu[01-03,07],cpu5", ["gpu01", "gpu02", "gpu03", "gpu07", "cpu5"]),
+    ("node1", ["node1"]),
+    ("a[8-10]", ["a8", "a9", "a10"]),
+    ("a[08-10]", ["a08", "a09", "a10"]),
+    ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
+    ("x-1.dc,y[3]", ["x-1.dc", "y3"]),
+])
+def test_hostlist_expansion(expression, hosts):
+    assert expand_hostlist(expression) == hosts
+
+
+@pytest.mark.parametrize("bad", ["gpu[01-03", "gpu01-03]", "gpu[3-1]", "gpu[a-b]", "a,,b"])
+def test_hostlist_errors(bad):
+    with pytest.raises(ValueError):
+        expand_hostlist(bad)
+
+
+HOSTS = parse_hostfile("w1 slots=4\nw2 slots=4\nw3 slots=4\n", "hf")[0]
+
+
+def test_include_exclude_filters():
+    kept, problems = apply_filters(HOSTS, "w1:0,1@w3:2,3", "", "hf")
+    assert not problems and [(h.name, h.used) for h in kept] == [("w1", (0, 1)), ("w3", (2, 3))]
+    kept, problems = apply_filters(HOSTS, "", "w2", "hf")
+    assert not problems and [h.name for h in kept] == ["w1", "w3"] and kept[0].slot_ids is None
+    kept, problems = apply_filters(HOSTS, "", "w1:3", "hf")
+    assert kept[0].used == (0, 1, 2) and kept[1].used == (0, 1, 2, 3)
+
+
+@pytest.mark.parametrize("include,exclude,fragment", [
+    ("w9", "", "unknown host `w9`"),
+    ("w1:7", "", "out of range"),
+    ("w1:x", "", "bad slot list"),
+    ("w1", "w2", "both filters"),
+    ("", "w1@w2@w3", "leaves no hosts"),
+])
+def test_filter_errors(include, exclude, fragment):
+    _, problems = apply_filters(HOSTS, include, exclude, "hf")
+    assert problems and fragment in problems[0].message
+
+
+def test_filters_through_the_cli_exit_2(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("w1 slots=2\nw2 slots=2\n")
+    result = CliRunner().invoke(main, ["plan", str(ROOT / "recipes/mlp-tiny.yaml"), "--hostfile", str(hostfile),
+                                       "--include", "w1@nosuch"])
+    assert result.exit_code == 2 and "unknown host `nosuch`" in result.output
+
+
+def test_env_allowlist_splits_secrets():
+    environ = {"PATH": "/v/bin", "NCCL_IB_HCA": "mlx5", "HOME": "/root", "SSH_AUTH_SOCK": "/s", "RANK": "3",
+               "WANDB_API_KEY": "k", "HF_TOKEN": "t", "MY_VAR": "1", "PYTHONPATH": "/p"}
+    plain, secrets = forwarded_env(environ, ["MY_VAR"])
+    assert plain == {"MY_VAR": "1", "NCCL_IB_HCA": "mlx5", "PATH": "/v/bin", "PYTHONPATH": "/p"}
+    assert secrets == {"HF_TOKEN": "t", "WANDB_API_KEY": "k"}
+
+
+HOSTILE_VALUES = ["$(touch {s})", "`touch {s}`", "'; touch {s}; '", "\"; touch {s}; \"", "a\ntouch {s}",
+                  "$HOME;touch {s}", "x' \"y\" $(touch {s})"]
+
+
+def test_hostile_env_values_and_paths_never_execute(tmp_path):
+    """faults.md 15: the remote command string is run by a real shell; nothing in it may execute."""
+    sentinel = tmp_path / "sentinel"
+    odd_dir = tmp_path / "dir with 'quotes' and\nnewline"
+    odd_dir.mkdir()
+    env = {f"V{i}": value.format(s=sentinel) for i, value in enumerate(HOSTILE_VALUES)}
+    printer = [sys.executable, "-c", "import os, json; print(json.dumps({k: os.environ[k] for k in os.environ "
+               "if k.startswith('V')}))", "$(touch " + str(sentinel) + ")"]
+    command = remote_command(NodeCommand("h", tuple(printer), env), str(odd_dir))
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True)
+    import json
+
+    assert json.loads(done.stdout) == env  # every value arrived byte for byte
+    assert not sentinel.exists()
+
+
+def test_hostile_hostnames_are_refused_before_any_command():
+    text = "-oProxyCommand=touch_x slots=1\na;b slots=1\nname with space slots=1\n$(x) slots=1\n"
+    hosts, problems = parse_hostfile(text, "hf")
+    assert not hosts and len(problems) == 4
+
+
+def _request(**changes) -> SbatchRequest:
+    base = dict(job_name="bert-base", recipe_path="/work/recipes/bert-base-pretrain.yaml",
+                run_dir="/scratch/runs/bert-base", workdir="/work", python="/venv/bin/python", nodes=4,
+                nproc_per_node=8, gpus_per_node=8, cpus_per_task=64, time="2-00:00:00", partition="gpu",
+                account="ml-team", overrides=("optimizer.lr=1e-4", "tracking.mode=online"))
+    base.update(changes)
+    return SbatchRequest(**base)
+
+
+@pytest.mark.parametrize("name,request_", [
+    ("sbatch-4node.sh", _request()),
+    ("sbatch-array.sh", _request(nodes=1, sweeps=("optimizer.lr=1e-4,3e-4", "batch.micro=16,32"),
+                                 extra=("--qos=high",), requeue=False)),
+])
+def test_golden_sbatch(name, request_):
+    text = render_sbatch(request_)
+    golden = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8"), f"regenerate with UPDATE_GOLDEN=1 after checking {name}"
+    assert "bash -n" and subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+
+
+def test_sweep_product_and_array_lines():
+    assert sweep_tasks(("a=1,2", "b=x,y")) == [("a=1", "b=x"), ("a=1", "b=y"), ("a=2", "b=x"), ("a=2", "b=y")]
+    text = render_sbatch(_request(sweeps=("a=1,2",)))
+    assert "#SBATCH --array=0-1" in text and "/task-1 --nodes 4 --nproc 8 -- optimizer.lr=1e-4" in text
+
+
+@pytest.mark.parametrize("changes,flag", [
+    ({"partition": "gpu\n#SBATCH --uid=0"}, "--partition"),
+    ({"account": "a b"}, "--account"),
+    ({"time": "2 days"}, "--time"),
+    ({"run_dir": "/runs/my run"}, "--run-dir"),
+    ({"extra": ("--qos=high; rm -rf /",)}, "--sbatch"),
+    ({"sweeps": ("lr",)}, "--sweep"),
+])
+def test_sbatch_refuses_values_that_cannot_be_quoted(changes, flag):
+    problems = check_request(_request(**changes))
+    assert [p.path for p in problems] == [flag]
+
+
+def test_sbatch_exec_line_quotes_hostile_overrides(tmp_path):
+    sentinel = tmp_path / "sentinel"
+    text = render_sbatch(_request(overrides=(f"name=$(touch {sentinel})", "x=`id`")))
+    exec_line = [line for line in text.splitlines() if line.startswith("exec ")][0]
+    assert shlex.split(exec_line)[-2:] == [f"name=$(touch {sentinel})", "x=`id`"]
+
+
+def test_submit_dry_run_validates_the_recipe_for_the_allocation():
+    ok = CliRunner().invoke(main, ["submit", str(ROOT / "recipes/mlp-tiny.yaml"), "--nodes", "2", "--dry-run",
+                                   "--time", "10", "--run-dir", "/runs/x"])
+    assert ok.exit_code == 0, ok.output
+    assert "#SBATCH --nodes=2" in ok.output and "#SBATCH --signal=B:USR1@120" in ok.output
+    # 2 nodes x 3 processes x micro 8 does not divide the global batch of 64: refused before queueing.
+    bad = CliRunner().invoke(main, ["submit", str(ROOT / "recipes/mlp-tiny.yaml"), "--nodes", "2", "--nproc", "3",
+                                    "--dry-run"])
+    assert bad.exit_code == 2 and "batch.global" in bad.output
+
+
+@pytest.mark.parametrize("text,seconds", [("1-02:03:04", 93784), ("02:03:04", 7384), ("03:04", 184), ("5", 300),
+                                          ("UNLIMITED", None), ("", None)])
+def test_slurm_durations(text, seconds):
+    assert parse_slurm_duration(text) == seconds
+
+
+def test_timeout_told_apart_from_preemption_with_a_budget():
+    assert decide(3600, 120, {}, 3).cause == "preemption"
+    assert decide(None, 120, {"timeout": 99}, 3).requeue  # unlimited time: never a timeout
+    first = decide(100, 120, {}, 2)
+    assert (first.cause, first.requeue) == ("timeout", True)
+    spent = decide(100, 120, {"timeout": 2, "preemption": 5}, 2)
+    assert (spent.cause, spent.requeue) == ("timeout", False) and "timeout_requeues=2" in spent.message
