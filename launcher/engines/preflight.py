@@ -26,6 +26,7 @@ missing = [m for m in ("launcher", "torch") if importlib.util.find_spec(m) is No
 out = {"host": socket.gethostname(), "missing": missing}
 if port:
     s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the TCPStore binds: TIME_WAIT is no conflict
     try:
         s.bind(("", port))
         out["port_free"] = True

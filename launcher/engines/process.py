@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -74,9 +75,12 @@ def _remote_stopper(plan: LaunchPlan) -> Callable[[], None] | None:
     if plan.engine == "pdsh":
         # pdsh does not relay stdin, so ask each host's guard directly, matched by this job's
         # rendezvous id (hex, from the plan): nothing another job started can match.
-        pattern = f"{GUARD_MODULE} .*--rdzv-id={plan.rendezvous_id}( |$)"
+        # Anchored at the interpreter: the launcher host is often a node too, and there the local
+        # ssh clients carry the same words in their command lines; they must not be hit.
+        pattern = f"^[^ ]*python[^ ]* -m {GUARD_MODULE} .*--rdzv-id={plan.rendezvous_id}( |$)"
         hosts = ",".join(h for p in plan.processes for h in p.hosts)
-        argv = ["pdsh", "-R", "ssh", "-w", hosts, "pkill", "-TERM", "-f", "--", pattern]
+        # pdsh joins its command words for the remote shell: pass one quoted string.
+        argv = ["pdsh", "-R", "ssh", "-w", hosts, shlex.join(["pkill", "-TERM", "-f", "--", pattern])]
         return lambda: subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
                                       check=False)
     return None
