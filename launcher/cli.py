@@ -110,11 +110,24 @@ def run(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_di
     status = execute(launch_plan, secrets)
     if launch_plan.engine == "slurm" and status == 128 + _SIGUSR1:
         status = _after_slurm_signal(launch_plan, loaded.recipe.cluster.timeout_requeues, status)
+    elif status not in (0, 130, 129, 138, 143):  # a failure, not a requested stop
+        _report_failure(launch_plan.run_dir, status, loaded.recipe.cluster.max_restarts)
     click.echo(f"launcher: job finished with exit status {status}", err=True)
     sys.exit(status)
 
 
 _SIGUSR1 = 10
+
+
+def _report_failure(run_dir: str, status: int, max_restarts: int) -> None:
+    from launcher.engines import failure
+
+    found = failure.summarize(run_dir, status)
+    if found is None:
+        click.echo("launcher: the job failed before any rank started; see the output above", err=True)
+        return
+    failure.write(run_dir, found)
+    click.echo("launcher: " + failure.render(found, max_restarts).replace("\n", "\nlauncher: "), err=True)
 
 
 def _preflight(launch_plan, master_port: int) -> None:

@@ -80,8 +80,11 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
         problem: Problem = exc.args[0]
         raise RecipeError(loaded.source, [problem]) from None
     cluster = recipe.cluster
-    explicit = {"LAUNCHER_RUN_DIR": run_dir, "PYTHONUNBUFFERED": "1",
-                "LAUNCHER_COLLECTIVE_TIMEOUT": str(cluster.collective_timeout), **cluster.env}
+    explicit = {"LAUNCHER_RUN_DIR": run_dir, "PYTHONUNBUFFERED": "1", **cluster.env}
+    if cluster.max_restarts:
+        # Restarted workers must not share the rendezvous store: stale keys of the dead attempt
+        # send them to ports nobody listens on (pytorch/pytorch#135712).
+        explicit["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     master = topology.hosts[0]
     rendezvous = "standalone" if topology.nodes == 1 and topology.engine == "torchrun" \
         else f"c10d://{master}:{cluster.master_port}"

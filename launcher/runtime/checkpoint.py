@@ -140,8 +140,12 @@ def load_rank_state(directory: Path, rank: int) -> bool:
     path = directory / f"rng-rank{rank:05d}.pt"
     if not path.is_file():
         return False
-    state = torch.load(path, weights_only=True)
-    version, internal, gauss = state["python"]
+    try:
+        state = torch.load(path, weights_only=True)
+        version, internal, gauss = state["python"]
+    except Exception as exc:  # noqa: BLE001 - any unreadable RNG file is the same hard error
+        raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); the data order "
+                              "would silently change. Resume from an earlier checkpoint (resume: PATH)") from None
     random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():

@@ -56,6 +56,11 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> None:
     log = MetricsLog(Path(run_dir) / "metrics.jsonl", main, start_step)
     for warning in warnings:
         log.write({"step": start_step, "warning": warning})
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if attempt and main:  # torchrun restarted the group after a failure (cluster.max_restarts)
+        log.write({"step": start_step, "event": "restart", "attempt": attempt, "resumed_from_step": start_step})
+        emit(f"restart {attempt} of cluster.max_restarts={recipe.cluster.max_restarts}: "
+             f"resuming at step {start_step}")
     # The checkpoint's run id wins: a resumed job continues the run it was part of.
     # Only rank 0 tracks and writes checkpoint metadata, so only it needs the id.
     run_id = meta.get("tracker_run_id") or (job_run_id(run_dir) if main else "")

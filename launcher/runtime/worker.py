@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     timeout_s = loaded.recipe.cluster.collective_timeout
     _record_rank(args.run_dir, env)
     clean = False  # a failing rank skips the final barrier: it could wait forever on a stuck peer
+    group_ready = False
     try:
         stuck.init_process_group(env, timeout_s)
+        group_ready = True
         # record(): torchrun's failure summary then carries the traceback, not just an exit code.
         record(train)(loaded, args.run_dir, env)
         clean = True
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         clean = True
         return 128 + stopped.signum  # the conventional status of a process ended by that signal
     except Exception as error:
-        if env.world_size > 1 and stuck.is_collective_timeout(error):
+        if group_ready and env.world_size > 1 and stuck.is_collective_timeout(error):
             print(stuck.describe(env, timeout_s, stuck.missing_ranks(env)), file=sys.stderr, flush=True)
             return 4  # no barrier on the way out: a peer is stuck
         raise

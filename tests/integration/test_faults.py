@@ -128,3 +128,81 @@ def test_malicious_pickle_as_user_weights_never_runs(tmp_path):
 
 def _logs(run_dir: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in run_dir.rglob("*.log"))
+
+
+FAULT_RECIPE = RECIPE.replace("step_delay: 0.1", "step_delay: 0.0").replace("steps: 14", "steps: 12") \
+    .replace("every_steps: 5", "every_steps: 4")
+
+
+def _attempt_dirs(run_dir: Path) -> set[str]:
+    return {p.name for p in (run_dir / "logs" / "torchrun").glob("*/attempt_*")}
+
+
+def test_sigkilled_rank_restarts_from_checkpoint_bitwise_equal(tmp_path):
+    """faults.md 1: rank 1 is SIGKILLed mid-step (step 7); torchrun restarts the group, which resumes
+    from the step-4 checkpoint, and the final parameters equal an uninterrupted run's bit for bit."""
+    recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
+    whole = tmp_path / "whole"
+    assert launch(recipe, whole, nproc=2).returncode == 0
+    crashed = tmp_path / "crashed"
+    result = launch(recipe, crashed, "cluster.max_restarts=1", "data.fault=sigkill", "data.fault_rank=1",
+                    "data.fault_after_batches=13", nproc=2)  # 2 micro-batches per step: mid step 7
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _attempt_dirs(crashed) == {"attempt_0", "attempt_1"}  # restarts survived: 1
+    restarts = [r for r in metrics(crashed) if r.get("event") == "restart"]
+    assert restarts == [{"step": 4, "event": "restart", "attempt": 1, "resumed_from_step": 4}]
+    assert "restart 1 of cluster.max_restarts=1: resuming at step 4" in result.stderr + result.stdout
+    a, b = exported_state(whole), exported_state(crashed)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise: no sample lost or counted twice
+    assert _processes_mentioning(str(crashed)) == []
+
+
+def test_rank_that_always_fails_gets_max_restarts_plus_one_attempts_and_a_summary(tmp_path):
+    """faults.md 2: exactly max_restarts+1 attempts, non-zero exit, the first failing host/rank/log named."""
+    recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
+    run_dir = tmp_path / "failing"
+    result = launch(recipe, run_dir, "cluster.max_restarts=2", "data.fault=raise", "data.fault_rank=1",
+                    "data.fault_after_batches=3", nproc=2)
+    assert result.returncode != 0
+    assert _attempt_dirs(run_dir) == {"attempt_0", "attempt_1", "attempt_2"}
+    import socket
+
+    summary = result.stderr
+    assert "job failed after 3 attempt(s) (cluster.max_restarts=2)" in summary
+    assert f"first failure: rank 1 (local rank 1) on host {socket.gethostname()}, attempt 2, exit code 1" in summary
+    assert "ValueError: injected failure on rank 1" in summary
+    assert "attempt_2/1/stderr.log" in summary and "| " in summary  # the tail of its own log
+    recorded = __import__("json").loads((run_dir / "logs" / "failure.json").read_text())
+    assert recorded["rank"] == 1 and recorded["attempts"] == 3
+
+
+def test_stuck_rank_aborts_the_job_within_the_collective_timeout_and_is_named(tmp_path):
+    """faults.md 12: rank 1 sleeps inside a step; rank 0's collective times out after 8 s and names it."""
+    recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
+    started = time.monotonic()
+    result = launch(recipe, tmp_path / "stuck", "cluster.collective_timeout=8", "data.fault=hang",
+                    "data.fault_rank=1", "data.fault_after_batches=5", nproc=2, timeout=300)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert "rank 0: a collective timed out after cluster.collective_timeout=8s; rank(s) 1 never entered it" \
+        in result.stderr + result.stdout
+    assert elapsed < 8 + 60  # the timeout plus torchrun's stop grace, not forever
+    assert _processes_mentioning(str(tmp_path / "stuck")) == []
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_missing_or_corrupt_rng_state_is_an_error_not_a_silent_change(tmp_path, damage):
+    """faults.md 11: the RNG files are in the manifest; resume refuses a checkpoint without them."""
+    recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE.replace("steps: 12", "steps: 8"))
+    run_dir = tmp_path / "run"
+    assert launch(recipe, run_dir, "train.stop_after_steps=4", nproc=2).returncode == 0
+    rng = run_dir / "checkpoints" / "step-00000004" / "rng-rank00001.pt"
+    if damage == "missing":
+        rng.unlink()
+    else:
+        rng.write_bytes(b"\0" * rng.stat().st_size)  # same size: only loading can tell
+    result = launch(recipe, run_dir, nproc=2)
+    assert result.returncode != 0
+    text = result.stderr + result.stdout
+    assert "rng-rank00001.pt" in text
+    assert not [r for r in metrics(run_dir) if r.get("step", 0) > 4 and "loss" in r]  # nothing trained after
