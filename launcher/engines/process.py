@@ -31,7 +31,24 @@ def execute(plan: LaunchPlan, secrets: Mapping[str, str] | None = None, grace: f
     commands = [Command(list(p.argv), {**os.environ, **p.env, **started}, p.keep_stdin) for p in plan.processes]
     stop_remote = _remote_stopper(plan)
     with _secrets_file(plan.secrets_file, secrets or {}):
-        return run_group(commands, grace, stop_remote)
+        return run_group(commands, grace, stop_remote, _node_reporter(plan))
+
+
+def _node_reporter(plan: LaunchPlan) -> Callable[[int, int, list[int]], None] | None:
+    """Name the node whose process failed first, and the nodes still starting at that moment:
+    with a rendezvous timeout, those are the ones that never arrived (faults.md 13)."""
+    if len(plan.processes) < 2:
+        return None
+
+    def report(index: int, code: int, running: list[int]) -> None:
+        hosts = ", ".join(plan.processes[index].hosts)
+        print(f"launcher: node process for {hosts} failed first (exit {_exit_code(code)})", file=sys.stderr)
+        if running:
+            waiting = ", ".join(h for i in running for h in plan.processes[i].hosts)
+            print(f"launcher: still running at that moment: {waiting} (if the failure is a rendezvous "
+                  f"timeout, these nodes never joined)", file=sys.stderr)
+
+    return report
 
 
 @dataclass
@@ -42,7 +59,8 @@ class Command:
 
 
 def run_group(commands: Sequence[Command | tuple[list[str], dict[str, str]]], grace: float = GRACE_SECONDS,
-              stop_remote: Callable[[], None] | None = None) -> int:
+              stop_remote: Callable[[], None] | None = None,
+              on_failure: Callable[[int, int, list[int]], None] | None = None) -> int:
     """Run all commands; the first failure stops the rest. Returns the job's exit status."""
     received: list[int] = []
 
@@ -57,7 +75,7 @@ def run_group(commands: Sequence[Command | tuple[list[str], dict[str, str]]], gr
                 command = Command(*command)
             stdin = subprocess.PIPE if command.keep_stdin else subprocess.DEVNULL
             procs.append(subprocess.Popen(command.argv, env=command.env, stdin=stdin, start_new_session=True))
-        status = _wait(procs, received, grace, stop_remote)
+        status = _wait(procs, received, grace, stop_remote, on_failure)
     finally:
         if stop_remote and any(p.poll() is None for p in procs):
             _stop_remote_gracefully(procs, stop_remote, grace)
@@ -118,7 +136,7 @@ def _secrets_file(path: str, secrets: Mapping[str, str]):
 
 
 def _wait(procs: list[subprocess.Popen], received: list[int], grace: float,
-          stop_remote: Callable[[], None] | None) -> int:
+          stop_remote: Callable[[], None] | None, on_failure: Callable[[int, int, list[int]], None] | None) -> int:
     while True:
         if received:
             signum = received[0]
@@ -135,9 +153,11 @@ def _wait(procs: list[subprocess.Popen], received: list[int], grace: float,
             _wait_all(procs, grace)
             return 128 + signum
         codes = [p.poll() for p in procs]
-        failed = [c for c in codes if c not in (None, 0)]
+        failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
         if failed:
-            return _exit_code(failed[0])
+            if on_failure:
+                on_failure(failed[0], codes[failed[0]], [i for i, c in enumerate(codes) if c is None])
+            return _exit_code(codes[failed[0]])
         if all(c == 0 for c in codes):
             return 0
         time.sleep(0.1)

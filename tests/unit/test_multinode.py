@@ -5,6 +5,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,17 @@ def test_timeout_told_apart_from_preemption_with_a_budget():
     assert (first.cause, first.requeue) == ("timeout", True)
     spent = decide(100, 120, {"timeout": 2, "preemption": 5}, 2)
     assert (spent.cause, spent.requeue) == ("timeout", False) and "timeout_requeues=2" in spent.message
+
+
+def test_first_failing_node_is_named_and_the_ones_still_starting_are_listed():
+    """faults.md 13 at the launcher's seam: node 0 fails (e.g. rendezvous timeout) while node 1 is
+    still connecting; the report names both, and node 1's process is stopped, not left behind."""
+    from launcher.engines.process import Command, run_group
+
+    seen = []
+    started = time.monotonic()
+    status = run_group([Command(["sh", "-c", "sleep 0.3; exit 3"], dict(os.environ)),
+                        Command(["sleep", "30"], dict(os.environ))],
+                       grace=2, on_failure=lambda index, code, running: seen.append((index, code, running)))
+    assert status == 3 and seen == [(0, 3, [1])]
+    assert time.monotonic() - started < 10  # the sleeping node was stopped, not waited for
