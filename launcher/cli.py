@@ -89,8 +89,9 @@ def run(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_di
     Inside a Slurm allocation (salloc/sbatch): one torchrun per node with srun.
     """
     import os
+    import signal
 
-    from launcher.engines.process import execute
+    from launcher.engines.process import STOP_STATUSES, execute
     from launcher.rundir import write_run_dir
     from launcher.tracking import job_run_id
 
@@ -108,15 +109,12 @@ def run(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_di
     secrets = {name: loaded.recipe.cluster.env.get(name, os.environ.get(name, ""))
                for name in launch_plan.secret_names}
     status = execute(launch_plan, secrets)
-    if launch_plan.engine == "slurm" and status == 128 + _SIGUSR1:
+    if launch_plan.engine == "slurm" and status == 128 + signal.SIGUSR1:
         status = _after_slurm_signal(launch_plan, loaded.recipe.cluster.timeout_requeues, status)
-    elif status not in (0, 130, 129, 138, 143):  # a failure, not a requested stop
+    elif status != 0 and status not in STOP_STATUSES:  # a failure, not a requested stop
         _report_failure(launch_plan.run_dir, status, loaded.recipe.cluster.max_restarts)
     click.echo(f"launcher: job finished with exit status {status}", err=True)
     sys.exit(status)
-
-
-_SIGUSR1 = 10
 
 
 def _report_failure(run_dir: str, status: int, max_restarts: int) -> None:
@@ -150,8 +148,9 @@ def _after_slurm_signal(launch_plan, timeout_budget: int, status: int) -> int:
 
     from launcher.slurm import jobs, preemption
 
-    job_id = os.environ.get("SLURM_ARRAY_JOB_ID", "") and \
-        f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}" or launch_plan.slurm_job_id
+    job_id = launch_plan.slurm_job_id
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):  # an array task is requeued by its array id
+        job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
     run_dir = Path(launch_plan.run_dir)
     lead = int(os.environ.get("LAUNCHER_SLURM_SIGNAL_LEAD", "0") or 0)
     try:
@@ -189,6 +188,7 @@ def _after_slurm_signal(launch_plan, timeout_budget: int, status: int) -> int:
 def submit(recipe_path, overrides, nodes, nproc, gpus_per_node, cpus_per_task, time_limit, partition, account,
            signal_lead, requeue, sweep, extra, run_dir, dry_run):
     """Submit the recipe to Slurm as a batch job (from a login node); print the job id."""
+    import dataclasses
     import os
     from pathlib import Path
 
@@ -219,9 +219,8 @@ def submit(recipe_path, overrides, nodes, nproc, gpus_per_node, cpus_per_task, t
 
     name = run_name(loaded.recipe.name, recipe_path)
     directory = Path(run_dir or default_run_dir(loaded.recipe.output_dir, name)).absolute()
-    request = SbatchRequest(name, str(Path(recipe_path).absolute()), str(directory), os.getcwd(), sys.executable,
-                            nodes, per_node, gpus_per_node, cpus_per_task, time_limit, partition, account,
-                            signal_lead, requeue, tuple(overrides), tuple(sweep), tuple(extra))
+    request = dataclasses.replace(request, job_name=name, recipe_path=str(Path(recipe_path).absolute()),
+                                  run_dir=str(directory), nproc_per_node=per_node)
     problems = check_request(request)
     if problems:
         _fail(RecipeError("launcher submit", problems))
@@ -269,8 +268,8 @@ def status(target):
     else:
         keys = ("JobState", "Reason", "RunTime", "TimeLimit", "NodeList", "Restarts", "ExitCode")
         click.echo(f"job {job_id}: " + "  ".join(f"{k}={state[k]}" for k in keys if k in state))
-    metrics = Path(run_dir or ".") / "metrics.jsonl"
-    if run_dir and metrics.exists():
+    metrics = Path(run_dir) / "metrics.jsonl" if run_dir else None
+    if metrics and metrics.exists():
         lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         steps = [r for r in lines if "loss" in r]
         if steps:
@@ -294,8 +293,7 @@ def logs(target, follow):
                 handle.seek(offsets.get(path, 0))
                 click.echo(handle.read(), nl=False)
                 offsets[path] = handle.tell()
-        if not follow or jobs.job_state(job_id).get("JobState") not in ("PENDING", "RUNNING", "COMPLETING",
-                                                                         "REQUEUED", "CONFIGURING"):
+        if not follow or jobs.job_state(job_id).get("JobState") not in jobs.ACTIVE_STATES:
             return
         time.sleep(1)
 

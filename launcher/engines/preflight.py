@@ -58,8 +58,7 @@ def check_hosts(hosts: list[str], python: str, cwd: str, master_port: int) -> li
 
 def _check_host(host: str, python: str, cwd: str, port: int) -> list[HostProblem]:
     remote = f"cd {shlex.quote(cwd)} && exec {shlex.quote(python)} -c {shlex.quote(_CHECK)} {port}"
-    ssh = list(ssh_prefix(host))
-    argv = [*ssh[:-2], "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", *ssh[-2:], remote]
+    argv = [*ssh_prefix(host, "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}"), remote]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=CONNECT_TIMEOUT_S + 50, check=False,
                               stdin=subprocess.DEVNULL)

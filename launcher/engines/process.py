@@ -22,6 +22,8 @@ from launcher.plan.launch import GUARD_MODULE, LaunchPlan
 
 GRACE_SECONDS = 30.0
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+# Exit statuses of a job stopped on request (128 + the signal), as opposed to a failed one.
+STOP_STATUSES = frozenset(128 + s for s in _FORWARDED)
 
 
 def execute(plan: LaunchPlan, secrets: Mapping[str, str] | None = None, grace: float = GRACE_SECONDS) -> int:
@@ -58,7 +60,7 @@ class Command:
     keep_stdin: bool = False
 
 
-def run_group(commands: Sequence[Command | tuple[list[str], dict[str, str]]], grace: float = GRACE_SECONDS,
+def run_group(commands: Sequence[Command], grace: float = GRACE_SECONDS,
               stop_remote: Callable[[], None] | None = None,
               on_failure: Callable[[int, int, list[int]], None] | None = None) -> int:
     """Run all commands; the first failure stops the rest. Returns the job's exit status."""
@@ -71,12 +73,11 @@ def run_group(commands: Sequence[Command | tuple[list[str], dict[str, str]]], gr
     procs: list[subprocess.Popen] = []
     try:
         for command in commands:
-            if isinstance(command, tuple):
-                command = Command(*command)
             stdin = subprocess.PIPE if command.keep_stdin else subprocess.DEVNULL
             procs.append(subprocess.Popen(command.argv, env=command.env, stdin=stdin, start_new_session=True))
         status = _wait(procs, received, grace, stop_remote, on_failure)
     finally:
+        # After a signal or a failure alike: ask remote guards to stop and wait for their checkpoint.
         if stop_remote and any(p.poll() is None for p in procs):
             _stop_remote_gracefully(procs, stop_remote, grace)
         for proc in procs:
@@ -148,9 +149,8 @@ def _wait(procs: list[subprocess.Popen], received: list[int], grace: float,
                     # torchrun relays INT/TERM/HUP to its ranks; srun relays USR1 to the node guards,
                     # which turn it into SIGTERM (torchrun itself would die on USR1).
                     _signal_group(proc, signal.SIGUSR1 if _is_srun(proc) else _for_torchrun(signum))
-            if stop_remote:
-                _stop_remote_gracefully(procs, stop_remote, grace)
-            _wait_all(procs, grace)
+            if not stop_remote:  # with a remote stopper, run_group's cleanup asks and waits
+                _wait_all(procs, grace)
             return 128 + signum
         codes = [p.poll() for p in procs]
         failed = [i for i, c in enumerate(codes) if c not in (None, 0)]

@@ -173,9 +173,9 @@ def torchrun_argv(python: str, topology: Topology, max_restarts: int, rdzv_timeo
     return argv
 
 
-def ssh_prefix(host: str) -> tuple[str, ...]:
+def ssh_prefix(host: str, *options: str) -> tuple[str, ...]:
     # `--` ends ssh's options: a host named like `-oProxyCommand=...` can never become one.
-    return ("ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", "--", host)
+    return ("ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", *options, "--", host)
 
 
 def _rdzv_id(run_dir: str) -> str:

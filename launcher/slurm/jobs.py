@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 JOBS_FILE = "slurm/jobs.json"
+# Job states in which the job may still produce output.
+ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED",
+                           "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"})
 REQUEUES_FILE = "slurm/requeues.json"
 
 
@@ -106,17 +108,6 @@ def parse_slurm_duration(text: str) -> float | None:
         days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
         return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
     return float(int(text) * 60) if text.isdigit() else None
-
-
-def wait_until_done(job_id: str, timeout: float, poll: float = 1.0) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = job_state(job_id)
-        if state and state.get("JobState") not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED",
-                                                   "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"):
-            return state
-        time.sleep(poll)
-    raise SlurmError(f"job {job_id} still running after {timeout:.0f} s")
 
 
 def log_files(job_id: str, run_dir: Path | None) -> list[Path]:
