@@ -47,7 +47,8 @@ SlurmctldPort=17817
 SlurmdPort=17818
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$B/munge/sock
+# cred_expire is also how long a requeued job waits before it may start again (default 120 s).
+AuthInfo=socket=$B/munge/sock,cred_expire=20
 StateSaveLocation=$B/slurm/state
 SlurmdSpoolDir=$B/slurm/spool/%n
 SlurmctldPidFile=$B/slurm/slurmctld.pid
@@ -64,6 +65,8 @@ AccountingStorageType=accounting_storage/none
 MailProg=/bin/true
 ReturnToService=2
 MinJobAge=600
+# The main scheduling pass (default every 60 s) is what starts a requeued job once it is eligible.
+SchedulerParameters=sched_interval=5
 KillWait=30
 NodeName=node[1-$N] NodeAddr=$(seq -s, -f "$NET.%g" 1 "$N") CPUs=$(nproc) RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
