@@ -43,8 +43,9 @@ def run_name(recipe_name: str, recipe_path: str) -> str:
 def write_run_dir(run_dir: str, resolved: dict, plan: dict) -> Path:
     path = Path(run_dir)
     (path / "logs").mkdir(parents=True, exist_ok=True)
-    # Rank records describe the current job only (the failure summary reads them).
+    # Rank records and agent errors describe the current job only (the failure reports read them).
     shutil.rmtree(path / "logs" / "ranks", ignore_errors=True)
+    shutil.rmtree(path / "logs" / "nodes", ignore_errors=True)
     (path / "logs" / "failure.json").unlink(missing_ok=True)
     _write(path / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
     _write(path / "plan.json", json.dumps(plan, indent=2) + "\n")

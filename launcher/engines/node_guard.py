@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +43,7 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     if secrets_file:
         env.update(_read_secrets(secrets_file))
+    env.update(_agent_error_file(env.get("LAUNCHER_RUN_DIR", "")))
     child = subprocess.Popen(command, env=env, start_new_session=True)
     stop = threading.Event()
 
@@ -67,6 +69,19 @@ def _read_secrets(path: str) -> dict[str, str]:
     except (OSError, ValueError) as exc:
         print(f"node_guard: cannot read the secrets file ({exc}); continuing without secrets", file=sys.stderr)
         return {}
+
+
+def _agent_error_file(run_dir: str) -> dict[str, str]:
+    """Where torchrun's agent records its own fatal error (a rendezvous timeout, say): the launcher
+    reads these to tell "a node never joined" from other failures. Workers get their own files."""
+    if not run_dir:
+        return {}
+    folder = os.path.join(run_dir, "logs", "nodes")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return {}
+    return {"TORCHELASTIC_ERROR_FILE": os.path.join(folder, f"{socket.gethostname()}-{os.getpid()}.error.json")}
 
 
 def _wait_for_eof(request_stop) -> None:

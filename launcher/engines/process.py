@@ -9,15 +9,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.engines.node_report import exit_code, node_reporter
 from launcher.plan.launch import GUARD_MODULE, LaunchPlan
 
 GRACE_SECONDS = 30.0
@@ -30,27 +33,11 @@ def execute(plan: LaunchPlan, secrets: Mapping[str, str] | None = None, grace: f
     # The start time travels in the environment (not the plan, which is pure data) so the worker
     # can report launch overhead: `launcher run` to the first optimizer step.
     started = {"LAUNCHER_START_TIME": repr(time.time())}
-    commands = [Command(list(p.argv), {**os.environ, **p.env, **started}, p.keep_stdin) for p in plan.processes]
+    pdsh = plan.engine == "pdsh"
+    commands = [Command(list(p.argv), {**os.environ, **p.env, **started}, p.keep_stdin, pdsh) for p in plan.processes]
     stop_remote = _remote_stopper(plan)
     with _secrets_file(plan.secrets_file, secrets or {}):
-        return run_group(commands, grace, stop_remote, _node_reporter(plan))
-
-
-def _node_reporter(plan: LaunchPlan) -> Callable[[int, int, list[int]], None] | None:
-    """Name the node whose process failed first, and the nodes still starting at that moment:
-    with a rendezvous timeout, those are the ones that never arrived (faults.md 13)."""
-    if len(plan.processes) < 2:
-        return None
-
-    def report(index: int, code: int, running: list[int]) -> None:
-        hosts = ", ".join(plan.processes[index].hosts)
-        print(f"launcher: node process for {hosts} failed first (exit {_exit_code(code)})", file=sys.stderr)
-        if running:
-            waiting = ", ".join(h for i in running for h in plan.processes[i].hosts)
-            print(f"launcher: still running at that moment: {waiting} (if the failure is a rendezvous "
-                  f"timeout, these nodes never joined)", file=sys.stderr)
-
-    return report
+        return run_group(commands, grace, stop_remote, node_reporter(plan))
 
 
 @dataclass
@@ -58,24 +45,66 @@ class Command:
     argv: list[str]
     env: dict[str, str]
     keep_stdin: bool = False
+    # pdsh: watch its stderr for the per-host exit codes it reports (one process covers many hosts).
+    pdsh_host_exits: bool = False
+
+
+@dataclass
+class GroupView:
+    """What a failure report may look at while the other processes are still running."""
+
+    procs: list[subprocess.Popen]
+    host_exits: list[dict[str, int]]  # per command: host -> exit code, as pdsh reported it
+    watchers: dict[int, threading.Thread]  # command index -> its stderr copier
+
+    def codes(self) -> list[int | None]:
+        codes = [p.poll() for p in self.procs]
+        for index, watcher in self.watchers.items():
+            if codes[index] is not None:
+                watcher.join(timeout=2)  # an exited process's last stderr lines are read in full
+        return codes
+
+
+_PDSH_EXIT = re.compile(r"^pdsh@[^:]*: ([^:\s]+): ssh exited with exit code (\d+)")
+
+
+def _copy_pdsh_stderr(stream, host_exits: dict[str, int]) -> None:
+    """Pass pdsh's stderr through unchanged, noting the hosts it reports as failed."""
+    for raw in iter(stream.readline, b""):
+        sys.stderr.buffer.write(raw)
+        sys.stderr.buffer.flush()
+        found = _PDSH_EXIT.match(raw.decode("utf-8", "replace"))
+        if found:
+            host_exits[found.group(1)] = int(found.group(2))
+    stream.close()
 
 
 def run_group(commands: Sequence[Command], grace: float = GRACE_SECONDS,
               stop_remote: Callable[[], None] | None = None,
-              on_failure: Callable[[int, int, list[int]], None] | None = None) -> int:
-    """Run all commands; the first failure stops the rest. Returns the job's exit status."""
+              on_failure: Callable[[int, GroupView], None] | None = None) -> int:
+    """Run all commands; the first failure stops the rest. Returns the job's exit status.
+    on_failure(index of the first failed command, view) runs before anything is stopped."""
     received: list[int] = []
 
     def on_signal(signum, _frame):
         received.append(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in _FORWARDED}
-    procs: list[subprocess.Popen] = []
+    view = GroupView([], [], {})
+    procs = view.procs
     try:
         for command in commands:
             stdin = subprocess.PIPE if command.keep_stdin else subprocess.DEVNULL
-            procs.append(subprocess.Popen(command.argv, env=command.env, stdin=stdin, start_new_session=True))
-        status = _wait(procs, received, grace, stop_remote, on_failure)
+            stderr = subprocess.PIPE if command.pdsh_host_exits else None
+            procs.append(subprocess.Popen(command.argv, env=command.env, stdin=stdin, stderr=stderr,
+                                          start_new_session=True))
+            view.host_exits.append({})
+            if stderr:
+                watcher = threading.Thread(target=_copy_pdsh_stderr, daemon=True,
+                                           args=(procs[-1].stderr, view.host_exits[-1]))
+                watcher.start()
+                view.watchers[len(procs) - 1] = watcher
+        status = _wait(view, received, grace, stop_remote, on_failure)
     finally:
         # After a signal or a failure alike: ask remote guards to stop and wait for their checkpoint.
         if stop_remote and any(p.poll() is None for p in procs):
@@ -84,6 +113,8 @@ def run_group(commands: Sequence[Command], grace: float = GRACE_SECONDS,
             _stop(proc, signal.SIGTERM, grace)
         for s, handler in previous.items():
             signal.signal(s, handler)
+        for watcher in view.watchers.values():
+            watcher.join(timeout=5)
     return status
 
 
@@ -136,8 +167,9 @@ def _secrets_file(path: str, secrets: Mapping[str, str]):
         target.unlink(missing_ok=True)
 
 
-def _wait(procs: list[subprocess.Popen], received: list[int], grace: float,
-          stop_remote: Callable[[], None] | None, on_failure: Callable[[int, int, list[int]], None] | None) -> int:
+def _wait(view: GroupView, received: list[int], grace: float,
+          stop_remote: Callable[[], None] | None, on_failure: Callable[[int, GroupView], None] | None) -> int:
+    procs = view.procs
     while True:
         if received:
             signum = received[0]
@@ -156,8 +188,8 @@ def _wait(procs: list[subprocess.Popen], received: list[int], grace: float,
         failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
         if failed:
             if on_failure:
-                on_failure(failed[0], codes[failed[0]], [i for i, c in enumerate(codes) if c is None])
-            return _exit_code(codes[failed[0]])
+                on_failure(failed[0], view)
+            return exit_code(codes[failed[0]])
         if all(c == 0 for c in codes):
             return 0
         time.sleep(0.1)
@@ -177,10 +209,6 @@ def _close(stream) -> None:
         stream.close()
     except OSError:
         pass
-
-
-def _exit_code(code: int) -> int:
-    return 128 - code if code < 0 else code  # a child killed by signal N reads as -N
 
 
 def _signal_group(proc: subprocess.Popen, signum: int) -> None:

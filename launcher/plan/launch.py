@@ -14,6 +14,7 @@ from launcher.plan.topology import Topology
 from launcher.secrets import is_secret_name, redact_env
 
 WORKER_MODULE = "launcher.runtime.worker"
+SSH_CONNECT_TIMEOUT_S = 30
 GUARD_MODULE = "launcher.engines.node_guard"
 
 
@@ -126,7 +127,11 @@ def remote_command(node: NodeCommand, cwd: str) -> str:
 
 def remote_processes(engine: str, nodes: list[NodeCommand], cwd: str) -> tuple[LocalProcess, ...]:
     if engine == "ssh":
-        return tuple(LocalProcess((*ssh_prefix(n.host), remote_command(n, cwd)), (n.host,), {}, True) for n in nodes)
+        # A host that cannot even be reached in this time is reported as such (exit 255), rather
+        # than leaving the others to time out in the rendezvous; pdsh has its own 10 s default.
+        connect = ("-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT_S}")
+        return tuple(LocalProcess((*ssh_prefix(n.host, *connect), remote_command(n, cwd)), (n.host,), {}, True)
+                     for n in nodes)
     # pdsh runs one command on many hosts: group hosts whose commands are identical (they differ
     # only when include/exclude filters give hosts different CUDA_VISIBLE_DEVICES).
     groups: dict[str, list[str]] = {}

@@ -4,6 +4,7 @@ each node a network namespace with its own IP, hostname, slurmd and sshd."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -14,7 +15,7 @@ import pytest
 from launcher.slurm.jobs import JOBS_FILE
 from tests.integration.helpers import FIXTURES, ROOT, launch, metrics, train_records, write_recipe
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 RECIPE = f"""\
 recipe: {FIXTURES / "uneven_recipe.py"}
@@ -108,6 +109,31 @@ def test_preemption_signal_checkpoints_and_requeues_once(cluster, tmp_path):
     assert _ids(run_dir, 0) == _ids(local, 0) and _ids(run_dir, 1) == _ids(local, 1)
 
 
+def test_time_limit_signal_is_a_timeout_and_spends_the_budget(cluster, tmp_path):
+    """faults.md 4, the other half: Slurm's own USR1 shortly before the time limit. The time left
+    tells it from a preemption; with cluster.timeout_requeues=0 the budget is spent, so the ranks
+    commit one checkpoint and the job ends before Slurm would kill it, without a requeue."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.0", "step_delay: 0.2")
+                          .replace("steps: 24", "steps: 2000").replace("rdzv_timeout: 60", "rdzv_timeout: 60, "
+                                                                       "timeout_requeues: 0"))
+    run_dir = tmp_path / "timed-out"
+    done = subprocess.run(["launcher", "submit", str(recipe), "--nodes", "2", "--nproc", "1", "--time", "2",
+                           "--signal-lead", "60", "--run-dir", str(run_dir)], cwd=ROOT, env=cluster.env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    state = _wait_job(cluster, job_id, timeout=300)
+    log = "".join(p.read_text() for p in (run_dir / "slurm").glob("*.out"))
+    assert "time limit reached; not requeued: 0 timeout requeue(s) used of cluster.timeout_requeues=0" in log, \
+        log[-4000:]
+    job = cluster.slurm("scontrol", "show", "job", "--oneliner", job_id)
+    assert state != "TIMEOUT" and "Restarts=0" in job  # it stopped itself in time and was not requeued
+    assert not (run_dir / "slurm" / "requeues.json").exists()
+    stopped_at = max(r["step"] for r in train_records(run_dir))
+    assert 0 < stopped_at < 2000
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped_at:08d}"
+
+
 def _hostfile_run(cluster, recipe: Path, run_dir: Path, hostfile: Path, *overrides: str,
                   **popen) -> subprocess.Popen:
     argv = ["launcher", "run", str(recipe), "--hostfile", str(hostfile), "--run-dir", str(run_dir), *overrides]
@@ -169,3 +195,29 @@ def test_unreachable_host_fails_preflight_naming_it(cluster, tmp_path):
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "node9" in output and "pre-flight" in output
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("shell", ["ssh", "pdsh"])
+def test_node_that_never_arrives_fails_the_job_after_the_join_timeout_naming_it(cluster, tmp_path, shell):
+    """faults.md 13: host2 hangs (its sshd is SIGSTOPped after pre-flight would have passed), so its
+    node never joins. host1's torchrun gives up after the join timeout and the launcher names host2."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("rdzv_timeout: 60", "rdzv_timeout: 15"))
+    run_dir = tmp_path / f"lonely-{shell}"
+    sshd = int((cluster.base / "ssh" / "sshd-2.pid").read_text())
+    os.kill(sshd, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        proc = _hostfile_run(cluster, recipe, run_dir, cluster.hostfile(tmp_path / "hosts"), "--no-preflight",
+                             f"cluster.remote_shell={shell}")
+        output, _ = proc.communicate(timeout=180)
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(sshd, signal.SIGCONT)
+    assert proc.returncode not in (0, 2), output[-3000:]
+    assert 15 <= elapsed < 45, output[-3000:]  # after the join timeout, not hanging on the dead node
+    verdict = next(line for line in output.splitlines() if "the rendezvous timed out after 15 s" in line)
+    never_joined = verdict.split("nodes that never joined: ")[1]
+    assert never_joined.startswith("host2 (") and "host1" not in never_joined
+    assert not list((run_dir / "checkpoints").glob("step-*"))  # nothing trained, nothing half-written
+    time.sleep(1)
+    assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True).stdout == b""

@@ -103,7 +103,7 @@ def test_four_node_plan_json(monkeypatch):
     assert plan["engine"] == "ssh" and plan["math"]["world_size"] == 32 and plan["math"]["accumulation"] == 1
     assert [n["host"] for n in plan["nodes"]] == ["gpu-node-01", "gpu-node-02", "gpu-node-03", "gpu-node-04"]
     assert all("--rdzv-endpoint=gpu-node-01:29500" in n["argv"] for n in plan["nodes"])
-    assert all(p["argv"][5:7] == ["--", h] for p, h in zip(plan["processes"], [n["host"] for n in plan["nodes"]],
+    assert all(p["argv"][7:9] == ["--", h] for p, h in zip(plan["processes"], [n["host"] for n in plan["nodes"]],
                                                            strict=True))
     assert plan["secret_names"] == ["WANDB_API_KEY"]
     assert "wandb_secret_value" not in result.output
