@@ -58,7 +58,7 @@ def test_feature_extraction_on_an_image_folder_trains_only_the_head(pretrained, 
             Image.fromarray(image[0].numpy()).save(folder / f"{index}.png")
     run_dir = tmp_path / "frozen"
     result = launch(TRANSFER, run_dir, f"model.weights={pretrained}", "model.mode=feature_extract",
-                    f"data.source={tree}", "data.train_limit=0", "train.steps=8", "train.eval_every=0",
+                    f"data.source={tree}", "data.train_limit=0", "train.steps=24", "train.eval_every=0",
                     "scheduler.warmup_steps=2",
                     "optimizer.weight_decay=0.01", nproc=2)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -72,7 +72,8 @@ def test_feature_extraction_on_an_image_folder_trains_only_the_head(pretrained, 
 
     from launcher.recipes.resnet_transfer import predict
 
-    files = sorted((tree / "val").rglob("*.png"))[::10]
+    files = sorted((tree / "val").rglob("*.png"))
     results = predict(str(run_dir / "export"), [str(f) for f in files])
     correct = sum(r["predictions"][0][0] == Path(r["path"]).parent.name for r in results)
-    assert len(results) == len(files) and correct / len(files) > 0.3  # 8 head-only steps; chance 0.1
+    # 24 head-only steps on a backbone pretrained on Fashion-MNIST: measured 0.54 on these 100 (chance 0.1).
+    assert len(results) == len(files) == 100 and correct / len(files) > 0.4, correct / len(files)
