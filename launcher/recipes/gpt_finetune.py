@@ -110,10 +110,13 @@ def build(recipe, ctx):
     train = torch.load(cache / "train.pt", weights_only=True)
     evaluation = torch.load(cache / "eval.pt", weights_only=True)
     model = _build_model(recipe.model, source, tokenizer, data_cfg.max_seq_len)
+    # The loss reads the vocabulary-wide logits in chunks (runtime/cross_entropy.py); compiled
+    # per chunk when the model is compiled on a GPU.
+    compile_loss = recipe.train.compile and ctx.device.type == "cuda"
 
     def loss(model, batch):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return shifted_loss_sum(logits, batch["labels"])
+        return shifted_loss_sum(logits, batch["labels"], compile_loss)
 
     def generate_samples(model):
         return generate(_unwrap(model), tokenizer, data_cfg, ctx.device)
@@ -146,15 +149,11 @@ def build(recipe, ctx):
     )
 
 
-def shifted_loss_sum(logits, labels):
+def shifted_loss_sum(logits, labels, compile_chunks: bool = False):
     """Sum of next-token cross-entropy over labelled positions, and their count."""
-    import torch.nn.functional as F
+    from launcher.runtime.cross_entropy import next_token_loss_sum
 
-    targets = labels[:, 1:]
-    predictions = logits[:, :-1]
-    total = F.cross_entropy(predictions.reshape(-1, predictions.size(-1)).float(), targets.reshape(-1),
-                            ignore_index=-100, reduction="sum")
-    return total, (targets != -100).sum()
+    return next_token_loss_sum(logits, labels, compile_chunks)
 
 
 def _unwrap(model):
