@@ -124,7 +124,8 @@ def build(recipe, ctx):
     eval_pairs = torch.load(cache / "eval.pt", weights_only=True)
     masker = Masker(tokenizer, data_cfg)
     bert = _build_model(recipe.model, tokenizer, data_cfg.max_seq_len)
-    model = _pretraining_module(bert, nsp_weight=data_cfg.mask_prob * data_cfg.max_seq_len)
+    model = _pretraining_module(bert, nsp_weight=data_cfg.mask_prob * data_cfg.max_seq_len,
+                                compile_loss=recipe.train.compile and ctx.device.type == "cuda")
 
     def loss(model, batch):
         out = model(**batch)
@@ -152,9 +153,9 @@ def build(recipe, ctx):
         model=model,
         train_data=PairData(train_pairs, masker, data_cfg.seed),
         eval_data=PairData(eval_pairs, masker, data_cfg.seed + 1),
-        collate=lambda samples: collate(samples, tokenizer.pad_token_id),
+        collate=lambda samples: collate(samples, tokenizer.pad_token_id, data_cfg.max_predictions),
         loss=loss,
-        count_targets=lambda batch: int((batch["labels"] != -100).sum()),
+        count_targets=lambda batch: int((batch["mlm_labels"] != -100).sum()),
         evaluate=evaluate,
         flops_per_sample=seq * (6 * non_embedding + 12 * config.num_hidden_layers * config.hidden_size * seq),
         tokens_per_sample=seq,
@@ -162,14 +163,19 @@ def build(recipe, ctx):
     )
 
 
-def _pretraining_module(bert, nsp_weight: float):
+def _pretraining_module(bert, nsp_weight: float, compile_loss: bool = False):
     import torch
     import torch.nn.functional as F
     from torch import nn
 
+    from launcher.runtime.cross_entropy import cross_entropy_sum
+
     class BertPretraining(nn.Module):
         """BertForPreTraining with the MLM head on masked positions only; returns loss sums.
 
+        The masked positions come from the collate function as a fixed B x max_predictions index
+        (padded with -100 labels), so picking them is a gather of static shape: no host sync for
+        a data-dependent size (boolean indexing would wait for the GPU every step).
         Engines (DDP, FSDP, DeepSpeed) wrap this module, so its forward is the one they hook.
         """
 
@@ -180,23 +186,26 @@ def _pretraining_module(bert, nsp_weight: float):
         def gradient_checkpointing_enable(self, **kwargs) -> None:
             self.bert.gradient_checkpointing_enable(**kwargs)
 
-        def forward(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label, **_):
+        def forward(self, input_ids, attention_mask, token_type_ids, next_sentence_label, mlm_positions,
+                    mlm_labels, **_):
             sequence, pooled = self.bert.bert(input_ids=input_ids, attention_mask=attention_mask,
                                               token_type_ids=token_type_ids, return_dict=False)[:2]
-            masked = labels != -100
-            logits = self.bert.cls.predictions(sequence[masked])
-            targets = labels[masked]
-            mlm_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+            index = mlm_positions[:, :, None].expand(-1, -1, sequence.size(-1))
+            picked = sequence.gather(1, index).reshape(-1, sequence.size(-1))
+            targets = mlm_labels.reshape(-1)
+            masked = targets != -100
+            logits = self.bert.cls.predictions(picked)
+            mlm_sum = cross_entropy_sum(logits, targets, compile_loss)
             nsp_logits = self.bert.cls.seq_relationship(pooled)
             nsp_sum = F.cross_entropy(nsp_logits.float(), next_sentence_label, reduction="sum")
             with torch.no_grad():
-                mlm_correct = (logits.argmax(-1) == targets).sum()
+                mlm_correct = ((logits.argmax(-1) == targets) & masked).sum()
                 nsp_correct = (nsp_logits.argmax(-1) == next_sentence_label).sum()
             # One normaliser for the global batch: masked tokens. NSP is weighted as if each pair
             # carried mask_prob x max_seq_len masked tokens, so loss ~ mean MLM + mean NSP.
             return {"loss_sum": mlm_sum + nsp_weight * nsp_sum, "mlm_sum": mlm_sum, "masked": masked.sum(),
                     "mlm_correct": mlm_correct, "nsp_correct": nsp_correct,
-                    "pairs": torch.tensor(len(labels), device=labels.device)}
+                    "pairs": torch.ones_like(next_sentence_label).sum()}  # a kernel, not a host copy
 
     return BertPretraining()
 
@@ -465,8 +474,10 @@ class PairData:
                 "next_sentence_label": self.labels[index]}
 
 
-def collate(samples: list[dict], pad_id: int) -> dict:
-    """Pad to the longest sequence of the batch, rounded up to a multiple of 8 (tensor cores)."""
+def collate(samples: list[dict], pad_id: int, max_predictions: int) -> dict:
+    """Pad to the longest sequence of the batch, rounded up to a multiple of 8 (tensor cores).
+    `mlm_positions`/`mlm_labels`: each sequence's predicted positions, padded to max_predictions
+    (position 0 with label -100), for the model's static-shape gather."""
     import torch
 
     length = max(len(s["input_ids"]) for s in samples)
@@ -474,10 +485,16 @@ def collate(samples: list[dict], pad_id: int) -> dict:
     def pad(key, value):
         return [s[key] + [value] * (length - len(s[key])) for s in samples]
     lengths = torch.tensor([len(s["input_ids"]) for s in samples])
+    positions = [[i for i, label in enumerate(s["labels"]) if label != -100] for s in samples]
+    if max(map(len, positions)) > max_predictions:
+        raise ValueError(f"a sequence has {max(map(len, positions))} predictions, more than "
+                         f"data.max_predictions={max_predictions}")
     return {
+        "mlm_positions": torch.tensor([p + [0] * (max_predictions - len(p)) for p in positions]),
+        "mlm_labels": torch.tensor([[s["labels"][i] for i in p] + [-100] * (max_predictions - len(p))
+                                    for s, p in zip(samples, positions, strict=True)]),
         "input_ids": torch.tensor(pad("input_ids", pad_id)),
         "token_type_ids": torch.tensor(pad("token_type_ids", 0)),
         "attention_mask": (torch.arange(length)[None, :] < lengths[:, None]).long(),
-        "labels": torch.tensor(pad("labels", -100)),
         "next_sentence_label": torch.tensor([s["next_sentence_label"] for s in samples]),
     }

@@ -113,3 +113,50 @@ def test_masks_are_a_function_of_the_stream_position(tokenizer):
     assert first == again  # a resumed run recomputes the same masks
     assert len({tuple(sample["labels"]) for sample in first}) > 1  # each epoch masks anew
     assert first[0]["token_type_ids"].count(0) == pairs[3][0].__len__() + 2
+
+
+def test_static_gather_of_masked_positions_equals_boolean_indexing(tokenizer):
+    """The MLM head reads masked positions through a fixed-shape gather (no host sync); the loss,
+    its gradient and the accuracy counts equal the data-dependent boolean-index version."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertConfig, BertForPreTraining
+
+    from launcher.recipes.bert_pretrain import _pretraining_module, collate
+
+    docs = _documents(tokenizer)
+    pairs = [p for i in range(len(docs)) for p in create_pairs(docs, i, random.Random(i), 48, 0.1)]
+    cfg = DataConfig(max_predictions=8)
+    data = PairData(pack_pairs(pairs), Masker(tokenizer, cfg), seed=1)
+    samples = [data.at(i, i) for i in range(6)]
+    batch = collate(samples, tokenizer.pad_token_id, cfg.max_predictions)
+    assert batch["mlm_positions"].shape == (6, 8)
+    torch.manual_seed(0)
+    bert = BertForPreTraining(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64)).eval()  # no dropout
+    out = _pretraining_module(bert, nsp_weight=1.0)(**batch)
+    (grad_ours,) = torch.autograd.grad(out["loss_sum"], bert.cls.predictions.transform.dense.weight)
+
+    length = batch["input_ids"].size(1)
+    labels = torch.tensor([s["labels"] + [-100] * (length - len(s["labels"])) for s in samples])
+    sequence, pooled = bert.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 token_type_ids=batch["token_type_ids"], return_dict=False)[:2]
+    logits = bert.cls.predictions(sequence[labels != -100])
+    mlm = F.cross_entropy(logits, labels[labels != -100], reduction="sum")
+    nsp = F.cross_entropy(bert.cls.seq_relationship(pooled), batch["next_sentence_label"], reduction="sum")
+    (grad_reference,) = torch.autograd.grad(mlm + nsp, bert.cls.predictions.transform.dense.weight)
+    assert int(out["masked"]) == int((labels != -100).sum()) > 6
+    assert out["mlm_sum"].item() == pytest.approx(mlm.item(), rel=1e-5)
+    assert out["loss_sum"].item() == pytest.approx((mlm + nsp).item(), rel=1e-5)
+    assert torch.allclose(grad_ours, grad_reference, atol=1e-5)
+    assert int(out["mlm_correct"]) == int((logits.argmax(-1) == labels[labels != -100]).sum())
+
+
+def test_collate_refuses_more_predictions_than_max_predictions(tokenizer):
+    from launcher.recipes.bert_pretrain import collate
+
+    docs = _documents(tokenizer)
+    pairs = [p for i in range(len(docs)) for p in create_pairs(docs, i, random.Random(i), 48, 0.1)]
+    data = PairData(pack_pairs(pairs), Masker(tokenizer, DataConfig(max_predictions=8)), seed=1)
+    with pytest.raises(ValueError, match="max_predictions=2"):
+        collate([data.at(i, i) for i in range(4)], tokenizer.pad_token_id, 2)
