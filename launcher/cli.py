@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import NoReturn
 
 import click
 
 from launcher.config.errors import EXIT_BAD_INPUT
+
+STARTED_AT = time.time()  # launch time (`launcher run` to the first optimizer step) counts from here
 
 _OVERRIDES_HELP = "Overrides: `section.key=value` sets a key, `~section.key` deletes it."
 
@@ -108,7 +111,7 @@ def run(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_di
                f"{math.world_size}; {math.optimizer_steps} steps", err=True)
     secrets = {name: loaded.recipe.cluster.env.get(name, os.environ.get(name, ""))
                for name in launch_plan.secret_names}
-    status = execute(launch_plan, secrets)
+    status = execute(launch_plan, secrets, started_at=STARTED_AT)
     if launch_plan.engine == "slurm" and status == 128 + signal.SIGUSR1:
         status = _after_slurm_signal(launch_plan, loaded.recipe.cluster.timeout_requeues, status)
     elif status != 0 and status not in STOP_STATUSES:  # a failure, not a requested stop

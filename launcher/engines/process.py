@@ -29,10 +29,11 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 STOP_STATUSES = frozenset(128 + s for s in _FORWARDED)
 
 
-def execute(plan: LaunchPlan, secrets: Mapping[str, str] | None = None, grace: float = GRACE_SECONDS) -> int:
+def execute(plan: LaunchPlan, secrets: Mapping[str, str] | None = None, grace: float = GRACE_SECONDS,
+            started_at: float | None = None) -> int:
     # The start time travels in the environment (not the plan, which is pure data) so the worker
     # can report launch overhead: `launcher run` to the first optimizer step.
-    started = {"LAUNCHER_START_TIME": repr(time.time())}
+    started = {"LAUNCHER_START_TIME": repr(started_at or time.time())}
     pdsh = plan.engine == "pdsh"
     commands = [Command(list(p.argv), {**os.environ, **p.env, **started}, p.keep_stdin, pdsh) for p in plan.processes]
     stop_remote = _remote_stopper(plan)

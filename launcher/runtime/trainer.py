@@ -35,9 +35,11 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> None:
 
     # Same seed everywhere before the model is built: every rank starts from identical weights.
     torch.manual_seed(recipe.seed)
+    startup = StartupClock()
     backend = make_backend(recipe, math, env)
     ctx = RunContext(env.rank, env.local_rank, env.world_size, backend.device, run_dir, barrier)
     task: Task = loaded.module.build(recipe, ctx)
+    startup.mark("build_s")
     if recipe.train.activation_checkpointing:
         enable = getattr(task.model, "gradient_checkpointing_enable", None)
         if enable is None:
@@ -47,6 +49,7 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> None:
     groups = task.param_groups or param_groups(
         task.model, recipe.optimizer.weight_decay, recipe.optimizer.decay_norm_and_bias)
     backend.prepare(task.model, groups)
+    startup.mark("prepare_s")
     # From here on each rank draws its own randomness (dropout, masking).
     torch.manual_seed(recipe.seed * 100_003 + env.rank + 1)
 
@@ -70,7 +73,8 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> None:
     # attempt; exact resume recomputes identical values, so they are not sent twice.
     tracker = SkipLoggedSteps(tracker, log.previous_last_step)
     try:
-        _loop(recipe, task, backend, math, env, log, tracker, manager, start_step, run_id, run_dir)
+        startup.mark("restore_s")
+        _loop(recipe, task, backend, math, env, log, tracker, manager, start_step, run_id, run_dir, startup)
     except BaseException:
         tracker.finish(exit_code=1)
         raise
@@ -78,7 +82,7 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> None:
 
 
 def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, tracker, manager, start_step: int,
-          run_id: str, run_dir: str) -> None:
+          run_id: str, run_dir: str, startup: StartupClock) -> None:
     main = env.rank == 0
 
     order = GlobalOrder(len(task.train_data), recipe.seed, task.shuffle)
@@ -110,8 +114,7 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
         # Normalise by the targets of the whole global batch (all ranks, all micro-steps), so
         # uneven micro-batches give exactly the gradient of one big batch. Backends average
         # gradients over ranks, hence the factor world_size.
-        count = torch.tensor(float(sum(task.count_targets(b) for b in micro_batches)), device=device,
-                             dtype=torch.float64)
+        count = _on_device(float(sum(task.count_targets(b) for b in micro_batches)), device)
         all_reduce_sum(count)
         scale = env.world_size / count
         lr = lr_at(step, recipe.optimizer.lr, recipe.train.steps, recipe.scheduler)
@@ -125,8 +128,9 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
         grad_norm = backend.step(lr, step)
         interval_steps += 1
         done = step + 1
-        if step == start_step and main and os.environ.get("LAUNCHER_START_TIME"):
-            log.write({"step": done, "launch_to_first_step_s": time.time() - float(os.environ["LAUNCHER_START_TIME"])})
+        if step == start_step and main:
+            startup.mark("first_step_s")  # includes the first batch and torch.compile's compilation
+            log.write({"step": done, **startup.report()})
         if done % recipe.train.log_every == 0 or done == end_step:
             elapsed = time.perf_counter() - interval_start
             totals = all_reduce_sum(torch.stack([interval_loss, interval_count]))
@@ -305,6 +309,45 @@ def _export(task: Task, backend, run_dir: str, main: bool) -> None:
         model = backend.unwrapped()
         task.export(model, state, str(directory))
     barrier()
+
+
+class StartupClock:
+    """Where the time from `launcher run` to the first optimizer step goes, phase by phase.
+
+    launch_overhead_s is what the launcher and the engines add: everything except the recipe's
+    own build and the first step (which holds the first batch and the compilation)."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self.last = time.time()
+        launched = float(os.environ.get("LAUNCHER_START_TIME") or 0)
+        worker = float(os.environ.get("LAUNCHER_WORKER_START_TIME") or 0)
+        if launched and worker:
+            self.phases["to_worker_s"] = worker - launched  # CLI (validate, plan), torchrun, interpreter
+            self.phases["imports_and_group_s"] = self.last - worker  # torch import, process group
+
+    def mark(self, phase: str) -> None:
+        now = time.time()
+        self.phases[phase] = now - self.last
+        self.last = now
+
+    def report(self) -> dict:
+        out = {"startup": {k: round(v, 3) for k, v in self.phases.items()}}
+        launched = float(os.environ.get("LAUNCHER_START_TIME") or 0)
+        if launched:
+            total = self.last - launched
+            out["launch_to_first_step_s"] = total
+            out["launch_overhead_s"] = total - self.phases.get("build_s", 0) - self.phases.get("first_step_s", 0)
+        return out
+
+
+def _on_device(value: float, device):
+    """A host number as a float64 device tensor without a stream sync: a plain torch.tensor(...,
+    device="cuda") copies from pageable memory and waits for the GPU, every step."""
+    host = torch.tensor(value, dtype=torch.float64)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _to_device(batch, device):

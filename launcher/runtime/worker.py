@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before the heavy imports: the startup report splits launch time at this point.
+    os.environ["LAUNCHER_WORKER_START_TIME"] = repr(time.time())
     parser = argparse.ArgumentParser(prog="launcher.runtime.worker")
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)

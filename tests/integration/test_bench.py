@@ -12,7 +12,8 @@ from tests.integration.helpers import ROOT, launcher_env
 
 FIELDS = {"case": str, "mode": str, "steps": int, "samples_per_s": float, "step_time_s": float,
           "device": str, "versions": dict, "time": str}
-OPTIONAL = {"tokens_per_s", "mfu", "peak_memory_gb", "launch_to_first_step_s"}
+OPTIONAL = {"tokens_per_s", "mfu", "peak_memory_gb", "launch_to_first_step_s", "launch_overhead_s", "startup"}
+PHASES = {"to_worker_s", "imports_and_group_s", "build_s", "prepare_s", "restore_s", "first_step_s"}
 
 
 def test_tiny_benchmark_writes_one_line_per_case_and_mode(tmp_path):
@@ -32,6 +33,10 @@ def test_tiny_benchmark_writes_one_line_per_case_and_mode(tmp_path):
         assert record["samples_per_s"] > 0 and record["step_time_s"] > 0
         assert record["versions"]["torch"]
     launched = [r for r in records if r["mode"] == "launcher"]
-    assert all(0 < r["launch_to_first_step_s"] < 120 for r in launched)
+    for record in launched:
+        assert 0 < record["launch_overhead_s"] < record["launch_to_first_step_s"] < 120
+        # The phases partition the launch time: they add up to it.
+        assert set(record["startup"]) == PHASES
+        assert sum(record["startup"].values()) == pytest.approx(record["launch_to_first_step_s"], abs=0.02)
     gpt = next(r for r in launched if r["case"] == "gpt-tiny")
     assert gpt["tokens_per_s"] == pytest.approx(gpt["samples_per_s"] * 128)
