@@ -61,12 +61,19 @@ class DataConfig:
     train_limit: int = 0  # use only the first N training images (0: all)
     eval_limit: int = 0
     workers: int = 0  # DataLoader worker processes
+    # Image folders: decode every file once into an S x S uint8 cache (short side S, centre
+    # square) and crop from that each epoch; 0 decodes each file at every access.
+    decoded_cache: int = 0
+    cache_dir: str = ""  # default $LAUNCHER_CACHE_DIR or ~/.cache/launcher
     seed: int = 0
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []
         if not 16 <= self.image_size <= 1024:
             out.append(("image_size", "must be in 16..1024", "224 for ImageNet weights"))
+        if self.decoded_cache and self.decoded_cache < self.image_size:
+            out.append(("decoded_cache", f"must be 0 or at least image_size ({self.image_size})",
+                        "256 for image_size 224"))
         if not 0.05 <= self.crop_scale <= 1:
             out.append(("crop_scale", "must be in [0.05, 1]", "0.08 as torchvision, larger for small images"))
         return out
@@ -87,6 +94,8 @@ def build(recipe, ctx):
     eval_raw, eval_classes = load_split(cfg.source, "val", cfg.seed)
     if eval_classes != classes:
         raise ValueError(f"data.source: train classes {classes} differ from val classes {eval_classes}")
+    if cfg.decoded_cache:
+        train_raw, eval_raw = (_decoded(raw, cfg, ctx) for raw in (train_raw, eval_raw))
     mean, std, backbone_state = _starting_point(recipe.model)
     model = build_classifier(recipe.model, len(classes), backbone_state)
     channels_last = ctx.device.type == "cuda"
@@ -263,6 +272,21 @@ def _forward_flops(arch: str, size: int) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Data
+
+
+def _decoded(raw, cfg: DataConfig, ctx):
+    """An image folder's decoded cache (built by one process per node; the others wait)."""
+    from launcher.data.cache import build_once, cache_root
+    from launcher.data.decoded import DecodedImages, cache_key, write_decoded
+    from launcher.data.images import FolderImages
+
+    if not isinstance(raw, FolderImages):
+        return raw  # packaged and hf: sets are decoded in memory already
+    cache = cache_root(cfg.cache_dir) / f"images-{cache_key(raw.files, cfg.decoded_cache)}"
+    if ctx.local_rank == 0:
+        build_once(cache, "resnet_transfer", lambda tmp: write_decoded(raw.files, cfg.decoded_cache, tmp))
+    ctx.barrier()
+    return DecodedImages(cache)
 
 
 def _limit(dataset, limit: int):

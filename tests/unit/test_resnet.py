@@ -53,3 +53,76 @@ def test_discriminative_lrs_and_unfreezing_land_in_the_optimizer():
         lrs.setdefault(group["stage"], set()).add(round(group["lr"], 10))
     assert lrs == {"head": {0.1}, "layer4": {0.01}, "layer3": {0.01}, "layer2": {0.0}, "layer1": {0.0}}
     assert all(g["weight_decay"] == 0.0 for g in optimizer.param_groups if g["params"][0].ndim == 1)
+
+
+def _image_tree(root, sizes):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    files = []
+    for index, (width, height, mode, suffix) in enumerate(sizes):
+        pixels = rng.integers(0, 255, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels).resize((width, height), Image.Resampling.BICUBIC).convert(mode)
+        folder = root / f"class{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{index}.{suffix}"
+        image.save(path, quality=95) if suffix == "jpg" else image.save(path)
+        files.append((path, index % 2))
+    return files
+
+
+SIZES = [(300, 200, "RGB", "jpg"), (120, 160, "L", "png"), (640, 480, "RGB", "jpg"), (64, 64, "RGB", "jpg")]
+
+
+def test_decoded_square_matches_a_full_decode_then_resize_and_centre_crop(tmp_path):
+    import torchvision.transforms.v2.functional as F
+
+    from launcher.data.decoded import decode_square
+    from launcher.data.images import read_image
+
+    for path, _ in _image_tree(tmp_path, SIZES):
+        ours = torch.from_numpy(decode_square(path, 64))
+        reference = F.center_crop(F.resize(read_image(path), [64], antialias=True), [64, 64])
+        assert ours.shape == reference.shape == (3, 64, 64)
+        # JPEG draft-mode decoding at a reduced scale and Pillow's resampling differ slightly.
+        assert (ours.float() - reference.float()).abs().mean() < 6, path
+
+
+def test_decoded_cache_holds_every_image_and_label_and_pickles_without_the_array(tmp_path):
+    import pickle
+
+    from launcher.data.decoded import DecodedImages, decode_square, write_decoded
+
+    files = _image_tree(tmp_path / "tree", SIZES * 3)
+    out = tmp_path / "cache"
+    out.mkdir()
+    summary = write_decoded(files, 48, out, workers=2)  # a real process pool writing one memmap
+    (out / "done").write_text(__import__("json").dumps(summary))
+    decoded = DecodedImages(out)
+    assert len(decoded) == len(files) == summary["images"]
+    for index, (path, label) in enumerate(files):
+        image, got_label = decoded[index]
+        assert got_label == label and torch.equal(image, torch.from_numpy(decode_square(path, 48)))
+    assert len(pickle.dumps(decoded)) < 4096  # DataLoader workers reopen the map, no array copy
+
+
+def test_decoded_cache_is_built_once_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch, capsys):
+    import os
+
+    from launcher.data.images import load_split
+    from launcher.recipes.resnet_transfer import _decoded
+    from launcher.runtime.task import RunContext
+
+    for split in ("train", "val"):
+        _image_tree(tmp_path / "tree" / split, SIZES)
+    raw, _ = load_split(str(tmp_path / "tree"), "train")
+    cfg = DataConfig(source=str(tmp_path / "tree"), image_size=32, decoded_cache=40,
+                     cache_dir=str(tmp_path / "cache"))
+    ctx = RunContext(0, 0, 1, torch.device("cpu"), str(tmp_path), lambda: None)
+    first = _decoded(raw, cfg, ctx)
+    again = _decoded(raw, cfg, ctx)
+    assert first.directory == again.directory and "reusing" in capsys.readouterr().out
+    path = raw.files[0][0]
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert _decoded(raw, cfg, ctx).directory != first.directory  # a changed file: a new cache
