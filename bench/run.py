@@ -31,14 +31,12 @@ GPU_CASES = {
                                             "train.compile=true"], 60),
     "bert": ("recipes/bert-base-pretrain.yaml", ["data.corpus={text}", 'data.tokenizer=""', "data.vocab_size=30522",
                                                  "batch.global=256", "batch.micro=256", "data.dupe_factor=1"], 60),
-    # JPEG files on disk, decoded once into the S x S cache (data.decoded_cache) by the launcher
-    # run, which the plain loop then reuses; 12 loader workers of the machine's 16 cores.
+    # JPEG files on disk, decoded once into the recipe's 256 x 256 cache (data.decoded_cache) by
+    # the launcher run, which the plain loop then reuses; 12 loader workers of the 16 cores.
     "resnet50": ("recipes/resnet50-transfer.yaml", ['model.weights=""', "data.source={images}",
-                                                    "batch.global=256", "batch.micro=256",
-                                                    "data.decoded_cache=256", "data.workers=12"], 60),
+                                                    "batch.global=256", "batch.micro=256", "data.workers=12"], 60),
     "resnet18": ("recipes/resnet18-transfer.yaml", ['model.weights=""', "data.source={images}",
-                                                    "batch.global=256", "batch.micro=256",
-                                                    "data.decoded_cache=256", "data.workers=12"], 60),
+                                                    "batch.global=256", "batch.micro=256", "data.workers=12"], 60),
 }
 TINY_CASES = {
     "gpt-tiny": ("recipes/gpt-pretrain-tiny.yaml", ["data.corpus={text}", "batch.global=8", "batch.micro=8"], 6),
