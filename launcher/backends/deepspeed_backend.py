@@ -42,6 +42,12 @@ def deepspeed_config(recipe, math, precision: str) -> dict:
     return _merge(config, backend.deepspeed_config)
 
 
+def fused_optimizer_fits(device, offload_optimizer: bool) -> bool:
+    """torch's fused AdamW (one kernel for all parameters, as the plain loop uses) needs the
+    optimizer's fp32 partitions on the GPU: not with CPU offload, where DeepSpeed steps on the CPU."""
+    return device.type == "cuda" and not offload_optimizer
+
+
 def passthrough_problems(config: dict) -> list[str]:
     """Validate the merged config with DeepSpeed's own (pydantic) schema; [] when it is valid.
 
@@ -83,7 +89,8 @@ class DeepSpeedBackend:
     def prepare(self, model, groups) -> None:
         import deepspeed
 
-        optimizer = build_optimizer(groups, self.recipe.optimizer)
+        optimizer = build_optimizer(groups, self.recipe.optimizer,
+                                    fused=fused_optimizer_fits(self.device, self.recipe.backend.offload_optimizer))
         config = deepspeed_config(self.recipe, self.math, self.precision)
         problems = passthrough_problems(config)
         if problems:

@@ -36,10 +36,11 @@ def param_groups_of(named: list[tuple[str, object]], weight_decay: float, decay_
 def build_optimizer(groups: list[dict], cfg: OptimizerConfig, fused: bool = False):
     import torch
 
+    # fused (CUDA only): one kernel updates every parameter instead of a few per tensor group.
+    extra = {"fused": True} if fused else {}
     if cfg.name == "adamw":
-        extra = {"fused": True} if fused else {}
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **extra)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **extra)
 
 
 def set_lr(optimizer, lr: float, step: int = 0) -> None:

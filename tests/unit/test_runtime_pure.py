@@ -69,3 +69,13 @@ def test_resume_mid_epoch_neither_duplicates_nor_skips():
     split = _seen(30, 8, 2, 2, 0, 4) + _seen(30, 8, 2, 2, 4, 10)
     assert sorted(whole) == sorted(split)
     assert len(whole) == 80
+
+
+def test_fused_optimizer_only_on_cuda_and_not_with_cpu_offload():
+    import torch
+
+    from launcher.backends.deepspeed_backend import fused_optimizer_fits
+
+    assert fused_optimizer_fits(torch.device("cuda", 0), offload_optimizer=False)
+    assert not fused_optimizer_fits(torch.device("cuda", 0), offload_optimizer=True)
+    assert not fused_optimizer_fits(torch.device("cpu"), offload_optimizer=False)
