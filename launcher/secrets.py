@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION)", re.IGNORECASE)
+# A name is secret when one of its `_`-separated words ends in one of these (API_KEY, HF_TOKEN,
+# APIKEY, DB_PASSWORDS), not when a word merely starts with one (TOKENIZERS_PARALLELISM, KEYBOARD).
+_SECRET_WORD = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION)S?$", re.IGNORECASE)
 REDACTED = "<redacted>"
 
 
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
+    return any(_SECRET_WORD.search(word) for word in re.split(r"[_\-.]+", name))
 
 
 def redact_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -248,3 +248,15 @@ def test_rendezvous_timeout_is_read_from_the_agents_error_files(tmp_path):
     (agent_errors_dir(str(tmp_path)) / "node2-9.error.json").write_text(
         '{"message": {"message": "RendezvousTimeoutError: "}}')
     assert rendezvous_timed_out(str(tmp_path))
+
+
+def test_secret_names_are_whole_words_not_prefixes():
+    from launcher.secrets import is_secret_name, redact_env
+
+    for name in ("WANDB_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "GH_APIKEY", "wandb_api_key",
+                 "MY_ACCESS_TOKENS"):
+        assert is_secret_name(name), name
+    for name in ("TOKENIZERS_PARALLELISM", "KEYBOARD_LAYOUT", "PATH", "NCCL_IB_HCA", "OMP_NUM_THREADS"):
+        assert not is_secret_name(name), name
+    assert redact_env({"HF_TOKEN": "hf_x", "TOKENIZERS_PARALLELISM": "false"}) == {
+        "HF_TOKEN": "<redacted>", "TOKENIZERS_PARALLELISM": "false"}
