@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 from launcher.config.errors import Problem, RecipeError
 from launcher.config.load import LoadedRecipe
+from launcher.config.schema import ClusterConfig
 from launcher.plan.batch import BatchMath, batch_math
 from launcher.plan.remote_env import forwarded_env
 from launcher.plan.topology import Topology
@@ -15,6 +16,7 @@ from launcher.secrets import is_secret_name, redact_env
 
 WORKER_MODULE = "launcher.runtime.worker"
 SSH_CONNECT_TIMEOUT_S = 30
+DEFAULT_MASTER_PORT = ClusterConfig.master_port
 GUARD_MODULE = "launcher.engines.node_guard"
 
 
@@ -87,10 +89,10 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
         # send them to ports nobody listens on (pytorch/pytorch#135712).
         explicit["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     master = topology.hosts[0]
+    port = rendezvous_port(cluster.master_port, topology.slurm_job_id)
     rendezvous = "standalone" if topology.nodes == 1 and topology.engine == "torchrun" \
-        else f"c10d://{master}:{cluster.master_port}"
-    torchrun = torchrun_argv(python, topology, cluster.max_restarts, cluster.rdzv_timeout, master,
-                             cluster.master_port, run_dir)
+        else f"c10d://{master}:{port}"
+    torchrun = torchrun_argv(python, topology, cluster.max_restarts, cluster.rdzv_timeout, master, port, run_dir)
     if topology.engine == "torchrun":
         node = NodeCommand("localhost", tuple(torchrun), explicit)
         return LaunchPlan(run_dir, "torchrun", (node,), (LocalProcess(tuple(torchrun), ("localhost",), explicit),),
@@ -117,6 +119,15 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
     processes = remote_processes(topology.engine, nodes, cwd)
     return LaunchPlan(run_dir, topology.engine, tuple(nodes), processes, topology.nproc_per_node, rendezvous,
                       math, secret_names)
+
+
+def rendezvous_port(configured: int, slurm_job_id: str) -> int:
+    """Inside a Slurm job the default port becomes 15000 + the job id's last 4 digits (as Lightning
+    does), so two jobs whose first node is shared do not fight over 29500; any other configured
+    port is used as given."""
+    if slurm_job_id and configured == DEFAULT_MASTER_PORT and slurm_job_id.isdigit():
+        return 15000 + int(slurm_job_id[-4:])
+    return configured
 
 
 def remote_command(node: NodeCommand, cwd: str) -> str:

@@ -260,3 +260,12 @@ def test_secret_names_are_whole_words_not_prefixes():
         assert not is_secret_name(name), name
     assert redact_env({"HF_TOKEN": "hf_x", "TOKENIZERS_PARALLELISM": "false"}) == {
         "HF_TOKEN": "<redacted>", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_slurm_jobs_get_their_own_rendezvous_port_unless_one_is_configured():
+    from launcher.plan.launch import rendezvous_port
+
+    assert rendezvous_port(29500, "4242") == 19242 and rendezvous_port(29500, "1234567") == 19567
+    assert rendezvous_port(29500, "4242") != rendezvous_port(29500, "4243")  # two jobs on one node
+    assert rendezvous_port(29600, "4242") == 29600  # a port the recipe chose is kept
+    assert rendezvous_port(29500, "") == 29500  # hostfile and local runs: as configured
