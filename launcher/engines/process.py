@@ -93,12 +93,13 @@ def run_group(commands: Sequence[Command], grace: float = GRACE_SECONDS,
     previous = {s: signal.signal(s, on_signal) for s in _FORWARDED}
     view = GroupView([], [], {})
     procs = view.procs
+    arm = _parent_death_signal()
     try:
         for command in commands:
             stdin = subprocess.PIPE if command.keep_stdin else subprocess.DEVNULL
             stderr = subprocess.PIPE if command.pdsh_host_exits else None
             procs.append(subprocess.Popen(command.argv, env=command.env, stdin=stdin, stderr=stderr,
-                                          start_new_session=True))
+                                          start_new_session=True, preexec_fn=arm))
             view.host_exits.append({})
             if stderr:
                 watcher = threading.Thread(target=_copy_pdsh_stderr, daemon=True,
@@ -117,6 +118,28 @@ def run_group(commands: Sequence[Command], grace: float = GRACE_SECONDS,
         for watcher in view.watchers.values():
             watcher.join(timeout=5)
     return status
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec function: the child gets SIGTERM if the launcher dies without cleaning up (SIGKILL,
+    the OOM killer). torchrun turns SIGTERM into a checkpoint and a clean stop; pdsh dies and its
+    ssh connections close, which the remote guards read as EOF. The children have their own
+    session (no terminal signals) but are never orphans. Resolved here, in the parent: the child
+    between fork and exec runs only the C call (no imports while other threads may hold locks)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    launcher_pid = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        if os.getppid() != launcher_pid:  # the launcher died before the call took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def _remote_stopper(plan: LaunchPlan) -> Callable[[], None] | None:

@@ -85,6 +85,25 @@ def test_signal_to_launcher_commits_a_checkpoint_and_resume_loses_nothing(tmp_pa
     assert [r["step"] for r in metrics(run_dir) if "loss" in r] == list(range(1, 15))
 
 
+def test_sigkilled_launcher_leaves_no_orphans_and_the_ranks_still_checkpoint(tmp_path):
+    """The launcher itself is SIGKILLed, so none of its cleanup runs: the kernel's parent-death
+    signal gives torchrun SIGTERM, the ranks commit one checkpoint at the agreed step, and every
+    process of the job is gone."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
+    run_dir = tmp_path / "killed"
+    proc = _start(recipe, run_dir)
+    _wait_for_step(run_dir, 7)
+    proc.kill()
+    proc.communicate(timeout=120)  # EOF once torchrun and the ranks, which share the pipe, are gone
+    deadline = time.monotonic() + 30
+    while _processes_mentioning(str(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(str(run_dir)) == []
+    stopped_at = max(r["step"] for r in metrics(run_dir) if "loss" in r)
+    assert 7 <= stopped_at < 14
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped_at:08d}"
+
+
 class _Exploit:
     def __init__(self, sentinel: Path) -> None:
         self.sentinel = sentinel
