@@ -165,25 +165,33 @@ def test_hostfile_deepspeed_zero2_over_pdsh(cluster, tmp_path):
 
 
 @pytest.mark.parametrize("shell", ["pdsh", "ssh"])
-def test_sigterm_to_hostfile_launcher_leaves_no_process_on_any_node(cluster, tmp_path, shell):
-    """faults.md 3 across nodes: the ranks commit one checkpoint, then nothing of the job is left."""
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+def test_stopped_hostfile_launcher_leaves_no_process_on_any_node(cluster, tmp_path, shell, kill):
+    """faults.md 3 across nodes: the ranks commit one checkpoint, then nothing of the job is left.
+    A SIGKILLed launcher runs no cleanup: pdsh gets its parent-death SIGTERM and dies, ssh's stdin
+    closes with the launcher; either way each node's guard reads EOF and stops its torchrun."""
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.0", "step_delay: 0.2")
                           .replace("steps: 24", "steps: 200"))
-    run_dir = tmp_path / f"term-{shell}"
+    run_dir = tmp_path / f"{'kill' if kill else 'term'}-{shell}"
     proc = _hostfile_run(cluster, recipe, run_dir, cluster.hostfile(tmp_path / "hosts"),
                          f"cluster.remote_shell={shell}")
     deadline = time.monotonic() + 120
     while not ((run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= 3 for r in metrics(run_dir))):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:] if proc.stdout else ""
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.kill() if kill else proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
-    time.sleep(1)
+    assert kill or proc.returncode == 128 + signal.SIGTERM, output[-3000:]
     # The namespaces share this machine's process table: one look sees every node.
-    leftovers = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout.split()
+    deadline = time.monotonic() + (60 if kill else 1)
+    while True:
+        leftovers = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout.split()
+        if not leftovers or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert leftovers == [], subprocess.run(["ps", "-fp", ",".join(leftovers)], capture_output=True, text=True).stdout
     stopped_at = max(r["step"] for r in train_records(run_dir))
+    assert stopped_at < 200
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped_at:08d}"
 
 
