@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.helpers import ROOT, launch, launcher_env, metrics, write_recipe
 
-pytestmark = pytest.mark.slow  # minutes of real training; CI runs it, `-m "not slow"` skips it
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # ~4.5 min of real training: `pytest -m heavy`; CI runs it
 
 PROMPTS = ["It was", "She said", "He was", "The", "And", "I am"]
 # Words that tell the corpora apart (by far more frequent in one than in the other).
