@@ -10,7 +10,7 @@ SIGKILL after a grace period) when
 - it gets SIGTERM/SIGINT/SIGHUP, or SIGUSR1 (Slurm's pre-timeout signal, relayed by srun); it
   forwards SIGTERM, which torchrun relays to every rank and the ranks turn into a checkpoint.
 torchrun itself would die on SIGUSR1 without telling its ranks, hence the translation.
-Its exit status is torchrun's. Standard library only: it starts before anything heavy.
+Its exit status is torchrun's. Standard library only (node_report is too): it starts before anything heavy.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from launcher.engines.node_report import agent_errors_dir, exit_code
 
 GRACE_SECONDS = float(os.environ.get("LAUNCHER_GRACE_SECONDS", "60"))
 
@@ -58,8 +60,7 @@ def main(argv: list[str]) -> int:
         stop.wait(0.2)
     if child.poll() is None:
         _stop_group(child)
-    code = child.wait()
-    return 128 - code if code < 0 else code
+    return exit_code(child.wait())
 
 
 def _read_secrets(path: str) -> dict[str, str]:
@@ -76,12 +77,12 @@ def _agent_error_file(run_dir: str) -> dict[str, str]:
     reads these to tell "a node never joined" from other failures. Workers get their own files."""
     if not run_dir:
         return {}
-    folder = os.path.join(run_dir, "logs", "nodes")
+    folder = agent_errors_dir(run_dir)
     try:
-        os.makedirs(folder, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return {}
-    return {"TORCHELASTIC_ERROR_FILE": os.path.join(folder, f"{socket.gethostname()}-{os.getpid()}.error.json")}
+    return {"TORCHELASTIC_ERROR_FILE": str(folder / f"{socket.gethostname()}-{os.getpid()}.error.json")}
 
 
 def _wait_for_eof(request_stop) -> None:

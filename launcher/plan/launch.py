@@ -59,7 +59,7 @@ class LaunchPlan:
 
     @property
     def secrets_file(self) -> str:
-        return f"{self.run_dir}/.secrets.json" if self.secret_names else ""
+        return secrets_path(self.run_dir) if self.secret_names else ""
 
     def to_dict(self, redact: bool = True) -> dict:
         data = asdict(self)
@@ -109,7 +109,7 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
     public = {k: v for k, v in explicit.items() if not is_secret_name(k)}
     guard = [python, "-m", GUARD_MODULE, "--watch-stdin"]
     if secret_names:
-        guard += ["--secrets-file", f"{run_dir}/.secrets.json"]
+        guard += ["--secrets-file", secrets_path(run_dir)]
     nodes = []
     for host, slot_ids in zip(topology.hosts, topology.slot_ids or [None] * topology.nodes, strict=True):
         env = {**plain, **public}
@@ -119,6 +119,10 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
     processes = remote_processes(topology.engine, nodes, cwd)
     return LaunchPlan(run_dir, topology.engine, tuple(nodes), processes, topology.nproc_per_node, rendezvous,
                       math, secret_names)
+
+
+def secrets_path(run_dir: str) -> str:
+    return f"{run_dir}/.secrets.json"
 
 
 def rendezvous_port(configured: int, slurm_job_id: str) -> int:

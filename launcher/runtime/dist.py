@@ -12,6 +12,7 @@ class DistEnv:
     local_rank: int
     world_size: int
     local_world_size: int
+    attempt: int = 0  # torchrun's restart count (cluster.max_restarts): 0 on the first attempt
 
 
 def from_environment(env: dict[str, str] | None = None) -> DistEnv:
@@ -23,7 +24,8 @@ def from_environment(env: dict[str, str] | None = None) -> DistEnv:
     local_world = int(env.get("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]))
     if not 0 <= rank < world:
         raise RuntimeError(f"rank {rank} is outside world size {world}: the engine's environment is inconsistent")
-    return DistEnv(rank, local_rank, world, local_world)
+    attempt = int(env.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    return DistEnv(rank, local_rank, world, local_world, attempt)
 
 
 def all_reduce_sum(tensor):

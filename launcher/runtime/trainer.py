@@ -59,10 +59,9 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> None:
     log = MetricsLog(Path(run_dir) / "metrics.jsonl", main, start_step)
     for warning in warnings:
         log.write({"step": start_step, "warning": warning})
-    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-    if attempt and main:  # torchrun restarted the group after a failure (cluster.max_restarts)
-        log.write({"step": start_step, "event": "restart", "attempt": attempt, "resumed_from_step": start_step})
-        emit(f"restart {attempt} of cluster.max_restarts={recipe.cluster.max_restarts}: "
+    if env.attempt and main:  # torchrun restarted the group after a failure (cluster.max_restarts)
+        log.write({"step": start_step, "event": "restart", "attempt": env.attempt, "resumed_from_step": start_step})
+        emit(f"restart {env.attempt} of cluster.max_restarts={recipe.cluster.max_restarts}: "
              f"resuming at step {start_step}")
     # The checkpoint's run id wins: a resumed job continues the run it was part of.
     # Only rank 0 tracks and writes checkpoint metadata, so only it needs the id.
@@ -320,10 +319,10 @@ class StartupClock:
     def __init__(self) -> None:
         self.phases: dict[str, float] = {}
         self.last = time.time()
-        launched = float(os.environ.get("LAUNCHER_START_TIME") or 0)
+        self.launched = float(os.environ.get("LAUNCHER_START_TIME") or 0)
         worker = float(os.environ.get("LAUNCHER_WORKER_START_TIME") or 0)
-        if launched and worker:
-            self.phases["to_worker_s"] = worker - launched  # CLI (validate, plan), torchrun, interpreter
+        if self.launched and worker:
+            self.phases["to_worker_s"] = worker - self.launched  # CLI (validate, plan), torchrun, interpreter
             self.phases["imports_and_group_s"] = self.last - worker  # torch import, process group
 
     def mark(self, phase: str) -> None:
@@ -333,9 +332,8 @@ class StartupClock:
 
     def report(self) -> dict:
         out = {"startup": {k: round(v, 3) for k, v in self.phases.items()}}
-        launched = float(os.environ.get("LAUNCHER_START_TIME") or 0)
-        if launched:
-            total = self.last - launched
+        if self.launched:
+            total = self.last - self.launched
             out["launch_to_first_step_s"] = total
             out["launch_overhead_s"] = total - self.phases.get("build_s", 0) - self.phases.get("first_step_s", 0)
         return out

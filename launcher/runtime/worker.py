@@ -60,10 +60,9 @@ def _record_rank(run_dir: str, env) -> None:
     import json
     import socket
 
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
     record = {"rank": env.rank, "local_rank": env.local_rank, "host": socket.gethostname(), "pid": os.getpid(),
-              "attempt": int(attempt), "log_dir": os.path.dirname(error_file)}
+              "attempt": env.attempt, "log_dir": os.path.dirname(error_file)}
     directory = Path(run_dir) / "logs" / "ranks"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"rank-{env.rank}.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
