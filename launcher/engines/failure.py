@@ -2,9 +2,9 @@
 
 torchrun prints its own root-cause table, but it scrolls by among every rank's output and does not
 show the log. Each rank records where it runs (logs/ranks/rank-N.json: host, attempt, its torchrun
-log directory); torchrun's error file there (written by `record`) carries the exception and its
-time. The summary picks the earliest failure of the last attempt, is printed by the launcher and
-kept in logs/failure.json.
+log directory); torchrun's error file there (written by `record`) carries the exception. The
+summary picks the earliest failure of the last attempt, is printed by the launcher and kept in
+logs/failure.json.
 """
 
 from __future__ import annotations
@@ -81,12 +81,14 @@ def _error_file(record: dict) -> dict | None:
     path = Path(record.get("log_dir", "")) / "error.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))["message"]
+        # The file's own modification time orders failures, not its "timestamp": torchrun writes
+        # whole seconds there, and a peer that fails because this rank died usually fails within
+        # the same second; a tie would then name the lowest rank, not the one that failed first.
+        written = path.stat().st_mtime
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if isinstance(data, str):
-        return {"message": data}
-    extra = data.get("extraInfo", {})
-    return {"message": str(data.get("message", "")), "timestamp": float(extra.get("timestamp", "inf"))}
+    message = data if isinstance(data, str) else str(data.get("message", "")) if isinstance(data, dict) else ""
+    return {"message": message, "timestamp": written}
 
 
 def _tail(path: Path) -> list[str]:
