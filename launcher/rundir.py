@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from launcher.engines.failure import rank_records_dir
 from launcher.engines.node_report import agent_errors_dir
 from launcher.secrets import REDACTED, is_secret_name, redact_env
 
@@ -45,7 +46,7 @@ def write_run_dir(run_dir: str, resolved: dict, plan: dict) -> Path:
     path = Path(run_dir)
     (path / "logs").mkdir(parents=True, exist_ok=True)
     # Rank records and agent errors describe the current job only (the failure reports read them).
-    shutil.rmtree(path / "logs" / "ranks", ignore_errors=True)
+    shutil.rmtree(rank_records_dir(path), ignore_errors=True)
     shutil.rmtree(agent_errors_dir(run_dir), ignore_errors=True)
     (path / "logs" / "failure.json").unlink(missing_ok=True)
     _write(path / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))

@@ -16,6 +16,11 @@ from pathlib import Path
 TAIL_LINES = 15
 
 
+def rank_records_dir(run_dir: str | Path) -> Path:
+    """Where each rank of the current job writes rank-N.json (stdlib only: the worker imports it early)."""
+    return Path(run_dir) / "logs" / "ranks"
+
+
 @dataclass(frozen=True)
 class Failure:
     rank: int
@@ -69,7 +74,7 @@ def write(run_dir: str, failure: Failure) -> None:
 
 def _rank_records(run_dir: Path) -> list[dict]:
     records = []
-    for path in sorted((run_dir / "logs" / "ranks").glob("rank-*.json")):
+    for path in sorted(rank_records_dir(run_dir).glob("rank-*.json")):
         try:
             records.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):

@@ -60,10 +60,12 @@ def _record_rank(run_dir: str, env) -> None:
     import json
     import socket
 
+    from launcher.engines.failure import rank_records_dir
+
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
     record = {"rank": env.rank, "local_rank": env.local_rank, "host": socket.gethostname(), "pid": os.getpid(),
               "attempt": env.attempt, "log_dir": os.path.dirname(error_file)}
-    directory = Path(run_dir) / "logs" / "ranks"
+    directory = rank_records_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"rank-{env.rank}.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
 
