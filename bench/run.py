@@ -4,6 +4,8 @@ same model and batch, in one session. One JSON line per (case, mode) into bench/
     python bench/run.py                      # GPU cases (one H100/H200: fits one 10-minute command)
     python bench/run.py --tiny               # CPU smoke mode (what CI runs; output schema-checked)
     python bench/run.py --cases gpt2 bert    # a subset
+    python bench/run.py --profile 5          # also a torch.profiler window of 5 launcher steps per
+                                             # case: profile-<case>-<time>.txt/.json next to the lines
 
 Data is generated on the spot (the GPU machine has no corpora): random-word text for the language
 models and JPEG files on disk for ResNet, so the ResNet case measures the real decode pipeline.
@@ -39,11 +41,11 @@ GPU_CASES = {
                                                     "batch.global=256", "batch.micro=256", "data.workers=12"], 60),
 }
 TINY_CASES = {
-    "gpt-tiny": ("recipes/gpt-pretrain-tiny.yaml", ["data.corpus={text}", "batch.global=8", "batch.micro=8"], 6),
+    "gpt-tiny": ("recipes/gpt-pretrain-tiny.yaml", ["data.corpus={text}", "batch.global=8", "batch.micro=8"], 8),
     "resnet-tiny": ("recipes/resnet-pretrain-tiny.yaml", ["data.source={images}", "data.image_size=32",
                                                           "data.decoded_cache=40",
                                                           "batch.global=16", "batch.micro=16", "data.train_limit=0",
-                                                          "data.eval_limit=16"], 6),
+                                                          "data.eval_limit=16"], 8),
 }
 COMMON = ["train.log_every=1", "train.eval_every=0", "checkpoint.every_steps=0", "scheduler.warmup_steps=1",
           "tracking.mode=disabled", "cluster.nproc_per_node=1"]
@@ -95,16 +97,22 @@ def device_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
-def run_launcher(case: str, recipe: str, overrides: list[str], steps: int, work: Path) -> dict:
+def run_launcher(case: str, recipe: str, overrides: list[str], steps: int, work: Path, profile_steps: int) -> dict:
     run_dir = work / f"run-{case}"
     argv = [sys.executable, "-m", "launcher.cli", "run", recipe, "--run-dir", str(run_dir),
-            "checkpoint.resume=never", f"train.steps={steps}", *COMMON, *overrides]
+            "checkpoint.resume=never", f"train.steps={steps}", f"train.profile_steps={profile_steps}",
+            *COMMON, *overrides]
     env = {**os.environ, "LAUNCHER_CACHE_DIR": str(work / "cache")}
     result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise RuntimeError(f"{case}: launcher run failed\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if "loss" in r and r["step"] > WARMUP_STEPS]
+    # Profiled steps run slower (the profiler's own cost): the window (its warm-up step, its
+    # recorded steps) is left out of the throughput, like the warm-up steps.
+    first_measured = WARMUP_STEPS + (1 + profile_steps if profile_steps else 0)
+    train = [r for r in records if "loss" in r and r["step"] > first_measured]
+    if not train:
+        raise RuntimeError(f"{case}: {steps} steps leave none to measure after {first_measured} warm-up/profiled")
     startup = next((r for r in records if "launch_to_first_step_s" in r), {})
     step_time = sum(r["step_time_s"] for r in train) / len(train)
     samples_per_s = sum(r["samples_per_s"] for r in train) / len(train)
@@ -117,7 +125,27 @@ def run_launcher(case: str, recipe: str, overrides: list[str], steps: int, work:
             "peak_memory_gb": max((r.get("max_memory_gb") or 0) for r in train) or None,
             "launch_to_first_step_s": startup.get("launch_to_first_step_s"),
             # The target: no more than 2 s beyond the recipe's build and the first (compiling) step.
-            "launch_overhead_s": startup.get("launch_overhead_s"), "startup": startup.get("startup")}
+            "launch_overhead_s": startup.get("launch_overhead_s"), "startup": startup.get("startup"),
+            "backend": backend_of(run_dir), "profile": profile_of(run_dir)}
+
+
+def backend_of(run_dir: Path) -> str:
+    import yaml
+
+    backend = yaml.safe_load((run_dir / "recipe.yaml").read_text())["backend"]
+    if backend["name"] == "deepspeed":
+        return f"deepspeed zero{backend['zero_stage']}"
+    return f"{backend['name']} {backend.get('strategy', '')}".strip()
+
+
+def profile_of(run_dir: Path) -> dict | None:
+    """The profiler's figures (where the step time goes), without its operator table."""
+    path = run_dir / "profile" / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return {key: summary[key] for key in ("steps", "wall_s_per_step", "device_busy_s_per_step",
+                                          "device_busy_fraction")}
 
 
 def run_plain(recipe_path: str, overrides: list[str], steps: int, work: Path) -> dict:
@@ -165,7 +193,17 @@ def run_plain(recipe_path: str, overrides: list[str], steps: int, work: Path) ->
             "mfu": samples_per_s * task.flops_per_sample / peak if peak and task.flops_per_sample else None,
             "step_time_s": step_time,
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-            "launch_to_first_step_s": None, "launch_overhead_s": None, "startup": None}
+            "launch_to_first_step_s": None, "launch_overhead_s": None, "startup": None,
+            "backend": "plain", "profile": None}
+
+
+def keep_profile(profile_dir: Path, out_dir: Path, stem: str) -> None:
+    """The operator table and figures go next to the JSON lines; the trace stays in the work dir
+    (tens of MB: open it from there in ui.perfetto.dev)."""
+    for suffix in (".txt", ".json"):
+        source = profile_dir / f"summary{suffix}"
+        if source.exists():
+            (out_dir / f"{stem}{suffix}").write_text(source.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="*", help="subset of cases")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="directory for the JSON lines")
     parser.add_argument("--work", default="/tmp/launcher-bench", help="scratch directory for data and runs")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="profile this many launcher steps per case (train.profile_steps)")
     args = parser.parse_args(argv)
     cases = TINY_CASES if args.tiny else GPU_CASES
     chosen = args.cases or list(cases)
@@ -190,15 +230,17 @@ def main(argv: list[str] | None = None) -> int:
         for case in chosen:
             recipe, overrides, steps = cases[case]
             overrides = [o.format(text=text, images=images) for o in overrides]
-            for mode in ("launcher", "plain"):
-                if mode == "launcher":
-                    measured = run_launcher(case, recipe, overrides, steps, work)
-                else:
-                    measured = run_plain(recipe, overrides, steps, work)
+            # The launcher first: for ResNet it builds the decoded cache that the plain loop reuses.
+            launched = run_launcher(case, recipe, overrides, steps, work, args.profile)
+            plain = run_plain(recipe, overrides, steps, work)
+            launched["step_time_vs_plain"] = launched["step_time_s"] / plain["step_time_s"]
+            plain["step_time_vs_plain"] = 1.0
+            for mode, measured in (("launcher", launched), ("plain", plain)):
                 record = {"case": case, "mode": mode, "steps": steps, **measured, **meta}
                 handle.write(json.dumps(record) + "\n")
                 handle.flush()
                 print(json.dumps(record), flush=True)
+            keep_profile(work / f"run-{case}" / "profile", out_dir, f"profile-{case}-{stamp}")
     print(f"wrote {out_file}")
     return 0
 

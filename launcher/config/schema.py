@@ -92,9 +92,15 @@ class TrainConfig:
     eval_at_start: bool = False  # also evaluate the starting model (a baseline for fine-tuning)
     compile: bool = False
     activation_checkpointing: bool = False
+    # Record this many steps of rank 0 with torch.profiler (after 3 warm-up steps) into
+    # RUN_DIR/profile/: a trace and where the step time goes. 0: no profiler.
+    profile_steps: int = 0
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []
+        if self.profile_steps < 0:
+            out.append(("profile_steps", f"must be >= 0, got {self.profile_steps}",
+                        "0 turns the profiler off; 5-10 steps make a readable trace"))
         if self.steps <= 0:
             out.append(("steps", f"must be > 0, got {self.steps}", "number of optimizer steps"))
         if self.log_every <= 0:

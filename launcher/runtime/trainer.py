@@ -20,6 +20,7 @@ from launcher.runtime import checkpoint as ckpt
 from launcher.runtime.dist import DistEnv, all_reduce_sum, barrier
 from launcher.runtime.metrics import MetricsLog, console_line, emit, peak_flops
 from launcher.runtime.optim import param_groups
+from launcher.runtime.profiling import StepProfiler, profile_window
 from launcher.runtime.sampling import GlobalOrder, StepBatches, StreamData
 from launcher.runtime.schedule import lr_at
 from launcher.runtime.stopping import StopRequest
@@ -106,6 +107,9 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
     interval_start, interval_steps = time.perf_counter(), 0
     last_record: dict = {}
     stop = StopRequest()
+    # Stops itself after its window; a run stopped inside the window exits without the files.
+    profiler = StepProfiler(Path(run_dir) / "profile", device,
+                            *profile_window(end_step - start_step, recipe.train.profile_steps if main else 0))
     if recipe.train.eval_at_start and start_step == 0:
         _evaluate_and_sample(task, backend, env, log, tracker, run_dir, 0, recipe.train.steps)
     for step in range(start_step, end_step):
@@ -125,6 +129,7 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
             interval_loss += loss_sum.detach().double()
             interval_count += targets.double()
         grad_norm = backend.step(lr, step)
+        profiler.step()
         interval_steps += 1
         done = step + 1
         if step == start_step and main:

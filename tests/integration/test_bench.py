@@ -11,14 +11,15 @@ import pytest
 from tests.integration.helpers import ROOT, launcher_env
 
 FIELDS = {"case": str, "mode": str, "steps": int, "samples_per_s": float, "step_time_s": float,
-          "device": str, "versions": dict, "time": str}
-OPTIONAL = {"tokens_per_s", "mfu", "peak_memory_gb", "launch_to_first_step_s", "launch_overhead_s", "startup"}
+          "device": str, "versions": dict, "time": str, "backend": str, "step_time_vs_plain": float}
+OPTIONAL = {"tokens_per_s", "mfu", "peak_memory_gb", "launch_to_first_step_s", "launch_overhead_s", "startup",
+            "profile"}
 PHASES = {"to_worker_s", "imports_and_group_s", "build_s", "prepare_s", "restore_s", "first_step_s"}
 
 
 def test_tiny_benchmark_writes_one_line_per_case_and_mode(tmp_path):
     result = subprocess.run([sys.executable, "bench/run.py", "--tiny", "--out", str(tmp_path / "out"),
-                             "--work", str(tmp_path / "work")], cwd=ROOT, env=launcher_env(),
+                             "--work", str(tmp_path / "work"), "--profile", "2"], cwd=ROOT, env=launcher_env(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     files = list((tmp_path / "out").glob("tiny-*.jsonl"))
@@ -38,5 +39,17 @@ def test_tiny_benchmark_writes_one_line_per_case_and_mode(tmp_path):
         # The phases partition the launch time: they add up to it.
         assert set(record["startup"]) == PHASES
         assert sum(record["startup"].values()) == pytest.approx(record["launch_to_first_step_s"], abs=0.02)
+        # The profiled window: 2 steps of rank 0, CPU only (no device time to report).
+        assert record["profile"]["steps"] == 2 and record["profile"]["wall_s_per_step"] > 0
+        assert record["profile"]["device_busy_fraction"] is None
+        table = (tmp_path / "out" / f"profile-{record['case']}-{record['time']}.txt").read_text()
+        assert "Self CPU" in table
+        top = json.loads((tmp_path / "out" / f"profile-{record['case']}-{record['time']}.json").read_text())["top"]
+        assert top and all(row["self_s_per_step"] >= 0 for row in top)
+        assert record["step_time_vs_plain"] == pytest.approx(
+            record["step_time_s"] / next(p["step_time_s"] for p in records
+                                         if p["case"] == record["case"] and p["mode"] == "plain"))
+    assert {r["backend"] for r in launched} == {"accelerate ddp"}
+    assert {r["backend"] for r in records if r["mode"] == "plain"} == {"plain"}
     gpt = next(r for r in launched if r["case"] == "gpt-tiny")
     assert gpt["tokens_per_s"] == pytest.approx(gpt["samples_per_s"] * 128)

@@ -79,3 +79,17 @@ def test_fused_optimizer_only_on_cuda_and_not_with_cpu_offload():
     assert fused_optimizer_fits(torch.device("cuda", 0), offload_optimizer=False)
     assert not fused_optimizer_fits(torch.device("cuda", 0), offload_optimizer=True)
     assert not fused_optimizer_fits(torch.device("cpu"), offload_optimizer=False)
+
+
+def test_profile_window_skips_warm_up_steps_and_fits_in_what_the_run_has_left():
+    from launcher.runtime.profiling import WARMUP_STEPS, profile_window
+
+    assert profile_window(100, 0) == (0, 0)  # off
+    assert profile_window(100, 5) == (WARMUP_STEPS, 5)  # compile and allocator steps not recorded
+    assert profile_window(6, 5) == (0, 5)  # one profiler warm-up step, then all that is left
+    assert profile_window(8, 2) == (3, 2)
+    assert profile_window(1, 5) == (0, 0)  # no room for the profiler's own warm-up step
+    for remaining in range(0, 12):
+        for requested in range(0, 8):
+            skip, active = profile_window(remaining, requested)
+            assert skip + (1 if active else 0) + active <= remaining
