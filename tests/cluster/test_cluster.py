@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from launcher.slurm.jobs import JOBS_FILE
 from tests.integration.helpers import FIXTURES, ROOT, launch, metrics, train_records, write_recipe
@@ -132,6 +133,65 @@ def test_time_limit_signal_is_a_timeout_and_spends_the_budget(cluster, tmp_path)
     stopped_at = max(r["step"] for r in train_records(run_dir))
     assert 0 < stopped_at < 2000
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped_at:08d}"
+
+
+def test_cancelled_job_commits_a_checkpoint_and_a_resubmission_resumes_it_exactly(cluster, tmp_path):
+    """`launcher cancel RUN_DIR`: scancel's SIGTERM reaches every rank, which agree on a step and
+    commit one checkpoint before Slurm's KillWait; submitting the same run dir again resumes there
+    and the data order equals an uninterrupted run's (nothing lost, nothing seen twice)."""
+    # No periodic checkpoint: one at the stop step can only come from the SIGTERM.
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.0", "step_delay: 0.15")
+                          .replace("steps: 24", "steps: 30").replace("every_steps: 4", "every_steps: 0"))
+    run_dir = tmp_path / "cancelled"
+    job_id = _submit(cluster, recipe, run_dir)
+    deadline = time.monotonic() + 120
+    while not ((run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= 6 for r in metrics(run_dir))):
+        assert time.monotonic() < deadline, "the job never reached step 6"
+        time.sleep(0.2)
+    done = subprocess.run(["launcher", "cancel", str(run_dir)], env=cluster.env(), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and f"cancelled job {job_id}" in done.stderr, done.stderr
+    assert _wait_job(cluster, job_id) == "CANCELLED"
+    stopped_at = max(r["step"] for r in train_records(run_dir))
+    assert 6 <= stopped_at < 30
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped_at:08d}"
+    assert not (run_dir / "slurm" / "requeues.json").exists()  # a cancel is not a preemption
+    assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True).stdout == b""
+
+    again = _submit(cluster, recipe, run_dir)
+    assert again != job_id and _wait_job(cluster, again) == "COMPLETED"
+    assert [r["step"] for r in train_records(run_dir)] == list(range(1, 31))  # each step logged once
+    local = tmp_path / "local"
+    assert launch(recipe, local, nproc=2).returncode == 0
+    assert _ids(run_dir, 0) == _ids(local, 0) and _ids(run_dir, 1) == _ids(local, 1)
+
+
+def test_sweep_runs_one_array_task_per_value_each_in_its_own_run_dir(cluster, tmp_path):
+    """`launcher submit --sweep`: a Slurm job array; task i trains with the i-th value into
+    RUN_DIR/task-i, and `launcher status RUN_DIR` reports the array."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
+    run_dir = tmp_path / "sweep"
+    done = subprocess.run(["launcher", "submit", str(recipe), "--nodes", "1", "--nproc", "2", "--time", "10",
+                           "--sweep", "optimizer.lr=0.1,0.02", "--run-dir", str(run_dir)], cwd=ROOT,
+                          env=cluster.env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    array_id = done.stdout.strip()
+    script = (run_dir / "slurm" / "job.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in script
+    assert _wait_job(cluster, array_id) == "COMPLETED"
+    tasks = cluster.slurm("scontrol", "show", "job", "--oneliner", array_id)
+    learned = {}
+    for index, lr in enumerate((0.1, 0.02)):
+        task_dir = run_dir / f"task-{index}"
+        assert yaml.safe_load((task_dir / "recipe.yaml").read_text())["optimizer"]["lr"] == lr
+        losses = [r["loss"] for r in train_records(task_dir)]
+        assert len(losses) == 24, (index, tasks)
+        learned[lr] = losses
+        assert (task_dir / "checkpoints" / "latest").read_text().strip() == "step-00000024"
+    assert learned[0.1] != learned[0.02]  # each task got its own value
+    assert (run_dir / "slurm" / f"{array_id}_0.out").exists() and (run_dir / "slurm" / f"{array_id}_1.out").exists()
+    status = subprocess.run(["launcher", "status", str(run_dir)], env=cluster.env(), capture_output=True, text=True)
+    assert f"job {array_id}: JobState=COMPLETED" in status.stdout, status.stdout + status.stderr
 
 
 def _hostfile_run(cluster, recipe: Path, run_dir: Path, hostfile: Path, *overrides: str,
