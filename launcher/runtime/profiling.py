@@ -45,6 +45,7 @@ class StepProfiler:
         self.skip, self.active = skip, active
         self.steps_seen = 0
         self.started_at = 0.0
+        self.wall_s = 0.0
         self.written = False
         self._profiler = None
         if active <= 0:
@@ -65,6 +66,9 @@ class StepProfiler:
         if self.steps_seen == self.skip + 1:  # the recorded window starts after this step
             self._synchronize()
             self.started_at = time.perf_counter()
+        elif self.steps_seen == self.skip + 1 + self.active:  # ... and ends here, before the
+            self._synchronize()  # profiler spends its own time collecting the events
+            self.wall_s = time.perf_counter() - self.started_at
         self._profiler.step()
         if self.written:  # the window is over: the rest of the run goes unprofiled
             self._profiler.stop()
@@ -75,8 +79,7 @@ class StepProfiler:
             torch.cuda.synchronize(self.device)
 
     def _write(self, profiler) -> None:
-        self._synchronize()
-        wall = time.perf_counter() - self.started_at
+        wall = self.wall_s
         self.written = True
         self.out_dir.mkdir(parents=True, exist_ok=True)
         profiler.export_chrome_trace(str(self.out_dir / "trace.json"))

@@ -93,3 +93,27 @@ def test_profile_window_skips_warm_up_steps_and_fits_in_what_the_run_has_left():
         for requested in range(0, 8):
             skip, active = profile_window(remaining, requested)
             assert skip + (1 if active else 0) + active <= remaining
+
+
+def test_step_profiler_times_only_its_window_and_stops_after_it(tmp_path):
+    import json
+    import time
+
+    import torch
+
+    from launcher.runtime.profiling import StepProfiler
+
+    profiler = StepProfiler(tmp_path, torch.device("cpu"), skip=1, active=2)
+    model = torch.nn.Linear(16, 16)
+    for step in range(6):
+        model(torch.randn(4, 16)).sum().backward()
+        time.sleep(0.2 if step < 2 else 0.05)  # the skipped and warm-up steps are slow
+        profiler.step()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 2
+    # The two recorded steps took ~0.05 s each; neither the slow warm-up steps nor the profiler's
+    # own event collection after the window are counted.
+    assert 0.05 <= summary["wall_s_per_step"] < 0.15, summary["wall_s_per_step"]
+    assert any("aten::" in row["name"] for row in summary["top"])
+    assert (tmp_path / "trace.json").stat().st_size > 0
+    assert profiler._profiler is None  # the rest of the run goes unprofiled
