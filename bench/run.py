@@ -98,6 +98,8 @@ def device_name() -> str:
 
 
 def run_launcher(case: str, recipe: str, overrides: list[str], steps: int, work: Path, profile_steps: int) -> dict:
+    from launcher.runtime.profiling import profile_window
+
     run_dir = work / f"run-{case}"
     argv = [sys.executable, "-m", "launcher.cli", "run", recipe, "--run-dir", str(run_dir),
             "checkpoint.resume=never", f"train.steps={steps}", f"train.profile_steps={profile_steps}",
@@ -109,7 +111,8 @@ def run_launcher(case: str, recipe: str, overrides: list[str], steps: int, work:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # Profiled steps run slower (the profiler's own cost): the window (its warm-up step, its
     # recorded steps) is left out of the throughput, like the warm-up steps.
-    first_measured = WARMUP_STEPS + (1 + profile_steps if profile_steps else 0)
+    skipped, profiled = profile_window(steps, profile_steps)
+    first_measured = max(WARMUP_STEPS, skipped + 1 + profiled if profiled else 0)
     train = [r for r in records if "loss" in r and r["step"] > first_measured]
     if not train:
         raise RuntimeError(f"{case}: {steps} steps leave none to measure after {first_measured} warm-up/profiled")

@@ -43,7 +43,7 @@ def summarize(run_dir: str, exit_status: int) -> Failure | None:
     candidates = []
     for record in current:
         error = _error_file(record)
-        stamp = error.get("timestamp", float("inf")) if error else float("inf")
+        stamp = error["written_at"] if error else float("inf")
         candidates.append((0 if error else 1, stamp, record["rank"], record, error))
     _, _, _, record, error = min(candidates, key=lambda c: c[:3])
     stderr = Path(record.get("log_dir", "")) / "stderr.log"
@@ -92,8 +92,9 @@ def _error_file(record: dict) -> dict | None:
         written = path.stat().st_mtime
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    message = data if isinstance(data, str) else str(data.get("message", "")) if isinstance(data, dict) else ""
-    return {"message": message, "timestamp": written}
+    if isinstance(data, dict):
+        data = data.get("message", "")
+    return {"message": str(data), "written_at": written}
 
 
 def _tail(path: Path) -> list[str]:

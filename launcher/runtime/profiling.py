@@ -79,7 +79,6 @@ class StepProfiler:
             torch.cuda.synchronize(self.device)
 
     def _write(self, profiler) -> None:
-        wall = self.wall_s
         self.written = True
         self.out_dir.mkdir(parents=True, exist_ok=True)
         profiler.export_chrome_trace(str(self.out_dir / "trace.json"))
@@ -88,16 +87,16 @@ class StepProfiler:
         averages = profiler.key_averages()
         (self.out_dir / "summary.txt").write_text(
             averages.table(sort_by=sort_key, row_limit=TOP_OPERATORS) + "\n", encoding="utf-8")
-        self._write_json(averages, wall, sort_key, on_device)
+        self._write_json(averages, sort_key, on_device)
 
-    def _write_json(self, averages, wall: float, sort_key: str, on_device: bool) -> None:
+    def _write_json(self, averages, sort_key: str, on_device: bool) -> None:
         rows = sorted(averages, key=lambda e: getattr(e, sort_key), reverse=True)
         busy_us = sum(e.self_device_time_total for e in averages) if on_device else None
-        per_step = wall / self.active
+        wall = self.wall_s
         summary = {
             "device": torch.cuda.get_device_name(self.device) if on_device else "cpu",
             "steps": self.active,
-            "wall_s_per_step": per_step,
+            "wall_s_per_step": wall / self.active,
             "device_busy_s_per_step": busy_us / 1e6 / self.active if busy_us is not None else None,
             "device_busy_fraction": busy_us / 1e6 / wall if busy_us is not None and wall > 0 else None,
             "top": [{"name": e.key, "calls": e.count,

@@ -52,6 +52,13 @@ def _submit(cluster, recipe: Path, run_dir: Path, *extra: str) -> str:
     return job_id
 
 
+def _wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ((run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= step for r in metrics(run_dir))):
+        assert time.monotonic() < deadline, f"the job never reached step {step}"
+        time.sleep(0.2)
+
+
 def _wait_job(cluster, job_id: str, timeout: float = 300) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -92,10 +99,7 @@ def test_preemption_signal_checkpoints_and_requeues_once(cluster, tmp_path):
                           .replace("steps: 24", "steps: 30"))
     run_dir = tmp_path / "preempted"
     job_id = _submit(cluster, recipe, run_dir)
-    deadline = time.monotonic() + 120
-    while not ((run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= 6 for r in metrics(run_dir))):
-        assert time.monotonic() < deadline, "the job never reached step 6"
-        time.sleep(0.2)
+    _wait_for_step(run_dir, 6)
     cluster.slurm("scancel", "--signal=USR1", "--batch", job_id)
     state = _wait_job(cluster, job_id, timeout=400)
     log = "".join(p.read_text() for p in (run_dir / "slurm").glob("*.out"))
@@ -144,10 +148,7 @@ def test_cancelled_job_commits_a_checkpoint_and_a_resubmission_resumes_it_exactl
                           .replace("steps: 24", "steps: 30").replace("every_steps: 4", "every_steps: 0"))
     run_dir = tmp_path / "cancelled"
     job_id = _submit(cluster, recipe, run_dir)
-    deadline = time.monotonic() + 120
-    while not ((run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= 6 for r in metrics(run_dir))):
-        assert time.monotonic() < deadline, "the job never reached step 6"
-        time.sleep(0.2)
+    _wait_for_step(run_dir, 6)
     done = subprocess.run(["launcher", "cancel", str(run_dir)], env=cluster.env(), capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and f"cancelled job {job_id}" in done.stderr, done.stderr
