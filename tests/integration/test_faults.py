@@ -1,4 +1,4 @@
-"""Faults with real processes and real signals (faults.md items 1, 3, 5, 9)."""
+"""Faults with real processes and real signals (faults.md items 1, 2, 3, 5, 9, 10, 11, 12, 15)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.helpers import FIXTURES, ROOT, exported_state, launch, launcher_env, metrics, write_recipe
+from tests.integration.helpers import (
+    FIXTURES,
+    ROOT,
+    exported_state,
+    launch,
+    launcher_env,
+    max_relative_difference,
+    metrics,
+    train_records,
+    write_recipe,
+)
 
 RECIPE = f"""\
 recipe: {FIXTURES / "uneven_recipe.py"}
@@ -42,8 +52,8 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def _start(recipe: Path, run_dir: Path) -> subprocess.Popen:
-    argv = ["launcher", "run", str(recipe), "--nproc", "2", "--run-dir", str(run_dir)]
+def _start(recipe: Path, run_dir: Path, *overrides: str) -> subprocess.Popen:
+    argv = ["launcher", "run", str(recipe), "--nproc", "2", "--run-dir", str(run_dir), *overrides]
     return subprocess.Popen(argv, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -102,6 +112,43 @@ def test_sigkilled_launcher_leaves_no_orphans_and_the_ranks_still_checkpoint(tmp
     stopped_at = max(r["step"] for r in metrics(run_dir) if "loss" in r)
     assert 7 <= stopped_at < 14
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped_at:08d}"
+
+
+def test_signals_during_a_save_wait_for_it_and_never_start_a_second_one(tmp_path):
+    """faults.md 5: SIGTERM, then SIGINT, reach the job while the step-5 checkpoint is being written
+    (each save spends 3 s in state_dict). The save finishes, the ranks stop after that same step
+    without saving it again, and the committed checkpoint resumes to the uninterrupted result."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.1", "step_delay: 0.02"))
+    whole = tmp_path / "whole"
+    assert launch(recipe, whole, nproc=2).returncode == 0
+
+    run_dir = tmp_path / "saving"
+    proc = _start(recipe, run_dir, "data.save_delay=3")
+    marker = run_dir / "saving-rank0"
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "the first save never started"
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # a second signal, still inside the same save
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "stopped by SIGTERM after step 5" in output
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step-00000005"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000005"]  # one save, no tmp
+    assert max(r["step"] for r in metrics(run_dir) if "loss" in r) == 5
+    assert _processes_mentioning(str(run_dir)) == []
+
+    marker.unlink()
+    resumed = launch(recipe, run_dir, nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step-00000005" in resumed.stdout
+    a, b = exported_state(whole), exported_state(run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for rank in (0, 1):
+        assert _ids(run_dir, rank) == _ids(whole, rank)
 
 
 class _Exploit:
@@ -225,3 +272,57 @@ def test_missing_or_corrupt_rng_state_is_an_error_not_a_silent_change(tmp_path, 
     text = result.stderr + result.stdout
     assert "rng-rank00001.pt" in text
     assert not [r for r in metrics(run_dir) if r.get("step", 0) > 4 and "loss" in r]  # nothing trained after
+
+
+def _per_step_samples(lines_per_rank: list[list[list[int]]], micro_per_step: int) -> list[list[int]]:
+    """The sorted sample ids of each optimizer step, across all ranks (what a step trains on)."""
+    steps = len(lines_per_rank[0]) // micro_per_step
+    return [sorted(i for lines in lines_per_rank for batch in lines[s * micro_per_step:(s + 1) * micro_per_step]
+                   for i in batch) for s in range(steps)]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_resume_on_another_world_size_keeps_the_state_data_order_and_lr(tmp_path, strategy):
+    """faults.md 10 with full-state checkpoints (Accelerate DDP, FSDP with FULL_STATE_DICT): written
+    by 2 processes, resumed by 1. The optimizer state, step count, LR curve and the global sample
+    stream carry over."""
+    recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE.replace("dropout: 0.2", "dropout: 0.0"))
+    backend = ["backend.name=accelerate", f"backend.strategy={strategy}"]
+    whole = tmp_path / "whole"
+    assert launch(recipe, whole, *backend, nproc=2).returncode == 0
+    moved = tmp_path / "moved"
+    first = launch(recipe, moved, *backend, "train.stop_after_steps=4", nproc=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = launch(recipe, moved, *backend, nproc=1)
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    warnings = [r["warning"] for r in metrics(moved) if "warning" in r]
+    assert warnings == ["resuming a 2-process checkpoint on 1 processes: data order is preserved "
+                        "(it depends on the global step), per-rank RNG streams are new"]
+    records = train_records(moved)
+    assert [r["step"] for r in records] == list(range(1, 13))  # no step repeated or lost
+    reference = {r["step"]: r for r in train_records(whole)}
+    for r in records:
+        assert r["lr"] == pytest.approx(reference[r["step"]]["lr"], rel=1e-12)
+        assert r["loss"] == pytest.approx(reference[r["step"]]["loss"], rel=1e-4)  # only the reduction order differs
+    # Steps 5-12 ran on one rank: its 4 micro-batches per step are exactly what two ranks took together.
+    whole_steps = _per_step_samples([_ids(whole, 0), _ids(whole, 1)], 2)
+    after_resume = _ids(moved, 0)[4 * 2:]  # rank 0 wrote 2 lines per step for steps 1-4
+    assert _per_step_samples([after_resume], 4) == whole_steps[4:]
+    a, b = exported_state(whole), exported_state(moved)
+    assert max_relative_difference(a, b) < 1e-4
+
+
+def test_resume_of_a_zero_sharded_checkpoint_on_another_world_size_is_refused_with_the_conversion(tmp_path):
+    """faults.md 10 with sharded state (DeepSpeed ZeRO-2): a clear refusal naming the conversion."""
+    recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
+    run_dir = tmp_path / "run"
+    zero2 = ["backend.name=deepspeed", "backend.zero_stage=2"]
+    assert launch(recipe, run_dir, *zero2, "train.stop_after_steps=4", nproc=2).returncode == 0
+    result = launch(recipe, run_dir, *zero2, nproc=1)
+    assert result.returncode != 0
+    text = result.stderr + result.stdout
+    assert "was written by 2 processes with ZeRO-2, this run has 1" in text
+    assert "ds_to_universal.py" in text
+    assert not [r for r in metrics(run_dir) if r.get("step", 0) > 4 and "loss" in r]  # nothing trained after
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-00000004"  # nothing lost

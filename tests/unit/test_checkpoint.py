@@ -121,3 +121,89 @@ def test_explicit_path_may_be_a_checkpoints_root(tmp_path):
     assert ckpt.find_resume_dir(Path("/unused"), str(tmp_path)).name == "step-00000003"
     manifest = json.loads((tmp_path / "step-00000003" / "manifest.json").read_text())
     assert set(manifest["files"]) == {"model.bin", "optim.bin", "extra.bin", "rng-rank00000.pt"}
+
+
+# Every call by which a save touches the file system: torch.save's zip records, file and
+# directory operations of the commit (manifest, rename, pointer) and of the pruning after it.
+_FILE_SYSTEM_CALLS = {"write_record", "write_end_of_file", "write", "flush", "fsync", "rename", "replace",
+                      "mkdir", "unlink", "rmdir", "open", "close", "truncate"}
+
+
+def _save_and_die_at(manager: ckpt.CheckpointManager, step: int, writer, kill_at: int) -> None:
+    """In a forked child: save, and SIGKILL itself just before its kill_at-th file-system call."""
+    import os
+    import signal
+    import sys
+
+    calls = [0]
+
+    def watch(_frame, event, function) -> None:
+        if event == "c_call" and getattr(function, "__name__", "") in _FILE_SYSTEM_CALLS:
+            calls[0] += 1
+            if calls[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    try:
+        sys.setprofile(watch)
+        manager.save(step, {"step": step}, writer)
+        sys.setprofile(None)
+    except BaseException:  # noqa: BLE001 - a forked child must never return into pytest
+        os._exit(1)
+    os._exit(0)
+
+
+def test_sigkill_at_every_file_system_call_of_a_real_save_never_breaks_resume(tmp_path):
+    """faults.md 6 and 7 with real kills: a forked process saves a real model and AdamW state with
+    torch.save through the commit protocol (keep_last=1, so the old checkpoint is pruned after the
+    commit) and is SIGKILLed before its N-th file-system call, for every N. Each time, resume
+    finds a committed checkpoint whose tensors are exactly the ones saved at that step, and the
+    next save commits."""
+    import os
+    import signal
+
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(4)])
+    optimizer = torch.optim.AdamW(model.parameters())
+
+    def train_one_step() -> dict:
+        model(torch.randn(2, 8)).sum().backward()
+        optimizer.step()
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    def writer(directory: str) -> None:
+        torch.save(model.state_dict(), os.path.join(directory, "model.pt"))
+        torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
+
+    expected = {1: train_one_step()}
+    expected[2] = train_one_step()  # the state the killed save was writing
+    resumed_at = []
+    kill_at = 0
+    while True:
+        kill_at += 1
+        root = tmp_path / f"kill-{kill_at:03d}"
+        manager = ckpt.CheckpointManager(str(root), 1, rank=0, barrier=lambda: None)
+        model.load_state_dict(expected[1])
+        manager.save(1, {"step": 1}, writer)
+        model.load_state_dict(expected[2])
+        pid = os.fork()
+        if pid == 0:
+            _save_and_die_at(manager, 2, writer, kill_at)
+        _, status = os.waitpid(pid, 0)
+        if not os.WIFSIGNALED(status):  # the save made fewer calls than kill_at: every point was tried
+            assert os.WEXITSTATUS(status) == 0
+            break
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        found = ckpt.find_resume_dir(root, "auto")
+        assert found is not None, f"kill at call {kill_at}: nothing to resume"
+        step = ckpt.verify(found)["step"]
+        restored = torch.load(found / "model.pt", weights_only=True)
+        assert all(torch.equal(restored[k], expected[step][k]) for k in restored), f"kill at call {kill_at}"
+        resumed_at.append(step)
+        manager.save(2, {"step": 2}, writer)  # the next save cleans up after the dead one and commits
+        assert ckpt.verify(ckpt.find_resume_dir(root, "auto")) == {"step": 2}
+        assert not list(root.glob(".tmp-*"))
+    print(f"{len(resumed_at)} kill points; resumed at step 1: {resumed_at.count(1)}, at step 2: {resumed_at.count(2)}")
+    assert len(resumed_at) >= 50  # distinct kill points, each resumed
+    assert resumed_at.count(1) >= 40 and resumed_at[-1] == 2  # killed while pruning: the new one is committed
