@@ -109,3 +109,42 @@ def test_online_without_server_falls_back_and_no_secret_leaks(tmp_path):
     config = next(r["run"]["config"]["update"] for r in wandb_records(offline_runs(tmp_path / "run")[0])
                   if r["type"] == "run")
     assert config["cluster"]["env"]["WANDB_API_KEY"] == "<redacted>"
+
+
+def _wandb_services_of(run_dir: Path) -> list[int]:
+    """Pids of wandb-core processes serving a rank of this run (their --pid is that rank)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if not argv[0].endswith("wandb-core") or "--pid" not in argv:
+                continue
+            owner = argv[argv.index("--pid") + 1]
+            if str(run_dir) in Path(f"/proc/{owner}/cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def test_tracker_lost_mid_run_loses_no_step_locally_and_training_goes_on(tmp_path):
+    """faults.md 14, W&B gone mid-run: its service process (wandb-core) is SIGKILLed after step 4.
+    The job warns once, keeps training, exits 0, and metrics.jsonl holds every step."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("samples: 96}", "samples: 96, step_delay: 0.1}"))
+    run_dir = tmp_path / "run"
+    argv = ["launcher", "run", str(recipe), "--nproc", "2", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "metrics.jsonl").exists() or max(r.get("step", 0) for r in metrics(run_dir)) < 4:
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never reached step 4"
+        time.sleep(0.1)
+    services = _wandb_services_of(run_dir)
+    assert len(services) == 1  # only global rank 0 tracks
+    import os
+
+    os.kill(services[0], signal.SIGKILL)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    assert output.count("tracking disabled, training continues") == 1
+    assert [r["step"] for r in metrics(run_dir) if "loss" in r] == list(range(1, 13))
