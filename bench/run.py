@@ -7,6 +7,9 @@ same model and batch, in one session. One JSON line per (case, mode) into bench/
     python bench/run.py --profile 5          # also a torch.profiler window of 5 launcher steps per
                                              # case: profile-<case>-<time>.txt/.json next to the lines
 
+A case that fails, or that no longer fits in --deadline, gets a line with its `error` and the
+others still run (the exit status is then 1): one broken case never costs the GPU session the rest.
+
 Data is generated on the spot (the GPU machine has no corpora): random-word text for the language
 models and JPEG files on disk for ResNet, so the ResNet case measures the real decode pipeline.
 """
@@ -50,6 +53,8 @@ TINY_CASES = {
 COMMON = ["train.log_every=1", "train.eval_every=0", "checkpoint.every_steps=0", "scheduler.warmup_steps=1",
           "tracking.mode=disabled", "cluster.nproc_per_node=1"]
 WARMUP_STEPS = 3  # excluded from throughput (compilation, allocator, caches)
+GPU_DEADLINE_S = 560  # the GPU command's limit is 600 s; the rest is interpreter start and data generation
+MIN_CASE_S = 45  # a case started with less time left than this could not finish: it is skipped
 
 
 def generate_text(path: Path, documents: int, seed: int = 0) -> Path:
@@ -97,7 +102,8 @@ def device_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
-def run_launcher(case: str, recipe: str, overrides: list[str], steps: int, work: Path, profile_steps: int) -> dict:
+def run_launcher(case: str, recipe: str, overrides: list[str], steps: int, work: Path, profile_steps: int,
+                 timeout: float) -> dict:
     from launcher.runtime.profiling import profile_window
 
     run_dir = work / f"run-{case}"
@@ -105,7 +111,10 @@ def run_launcher(case: str, recipe: str, overrides: list[str], steps: int, work:
             "checkpoint.resume=never", f"train.steps={steps}", f"train.profile_steps={profile_steps}",
             *COMMON, *overrides]
     env = {**os.environ, "LAUNCHER_CACHE_DIR": str(work / "cache")}
-    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    try:
+        result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{case}: launcher run did not finish within {timeout:.0f} s (--deadline)") from None
     if result.returncode != 0:
         raise RuntimeError(f"{case}: launcher run failed\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -217,9 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/launcher-bench", help="scratch directory for data and runs")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="profile this many launcher steps per case (train.profile_steps)")
+    parser.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                        help=f"wall time for all cases (default {GPU_DEADLINE_S} on GPU, none with --tiny); "
+                             "cases that no longer fit are recorded as skipped")
     args = parser.parse_args(argv)
     cases = TINY_CASES if args.tiny else GPU_CASES
     chosen = args.cases or list(cases)
+    unknown = [c for c in chosen if c not in cases]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(cases)}")
+    deadline = args.deadline if args.deadline is not None else (None if args.tiny else GPU_DEADLINE_S)
+    ends_at = time.monotonic() + deadline if deadline is not None else None
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     text = generate_text(work / "text.txt", 200 if args.tiny else 20000)
@@ -229,23 +246,34 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_file = out_dir / f"{'tiny' if args.tiny else 'gpu'}-{stamp}.jsonl"
     meta = {"device": device_name(), "versions": versions(), "time": stamp}
+    failed = 0
     with open(out_file, "w") as handle:
+        def write(record: dict) -> None:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            print(json.dumps(record), flush=True)
+
         for case in chosen:
             recipe, overrides, steps = cases[case]
             overrides = [o.format(text=text, images=images) for o in overrides]
-            # The launcher first: for ResNet it builds the decoded cache that the plain loop reuses.
-            launched = run_launcher(case, recipe, overrides, steps, work, args.profile)
-            plain = run_plain(recipe, overrides, steps, work)
+            left = ends_at - time.monotonic() if ends_at is not None else 900.0
+            try:
+                if left < MIN_CASE_S:
+                    raise RuntimeError(f"{case}: skipped, {max(left, 0):.0f} s left of --deadline {deadline:.0f}")
+                # The launcher first: for ResNet it builds the decoded cache that the plain loop reuses.
+                launched = run_launcher(case, recipe, overrides, steps, work, args.profile, timeout=left)
+                plain = run_plain(recipe, overrides, steps, work)
+            except Exception as exc:  # noqa: BLE001 - recorded, and the next case still runs
+                failed += 1
+                write({"case": case, "mode": "launcher", "steps": steps, "error": str(exc)[-4000:], **meta})
+                continue
             launched["step_time_vs_plain"] = launched["step_time_s"] / plain["step_time_s"]
             plain["step_time_vs_plain"] = 1.0
             for mode, measured in (("launcher", launched), ("plain", plain)):
-                record = {"case": case, "mode": mode, "steps": steps, **measured, **meta}
-                handle.write(json.dumps(record) + "\n")
-                handle.flush()
-                print(json.dumps(record), flush=True)
+                write({"case": case, "mode": mode, "steps": steps, **measured, **meta})
             keep_profile(work / f"run-{case}" / "profile", out_dir, f"profile-{case}-{stamp}")
-    print(f"wrote {out_file}")
-    return 0
+    print(f"wrote {out_file}" + (f"; {failed} case(s) failed or were skipped" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

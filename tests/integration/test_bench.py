@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,41 @@ def test_tiny_benchmark_writes_one_line_per_case_and_mode(tmp_path):
     assert {r["backend"] for r in records if r["mode"] == "plain"} == {"plain"}
     gpt = next(r for r in launched if r["case"] == "gpt-tiny")
     assert gpt["tokens_per_s"] == pytest.approx(gpt["samples_per_s"] * 128)
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lines(out: Path) -> list[dict]:
+    (path,) = out.glob("tiny-*.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_failing_case_is_recorded_and_the_next_one_still_runs(tmp_path, monkeypatch):
+    bench = _bench_module()
+    recipe = bench.TINY_CASES["gpt-tiny"][0]
+    monkeypatch.setitem(bench.TINY_CASES, "bad-key", (recipe, ["model.no_such_key=1"], 8))
+    monkeypatch.setitem(bench.TINY_CASES, "bad-batch", (recipe, ["batch.global=7", "batch.micro=2"], 8))
+    status = bench.main(["--tiny", "--cases", "bad-key", "bad-batch", "--out", str(tmp_path / "out"),
+                         "--work", str(tmp_path / "work")])
+    assert status == 1
+    records = _lines(tmp_path / "out")
+    assert [(r["case"], r["mode"]) for r in records] == [("bad-key", "launcher"), ("bad-batch", "launcher")]
+    assert "model.no_such_key" in records[0]["error"] and "batch.global" in records[1]["error"]
+    assert all(r["device"] and r["versions"]["torch"] for r in records)
+
+
+def test_cases_that_no_longer_fit_the_deadline_are_recorded_as_skipped(tmp_path):
+    status = _bench_module().main(["--tiny", "--deadline", "0", "--out", str(tmp_path / "out"),
+                                   "--work", str(tmp_path / "work")])
+    assert status == 1
+    records = _lines(tmp_path / "out")
+    assert [r["case"] for r in records] == ["gpt-tiny", "resnet-tiny"]
+    assert all("skipped, 0 s left of --deadline 0" in r["error"] for r in records)
+    assert not (tmp_path / "work" / "run-gpt-tiny").exists()  # nothing was started
