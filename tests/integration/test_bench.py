@@ -72,15 +72,22 @@ def _lines(out: Path) -> list[dict]:
 
 def test_a_failing_case_is_recorded_and_the_next_one_still_runs(tmp_path, monkeypatch):
     bench = _bench_module()
-    recipe = bench.TINY_CASES["gpt-tiny"][0]
-    monkeypatch.setitem(bench.TINY_CASES, "bad-key", (recipe, ["model.no_such_key=1"], 8))
-    monkeypatch.setitem(bench.TINY_CASES, "bad-batch", (recipe, ["batch.global=7", "batch.micro=2"], 8))
-    status = bench.main(["--tiny", "--cases", "bad-key", "bad-batch", "--out", str(tmp_path / "out"),
+    monkeypatch.setitem(bench.TINY_CASES, "bad-key", (bench.TINY_CASES["gpt-tiny"][0], ["model.no_such_key=1"], 8))
+
+    def plain_loop_fails(*_args):
+        raise RuntimeError("CUDA out of memory (as the plain loop might on a GPU)")
+
+    monkeypatch.setattr(bench, "run_plain", plain_loop_fails)
+    status = bench.main(["--tiny", "--cases", "bad-key", "gpt-tiny", "--out", str(tmp_path / "out"),
                          "--work", str(tmp_path / "work")])
     assert status == 1
     records = _lines(tmp_path / "out")
-    assert [(r["case"], r["mode"]) for r in records] == [("bad-key", "launcher"), ("bad-batch", "launcher")]
-    assert "model.no_such_key" in records[0]["error"] and "batch.global" in records[1]["error"]
+    assert [(r["case"], r["mode"]) for r in records] == [("bad-key", "launcher"), ("gpt-tiny", "launcher"),
+                                                         ("gpt-tiny", "plain")]
+    assert "model.no_such_key" in records[0]["error"] and "samples_per_s" not in records[0]
+    # The plain loop failed after the launcher run: the launcher's figures are kept.
+    assert records[1]["samples_per_s"] > 0 and records[1]["step_time_vs_plain"] is None
+    assert "plain loop failed: RuntimeError: CUDA out of memory" in records[2]["error"]
     assert all(r["device"] and r["versions"]["torch"] for r in records)
 
 
