@@ -42,6 +42,22 @@ def deepspeed_config(recipe, math, precision: str) -> dict:
     return _merge(config, backend.deepspeed_config)
 
 
+def deepspeed_checkpoint_classes() -> list[type]:
+    """What DeepSpeed pickles into its checkpoints besides tensors and containers: its loss scalers,
+    the ZeRO stage enum and the fragment addresses of its parameter-slice maps."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_weights_only(path: str, map_location=None):
+    """torch.load restricted to tensors, containers and deepspeed_checkpoint_classes()."""
+    with torch.serialization.safe_globals(deepspeed_checkpoint_classes()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def fused_optimizer_fits(device, offload_optimizer: bool) -> bool:
     """torch's fused AdamW (one kernel for all parameters, as the plain loop uses) needs the
     optimizer's fp32 partitions on the GPU: not with CPU offload, where DeepSpeed steps on the CPU."""
@@ -121,6 +137,9 @@ class DeepSpeedBackend:
         self.engine.save_checkpoint(directory, tag="deepspeed", save_latest=False)
 
     def load(self, directory: str) -> None:
+        # DeepSpeed unpickles its files with weights_only=False: a forged checkpoint would run code.
+        # Its engine reads every file through this one loader, so ours replaces it.
+        self.engine.checkpoint_engine.load = load_weights_only
         path, _ = self.engine.load_checkpoint(directory, tag="deepspeed", load_lr_scheduler_states=False)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {directory}")

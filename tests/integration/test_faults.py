@@ -159,21 +159,28 @@ class _Exploit:
         return (os.system, (f"touch {self.sentinel}",))
 
 
-def test_malicious_pickle_in_a_checkpoint_never_runs(tmp_path):
+@pytest.mark.parametrize("backend, shard", [
+    ("accelerate", "model.pt"),
+    # DeepSpeed's own loader would unpickle with weights_only=False; both of its files are forged.
+    ("deepspeed", "deepspeed/mp_rank_00_model_states.pt"),
+    ("deepspeed", "deepspeed/zero_pp_rank_0_mp_rank_00_optim_states.pt"),
+], ids=["accelerate-model", "deepspeed-model", "deepspeed-optimizer"])
+def test_malicious_pickle_in_a_checkpoint_never_runs(tmp_path, backend, shard):
     import json
     import pickle
 
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.1", "step_delay: 0.0"))
+    engine = [f"backend.name={backend}", "backend.zero_stage=2"] if backend == "deepspeed" else []
     run_dir = tmp_path / "run"
-    first = launch(recipe, run_dir, "train.stop_after_steps=5", nproc=1)
+    first = launch(recipe, run_dir, *engine, "train.stop_after_steps=5", nproc=1)
     assert first.returncode == 0, first.stderr[-2000:]
     checkpoint = run_dir / "checkpoints" / "step-00000005"
     sentinel = tmp_path / "SENTINEL"
-    (checkpoint / "model.pt").write_bytes(pickle.dumps({"weight": _Exploit(sentinel)}))
+    (checkpoint / shard).write_bytes(pickle.dumps({"weight": _Exploit(sentinel)}))
     manifest = json.loads((checkpoint / "manifest.json").read_text())
-    manifest["files"]["model.pt"] = (checkpoint / "model.pt").stat().st_size  # a "valid" forged shard
+    manifest["files"][shard] = (checkpoint / shard).stat().st_size  # a "valid" forged shard
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
-    resumed = launch(recipe, run_dir, nproc=1)
+    resumed = launch(recipe, run_dir, *engine, nproc=1)
     assert resumed.returncode != 0  # refused (weights_only loading), not executed
     assert not sentinel.exists()
     assert "Weights only load failed" in _logs(run_dir)
