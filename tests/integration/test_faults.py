@@ -159,18 +159,18 @@ class _Exploit:
         return (os.system, (f"touch {self.sentinel}",))
 
 
-@pytest.mark.parametrize("backend, shard", [
-    ("accelerate", "model.pt"),
+@pytest.mark.parametrize("engine, shard", [
+    ([], "model.pt"),
+    (["backend.strategy=fsdp"], "optimizer.bin"),  # through Accelerate's load_state
     # DeepSpeed's own loader would unpickle with weights_only=False; both of its files are forged.
-    ("deepspeed", "deepspeed/mp_rank_00_model_states.pt"),
-    ("deepspeed", "deepspeed/zero_pp_rank_0_mp_rank_00_optim_states.pt"),
-], ids=["accelerate-model", "deepspeed-model", "deepspeed-optimizer"])
-def test_malicious_pickle_in_a_checkpoint_never_runs(tmp_path, backend, shard):
+    (["backend.name=deepspeed", "backend.zero_stage=2"], "deepspeed/mp_rank_00_model_states.pt"),
+    (["backend.name=deepspeed", "backend.zero_stage=2"], "deepspeed/zero_pp_rank_0_mp_rank_00_optim_states.pt"),
+], ids=["accelerate-ddp-model", "accelerate-fsdp-optimizer", "deepspeed-model", "deepspeed-optimizer"])
+def test_malicious_pickle_in_a_checkpoint_never_runs(tmp_path, engine, shard):
     import json
     import pickle
 
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.1", "step_delay: 0.0"))
-    engine = [f"backend.name={backend}", "backend.zero_stage=2"] if backend == "deepspeed" else []
     run_dir = tmp_path / "run"
     first = launch(recipe, run_dir, *engine, "train.stop_after_steps=5", nproc=1)
     assert first.returncode == 0, first.stderr[-2000:]
