@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from launcher.slurm.jobs import JOBS_FILE
-from tests.integration.helpers import FIXTURES, ROOT, launch, metrics, train_records, write_recipe
+from tests.integration.helpers import FIXTURES, ROOT, launch, train_records, wait_for_step, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -50,13 +50,6 @@ def _submit(cluster, recipe: Path, run_dir: Path, *extra: str) -> str:
     job_id = done.stdout.strip()
     assert job_id.isdigit() and json.loads((run_dir / JOBS_FILE).read_text())[-1]["job_id"] == job_id
     return job_id
-
-
-def _wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not ((run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= step for r in metrics(run_dir))):
-        assert time.monotonic() < deadline, f"the job never reached step {step}"
-        time.sleep(0.2)
 
 
 def _wait_job(cluster, job_id: str, timeout: float = 300) -> str:
@@ -99,7 +92,7 @@ def test_preemption_signal_checkpoints_and_requeues_once(cluster, tmp_path):
                           .replace("steps: 24", "steps: 30"))
     run_dir = tmp_path / "preempted"
     job_id = _submit(cluster, recipe, run_dir)
-    _wait_for_step(run_dir, 6)
+    wait_for_step(run_dir, 6, timeout=120)
     cluster.slurm("scancel", "--signal=USR1", "--batch", job_id)
     state = _wait_job(cluster, job_id, timeout=400)
     log = "".join(p.read_text() for p in (run_dir / "slurm").glob("*.out"))
@@ -148,7 +141,7 @@ def test_cancelled_job_commits_a_checkpoint_and_a_resubmission_resumes_it_exactl
                           .replace("steps: 24", "steps: 30").replace("every_steps: 4", "every_steps: 0"))
     run_dir = tmp_path / "cancelled"
     job_id = _submit(cluster, recipe, run_dir)
-    _wait_for_step(run_dir, 6)
+    wait_for_step(run_dir, 6, timeout=120)
     done = subprocess.run(["launcher", "cancel", str(run_dir)], env=cluster.env(), capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and f"cancelled job {job_id}" in done.stderr, done.stderr
@@ -236,10 +229,7 @@ def test_stopped_hostfile_launcher_leaves_no_process_on_any_node(cluster, tmp_pa
     run_dir = tmp_path / f"{'kill' if kill else 'term'}-{shell}"
     proc = _hostfile_run(cluster, recipe, run_dir, cluster.hostfile(tmp_path / "hosts"),
                          f"cluster.remote_shell={shell}")
-    deadline = time.monotonic() + 120
-    while not ((run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= 3 for r in metrics(run_dir))):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:] if proc.stdout else ""
-        time.sleep(0.2)
+    wait_for_step(run_dir, 3, timeout=120, proc=proc)
     proc.kill() if kill else proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert kill or proc.returncode == 128 + signal.SIGTERM, output[-3000:]

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +49,19 @@ def max_relative_difference(a: dict, b: dict) -> float:
         x, y = a[key].double(), b[key].double()
         worst = max(worst, float((x - y).norm() / y.norm().clamp_min(1e-30)))
     return worst
+
+
+def wait_for_step(run_dir: Path, step: int, timeout: float = 240,
+                  proc: subprocess.Popen | None = None) -> None:
+    """Until metrics.jsonl has a record at `step` or later; fails after `timeout` s, or at once if
+    `proc` (the run) has exited before getting there."""
+    deadline = time.monotonic() + timeout
+    while not ((run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= step for r in metrics(run_dir))):
+        assert time.monotonic() < deadline, f"the run never reached step {step}"
+        if proc is not None and proc.poll() is not None:
+            output = proc.stdout.read()[-3000:] if proc.stdout else ""
+            raise AssertionError(f"the run exited ({proc.returncode}) before step {step}:\n{output}")
+        time.sleep(0.1)
 
 
 def write_recipe(path: Path, text: str) -> Path:

@@ -20,6 +20,7 @@ from tests.integration.helpers import (
     max_relative_difference,
     metrics,
     train_records,
+    wait_for_step,
     write_recipe,
 )
 
@@ -58,15 +59,6 @@ def _start(recipe: Path, run_dir: Path, *overrides: str) -> subprocess.Popen:
                             text=True)
 
 
-def _wait_for_step(run_dir: Path, step: int, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= step for r in metrics(run_dir)):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"the run never reached step {step}")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_to_launcher_commits_a_checkpoint_and_resume_loses_nothing(tmp_path, signum):
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
@@ -75,7 +67,7 @@ def test_signal_to_launcher_commits_a_checkpoint_and_resume_loses_nothing(tmp_pa
 
     run_dir = tmp_path / "stopped"
     proc = _start(recipe, run_dir)
-    _wait_for_step(run_dir, 7)  # past the step-5 checkpoint, before the step-10 one
+    wait_for_step(run_dir, 7, proc=proc)  # past the step-5 checkpoint, before the step-10 one
     proc.send_signal(signum)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, output[-3000:]
@@ -102,7 +94,7 @@ def test_sigkilled_launcher_leaves_no_orphans_and_the_ranks_still_checkpoint(tmp
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
     run_dir = tmp_path / "killed"
     proc = _start(recipe, run_dir)
-    _wait_for_step(run_dir, 7)
+    wait_for_step(run_dir, 7, proc=proc)
     proc.kill()
     proc.communicate(timeout=120)  # EOF once torchrun and the ranks, which share the pipe, are gone
     deadline = time.monotonic() + 30

@@ -6,10 +6,9 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.integration.helpers import FIXTURES, ROOT, launch, launcher_env, metrics, write_recipe
+from tests.integration.helpers import FIXTURES, ROOT, launch, launcher_env, metrics, wait_for_step, write_recipe
 
 RECIPE = f"""\
 recipe: {FIXTURES / "uneven_recipe.py"}
@@ -70,13 +69,7 @@ def test_kill_after_checkpoint_then_resume_keeps_one_run_and_one_step_axis(tmp_p
     argv = ["launcher", "run", str(recipe), "--nproc", "2", "--run-dir", str(run_dir)]
     proc = subprocess.Popen(argv, cwd=ROOT, env=launcher_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # wait for step 7 to be logged, after the step-6 checkpoint
-        if (run_dir / "metrics.jsonl").exists() and any(r.get("step", 0) >= 7 for r in metrics(run_dir)):
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError("the run never reached step 7")
+    wait_for_step(run_dir, 7, proc=proc)  # logged after the step-6 checkpoint
     import os
 
     os.killpg(proc.pid, signal.SIGKILL)  # everything: launcher, torchrun, ranks
@@ -135,10 +128,7 @@ def test_tracker_lost_mid_run_loses_no_step_locally_and_training_goes_on(tmp_pat
     argv = ["launcher", "run", str(recipe), "--nproc", "2", "--run-dir", str(run_dir)]
     proc = subprocess.Popen(argv, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
-    deadline = time.monotonic() + 240
-    while not (run_dir / "metrics.jsonl").exists() or max(r.get("step", 0) for r in metrics(run_dir)) < 4:
-        assert time.monotonic() < deadline and proc.poll() is None, "the run never reached step 4"
-        time.sleep(0.1)
+    wait_for_step(run_dir, 4, proc=proc)
     services = _wandb_services_of(run_dir)
     assert len(services) == 1  # only global rank 0 tracks
     import os
