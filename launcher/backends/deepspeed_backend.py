@@ -116,6 +116,9 @@ class DeepSpeedBackend:
         if problems:
             raise ValueError(f"backend.deepspeed_config is not valid for DeepSpeed: {problems[0]}")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        # DeepSpeed unpickles its files with weights_only=False: a forged checkpoint would run code.
+        # Its engine reads every checkpoint file through this one loader, so ours replaces it.
+        self.engine.checkpoint_engine.load = load_weights_only
         if self.recipe.train.compile:
             self.engine.compile()
         self.model = self.engine
@@ -141,9 +144,6 @@ class DeepSpeedBackend:
         self.engine.save_checkpoint(directory, tag="deepspeed", save_latest=False)
 
     def load(self, directory: str) -> None:
-        # DeepSpeed unpickles its files with weights_only=False: a forged checkpoint would run code.
-        # Its engine reads every file through this one loader, so ours replaces it.
-        self.engine.checkpoint_engine.load = load_weights_only
         path, _ = self.engine.load_checkpoint(directory, tag="deepspeed", load_lr_scheduler_states=False)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {directory}")
