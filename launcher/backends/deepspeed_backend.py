@@ -16,7 +16,10 @@ from launcher.runtime.optim import build_optimizer, set_lr
 from launcher.runtime.precision import resolve_precision
 
 
-def deepspeed_config(recipe, math, precision: str) -> dict:
+def deepspeed_config(recipe, math, precision: str, torch_autocast: bool = False) -> dict:
+    """The DeepSpeed config for the recipe. With torch_autocast, bf16/fp16 run as torch autocast
+    (fp32 weights and buffers, low-precision matmuls and convolutions) instead of DeepSpeed casting
+    the weights (see needs_torch_autocast)."""
     backend = recipe.backend
     zero: dict = {"stage": backend.zero_stage}
     if backend.zero_stage >= 1:
@@ -32,8 +35,8 @@ def deepspeed_config(recipe, math, precision: str) -> dict:
         "gradient_accumulation_steps": math.accumulation,
         "gradient_clipping": recipe.optimizer.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "bf16": {"enabled": precision == "bf16" and not torch_autocast},
+        "fp16": {"enabled": precision == "fp16" and not torch_autocast, "loss_scale": 0, "initial_scale_power": 16},
         "steps_per_print": 10**9,  # the trainer logs; keep DeepSpeed quiet
         "wall_clock_breakdown": False,
         # Our optimizer is a plain torch one (the LR is ours); allow it with offload.
@@ -43,7 +46,17 @@ def deepspeed_config(recipe, math, precision: str) -> dict:
         # (the SGD equivalence test shows it).
         "zero_allow_untested_optimizer": True,
     }
+    if torch_autocast and precision in ("bf16", "fp16"):
+        config["torch_autocast"] = {"enabled": True, "dtype": precision}
     return _merge(config, backend.deepspeed_config)
+
+
+def needs_torch_autocast(model) -> bool:
+    """True for a model with BatchNorm (ResNet). DeepSpeed's bf16/fp16 mode casts the parameters but
+    keeps the buffers in fp32, so BatchNorm would get bf16 weights next to fp32 running statistics
+    and fp32 images, and the first forward fails on the dtypes. Torch autocast, as under Accelerate
+    and in the plain loop, keeps all of them in fp32 and runs the convolutions in bf16."""
+    return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules())
 
 
 def deepspeed_checkpoint_classes() -> list[type]:
@@ -111,7 +124,8 @@ class DeepSpeedBackend:
 
         optimizer = build_optimizer(groups, self.recipe.optimizer,
                                     fused=fused_optimizer_fits(self.device, self.recipe.backend.offload_optimizer))
-        config = deepspeed_config(self.recipe, self.math, self.precision)
+        self.torch_autocast = self.precision != "fp32" and needs_torch_autocast(model)
+        config = deepspeed_config(self.recipe, self.math, self.precision, self.torch_autocast)
         problems = passthrough_problems(config)
         if problems:
             raise ValueError(f"backend.deepspeed_config is not valid for DeepSpeed: {problems[0]}")
@@ -124,7 +138,7 @@ class DeepSpeedBackend:
         self.model = self.engine
 
     def autocast(self):
-        return contextlib.nullcontext()  # DeepSpeed casts the model itself for bf16/fp16
+        return contextlib.nullcontext()  # DeepSpeed casts the model, or autocasts in its own forward
 
     def backward(self, loss, last: bool) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)

@@ -117,3 +117,26 @@ def test_step_profiler_times_only_its_window_and_stops_after_it(tmp_path):
     assert any("aten::" in row["name"] for row in summary["top"])
     assert (tmp_path / "trace.json").stat().st_size > 0
     assert profiler._profiler is None  # the rest of the run goes unprofiled
+
+
+def test_deepspeed_runs_batchnorm_models_in_bf16_through_torch_autocast():
+    import torch
+    import torchvision
+
+    from launcher.backends.deepspeed_backend import deepspeed_config, needs_torch_autocast, passthrough_problems
+    from launcher.config.load import load_recipe
+    from launcher.plan.batch import batch_math
+    from tests.integration.helpers import ROOT
+
+    assert needs_torch_autocast(torchvision.models.resnet18())
+    assert not needs_torch_autocast(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)))
+
+    recipe = load_recipe(ROOT / "recipes" / "resnet-transfer-tiny.yaml", ["backend.name=deepspeed"]).recipe
+    math_ = batch_math(64, 32, world_size=1, nodes=1, nproc=1, steps=40, warmup=10, tokens_per_sample=None)
+    cast = deepspeed_config(recipe, math_, "bf16")
+    assert cast["bf16"]["enabled"] and "torch_autocast" not in cast
+    autocast = deepspeed_config(recipe, math_, "bf16", torch_autocast=True)
+    assert not autocast["bf16"]["enabled"] and not autocast["fp16"]["enabled"]
+    assert autocast["torch_autocast"] == {"enabled": True, "dtype": "bf16"}
+    assert passthrough_problems(autocast) == []  # DeepSpeed's own schema takes it
+    assert "torch_autocast" not in deepspeed_config(recipe, math_, "fp32", torch_autocast=True)
