@@ -170,6 +170,10 @@ def run_plain(recipe_path: str, overrides: list[str], steps: int, work: Path) ->
     from launcher.runtime.task import RunContext
 
     os.environ["LAUNCHER_CACHE_DIR"] = str(work / "cache")
+    if torch.cuda.is_available():
+        # One process runs every case's plain loop: without this, a case would report the peak
+        # memory of the largest case before it.
+        torch.cuda.reset_peak_memory_stats()
     loaded = load_recipe(ROOT / recipe_path, [f"train.steps={steps}", *COMMON, *overrides])
     recipe = loaded.recipe
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -179,8 +183,8 @@ def run_plain(recipe_path: str, overrides: list[str], steps: int, work: Path) ->
     model = task.model.to(device)
     if recipe.train.compile and device.type == "cuda":
         model = torch.compile(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                                  fused=device.type == "cuda")
+    optimizer = plain_optimizer(recipe.optimizer, [p for p in model.parameters() if p.requires_grad],
+                                fused=device.type == "cuda")
     micro = recipe.batch.micro
     batches = [task.collate([task.train_data[(i * micro + j) % len(task.train_data)] for j in range(micro)])
                for i in range(4)]
@@ -201,13 +205,41 @@ def run_plain(recipe_path: str, overrides: list[str], steps: int, work: Path) ->
     step_time = sum(times[WARMUP_STEPS:]) / len(times[WARMUP_STEPS:])
     samples_per_s = micro / step_time
     peak = peak_flops(device_name() if device.type == "cuda" else None)
-    return {"samples_per_s": samples_per_s,
-            "tokens_per_s": samples_per_s * task.tokens_per_sample if task.tokens_per_sample else None,
-            "mfu": samples_per_s * task.flops_per_sample / peak if peak and task.flops_per_sample else None,
-            "step_time_s": step_time,
-            "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-            "launch_to_first_step_s": None, "launch_overhead_s": None, "startup": None,
-            "backend": "plain", "profile": None}
+    result = {"samples_per_s": samples_per_s,
+              "tokens_per_s": samples_per_s * task.tokens_per_sample if task.tokens_per_sample else None,
+              "mfu": samples_per_s * task.flops_per_sample / peak if peak and task.flops_per_sample else None,
+              "step_time_s": step_time,
+              "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+              "launch_to_first_step_s": None, "launch_overhead_s": None, "startup": None,
+              "backend": "plain", "profile": None}
+    del model, optimizer, task, batches
+    release_device_memory()
+    return result
+
+
+def plain_optimizer(cfg, params: list, fused: bool):
+    """The recipe's optimizer, written by hand (torch's fused kernel on CUDA): SGD for ResNet
+    against an AdamW plain loop would flatter the launcher."""
+    import torch
+
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             fused=fused)
+
+
+def release_device_memory() -> None:
+    """The next case's launcher run shares the GPU with this process: give back what the plain loop
+    held (compiled graphs keep the model's weights alive until dynamo forgets them)."""
+    import gc
+
+    import torch
+
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def keep_profile(profile_dir: Path, out_dir: Path, stem: str) -> None:
