@@ -235,7 +235,7 @@ def submit(recipe_path, overrides, nodes, nproc, gpus_per_node, cpus_per_task, t
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(script, encoding="utf-8")
     try:
-        job_id = jobs.submit(path, directory)
+        job_id = jobs.submit(path, directory, array_tasks=len(sweep_tasks(tuple(sweep))))
     except jobs.SlurmError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)

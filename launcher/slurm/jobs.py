@@ -17,6 +17,7 @@ JOBS_FILE = "slurm/jobs.json"
 ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED",
                            "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"})
 REQUEUES_FILE = "slurm/requeues.json"
+TASK_DIR = re.compile(r"task-(\d+)")  # a sweep's array task i runs in RUN_DIR/task-<i>
 
 
 class SlurmError(RuntimeError):
@@ -33,7 +34,9 @@ def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
         raise SlurmError(f"`{' '.join(argv[:2])}` did not answer in {timeout:.0f} s: is slurmctld up?") from None
 
 
-def submit(script: Path, run_dir: Path) -> str:
+def submit(script: Path, run_dir: Path, array_tasks: int = 0) -> str:
+    """sbatch the script; the job id is recorded in run_dir (with array_tasks, the array's size:
+    task i runs in run_dir/task-<i>)."""
     done = _run(["sbatch", "--parsable", str(script)])
     if done.returncode != 0:
         raise SlurmError(f"sbatch refused the job: {done.stderr.strip()}")
@@ -41,7 +44,8 @@ def submit(script: Path, run_dir: Path) -> str:
     if not re.fullmatch(r"\d+", job_id):
         raise SlurmError(f"sbatch printed no job id: {done.stdout!r}")
     jobs = submitted_jobs(run_dir)
-    jobs.append({"job_id": job_id, "script": str(script), "submitted": datetime.now(timezone.utc).isoformat()})
+    jobs.append({"job_id": job_id, "script": str(script), "submitted": datetime.now(timezone.utc).isoformat(),
+                 "array_tasks": array_tasks})
     path = run_dir / JOBS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(jobs, indent=2) + "\n", encoding="utf-8")
@@ -54,14 +58,19 @@ def submitted_jobs(run_dir: Path) -> list[dict]:
 
 
 def resolve_job(target: str) -> tuple[str, Path | None]:
-    """A job id, or a run directory whose last submitted job is meant."""
+    """A job id, or a run directory whose last submitted job is meant. A sweep's task directory
+    (RUN_DIR/task-<i>) means that one array task: JOBID_<i>."""
     if re.fullmatch(r"\d+(_\d+)?", target):
         return target, None
     run_dir = Path(target)
     jobs = submitted_jobs(run_dir)
-    if not jobs:
-        raise SlurmError(f"{target}: no job was submitted from this run directory (no {JOBS_FILE})")
-    return jobs[-1]["job_id"], run_dir
+    if jobs:
+        return jobs[-1]["job_id"], run_dir
+    task = TASK_DIR.fullmatch(run_dir.name)
+    parent = submitted_jobs(run_dir.parent)[-1:] if task else []
+    if parent and int(task.group(1)) < parent[0].get("array_tasks", 0):
+        return f"{parent[0]['job_id']}_{task.group(1)}", run_dir
+    raise SlurmError(f"{target}: no job was submitted from this run directory (no {JOBS_FILE})")
 
 
 def job_state(job_id: str) -> dict[str, str]:
@@ -115,7 +124,10 @@ def log_files(job_id: str, run_dir: Path | None) -> list[Path]:
     named = state.get("StdOut")
     if named and "%" not in named and Path(named).exists():
         return [Path(named)]
-    if run_dir is not None:
-        base = job_id.split("_")[0]
-        return sorted((run_dir / "slurm").glob(f"{base}*.out"))
-    return []
+    if run_dir is None:
+        return []
+    if "_" in job_id:  # one array task: its own %A_%a file, in the array's run directory
+        folder = run_dir / "slurm" if (run_dir / JOBS_FILE).exists() else run_dir.parent / "slurm"
+        return sorted(folder.glob(f"{job_id}.out"))
+    folder = run_dir / "slurm"  # the job's file, or every task's of its array (not job 123's for 12)
+    return sorted([*folder.glob(f"{job_id}.out"), *folder.glob(f"{job_id}_*.out")])

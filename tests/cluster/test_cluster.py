@@ -160,10 +160,12 @@ def test_cancelled_job_commits_a_checkpoint_and_a_resubmission_resumes_it_exactl
     assert _ids(run_dir, 0) == _ids(local, 0) and _ids(run_dir, 1) == _ids(local, 1)
 
 
-def test_sweep_runs_one_array_task_per_value_each_in_its_own_run_dir(cluster, tmp_path):
+def test_sweep_runs_one_array_task_per_value_and_a_task_dir_cancels_only_its_task(cluster, tmp_path):
     """`launcher submit --sweep`: a Slurm job array; task i trains with the i-th value into
-    RUN_DIR/task-i, and `launcher status RUN_DIR` reports the array."""
-    recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
+    RUN_DIR/task-i. `launcher cancel RUN_DIR/task-1` stops that task only (with a checkpoint at its
+    stop step) while task 0 trains to the end; `launcher status` reports the task or the array."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.0", "step_delay: 0.1")
+                          .replace("steps: 24", "steps: 40"))
     run_dir = tmp_path / "sweep"
     done = subprocess.run(["launcher", "submit", str(recipe), "--nodes", "1", "--nproc", "2", "--time", "10",
                            "--sweep", "optimizer.lr=0.1,0.02", "--run-dir", str(run_dir)], cwd=ROOT,
@@ -172,20 +174,32 @@ def test_sweep_runs_one_array_task_per_value_each_in_its_own_run_dir(cluster, tm
     array_id = done.stdout.strip()
     script = (run_dir / "slurm" / "job.sbatch").read_text()
     assert "#SBATCH --array=0-1" in script
-    assert _wait_job(cluster, array_id) == "COMPLETED"
+    wait_for_step(run_dir / "task-1", 4, timeout=120)
+    cancelled = subprocess.run(["launcher", "cancel", str(run_dir / "task-1")], env=cluster.env(),
+                               capture_output=True, text=True, timeout=60)
+    assert cancelled.returncode == 0 and f"cancelled job {array_id}_1" in cancelled.stderr, cancelled.stderr
+    _wait_job(cluster, array_id)
     tasks = cluster.slurm("scontrol", "show", "job", "--oneliner", array_id)
     learned = {}
     for index, lr in enumerate((0.1, 0.02)):
         task_dir = run_dir / f"task-{index}"
         assert yaml.safe_load((task_dir / "recipe.yaml").read_text())["optimizer"]["lr"] == lr
-        losses = [r["loss"] for r in train_records(task_dir)]
-        assert len(losses) == 24, (index, tasks)
-        learned[lr] = losses
-        assert (task_dir / "checkpoints" / "latest").read_text().strip() == "step-00000024"
-    assert learned[0.1] != learned[0.02]  # each task got its own value
+        learned[lr] = [r["loss"] for r in train_records(task_dir)]
+    assert len(learned[0.1]) == 40, tasks  # task 0 was not touched
+    assert (run_dir / "task-0" / "checkpoints" / "latest").read_text().strip() == "step-00000040"
+    stopped_at = len(learned[0.02])
+    assert 4 <= stopped_at < 40, tasks
+    assert (run_dir / "task-1" / "checkpoints" / "latest").read_text().strip() == f"step-{stopped_at:08d}"
+    assert learned[0.1][:4] != learned[0.02][:4]  # each task got its own value
     assert (run_dir / "slurm" / f"{array_id}_0.out").exists() and (run_dir / "slurm" / f"{array_id}_1.out").exists()
-    status = subprocess.run(["launcher", "status", str(run_dir)], env=cluster.env(), capture_output=True, text=True)
-    assert f"job {array_id}: JobState=COMPLETED" in status.stdout, status.stdout + status.stderr
+
+    def status(target: Path) -> str:
+        done = subprocess.run(["launcher", "status", str(target)], env=cluster.env(), capture_output=True, text=True)
+        return done.stdout + done.stderr
+
+    assert f"job {array_id}_1: JobState=CANCELLED" in status(run_dir / "task-1")
+    assert f"job {array_id}_0: JobState=COMPLETED" in status(run_dir / "task-0")
+    assert f"job {array_id}: JobState=CANCELLED,COMPLETED" in status(run_dir)
 
 
 def _hostfile_run(cluster, recipe: Path, run_dir: Path, hostfile: Path, *overrides: str,

@@ -269,3 +269,35 @@ def test_slurm_jobs_get_their_own_rendezvous_port_unless_one_is_configured():
     assert rendezvous_port(29500, "4242") != rendezvous_port(29500, "4243")  # two jobs on one node
     assert rendezvous_port(29600, "4242") == 29600  # a port the recipe chose is kept
     assert rendezvous_port(29500, "") == 29500  # hostfile and local runs: as configured
+
+
+def test_a_sweep_task_directory_means_that_array_task(tmp_path, monkeypatch):
+    """`launcher cancel|status|logs RUN_DIR/task-1` acts on array task 12_1 only, not the array."""
+    import json
+
+    from launcher.slurm import jobs
+
+    calls = []
+
+    def fake_run(argv, timeout=60):  # the subprocess seam: no Slurm here
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 1 if argv[0] == "scontrol" else 0, "", "")
+
+    monkeypatch.setattr(jobs, "_run", fake_run)
+    run_dir = tmp_path / "sweep"
+    (run_dir / "slurm").mkdir(parents=True)
+    (run_dir / "slurm" / "jobs.json").write_text(json.dumps([{"job_id": "12", "array_tasks": 2}]))
+    for name in ("12_0.out", "12_1.out", "123.out"):  # 123: another job, whose id starts with 12
+        (run_dir / "slurm" / name).write_text(name)
+    (run_dir / "task-1").mkdir()
+
+    assert jobs.resolve_job(str(run_dir)) == ("12", run_dir)
+    assert jobs.resolve_job(str(run_dir / "task-1")) == ("12_1", run_dir / "task-1")
+    with pytest.raises(jobs.SlurmError, match="no job was submitted"):
+        jobs.resolve_job(str(run_dir / "task-2"))  # the array has tasks 0 and 1
+    assert [p.name for p in jobs.log_files("12_1", run_dir / "task-1")] == ["12_1.out"]
+    assert [p.name for p in jobs.log_files("12", run_dir)] == ["12_0.out", "12_1.out"]
+
+    result = CliRunner().invoke(main, ["cancel", str(run_dir / "task-1")])
+    assert result.exit_code == 0 and "cancelled job 12_1" in result.output
+    assert calls[-1] == ["scancel", "12_1"]
