@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from launcher.config.errors import Problem, RecipeError
 from launcher.config.load import LoadedRecipe
@@ -15,6 +16,7 @@ from launcher.plan.topology import Topology
 from launcher.secrets import is_secret_name, redact_env
 
 WORKER_MODULE = "launcher.runtime.worker"
+WORKER_SCRIPT = str(Path(__file__).resolve().parent.parent / "runtime" / "worker.py")
 SSH_CONNECT_TIMEOUT_S = 30
 DEFAULT_MASTER_PORT = ClusterConfig.master_port
 GUARD_MODULE = "launcher.engines.node_guard"
@@ -92,7 +94,13 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
     port = rendezvous_port(cluster.master_port, topology.slurm_job_id)
     rendezvous = "standalone" if topology.nodes == 1 and topology.engine == "torchrun" \
         else f"c10d://{master}:{port}"
-    torchrun = torchrun_argv(python, topology, cluster.max_restarts, cluster.rdzv_timeout, master, port, run_dir)
+    if cluster.start_method == "fork":
+        # torchrun's agent asks torch whether a GPU is there before it forks the ranks; answered by
+        # the CUDA runtime, that initialises CUDA in the agent and no forked rank could use it.
+        # NVML answers without it.
+        explicit["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    torchrun = torchrun_argv(python, topology, cluster.max_restarts, cluster.rdzv_timeout, master, port, run_dir,
+                             cluster.start_method)
     if topology.engine == "torchrun":
         node = NodeCommand("localhost", tuple(torchrun), explicit)
         return LaunchPlan(run_dir, "torchrun", (node,), (LocalProcess(tuple(torchrun), ("localhost",), explicit),),
@@ -170,8 +178,17 @@ def srun_argv(topology: Topology, command: tuple[str, ...]) -> tuple[str, ...]:
             "--export=ALL", "--", *command)
 
 
+def worker_entry(start_method: str) -> list[str]:
+    """How torchrun's argv names the worker. With fork, torchrun runs the file in a process forked
+    from its agent (runpy), so the worker is named by path: the same installation on every node,
+    like the python we name by path."""
+    if start_method == "fork":
+        return ["--run-path", "--start-method=fork", WORKER_SCRIPT]
+    return ["-m", WORKER_MODULE]
+
+
 def torchrun_argv(python: str, topology: Topology, max_restarts: int, rdzv_timeout: int,
-                  master: str, port: int, run_dir: str) -> list[str]:
+                  master: str, port: int, run_dir: str, start_method: str = "spawn") -> list[str]:
     argv = [python, "-m", "torch.distributed.run"]
     if topology.nodes == 1 and topology.engine == "torchrun":
         # --standalone picks a free port itself: two local jobs never collide.
@@ -188,7 +205,7 @@ def torchrun_argv(python: str, topology: Topology, max_restarts: int, rdzv_timeo
         "--tee=3",
         "--local-ranks-filter=0",
         "--log-line-prefix-template=[rank${rank}]: ",
-        "-m", WORKER_MODULE, "--run-dir", run_dir,
+        *worker_entry(start_method), "--run-dir", run_dir,
     ]
     return argv
 

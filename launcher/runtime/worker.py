@@ -1,12 +1,15 @@
 """Entry point of every training process: `python -m launcher.runtime.worker --run-dir DIR`.
 
-torchrun (or srun) starts it; rank and world come from the engine's environment.
+torchrun starts it (on every node, under srun or pdsh too): as a fresh interpreter, or with
+cluster.start_method=fork forked from its agent and run as a file (`--run-path`). Rank and world
+come from the engine's environment.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,6 +18,8 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     # Before the heavy imports: the startup report splits launch time at this point.
     os.environ["LAUNCHER_WORKER_START_TIME"] = repr(time.time())
+    torch_preloaded = "torch" in sys.modules  # forked from torchrun's agent (cluster.start_method=fork)
+    _default_signal_handlers()
     parser = argparse.ArgumentParser(prog="launcher.runtime.worker")
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)
@@ -30,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     env = from_environment()
     loaded = load_recipe(Path(args.run_dir) / "recipe.yaml")
     timeout_s = loaded.recipe.cluster.collective_timeout
-    _record_rank(args.run_dir, env)
+    _record_rank(args.run_dir, env, forked=_forked(), torch_preloaded=torch_preloaded)
     clean = False  # a failing rank skips the final barrier: it could wait forever on a stuck peer
     group_ready = False
     try:
@@ -55,7 +60,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _record_rank(run_dir: str, env) -> None:
+def _default_signal_handlers() -> None:
+    """Forked from torchrun's agent, this process inherits the agent's handlers, which turn SIGTERM,
+    SIGINT, SIGHUP and SIGQUIT into torch's SignalException. Until the trainer installs its own stop
+    handlers, a signal must do what it does to any fresh Python process: end it."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def _forked() -> bool:
+    """True when torchrun forked this process from its agent (cluster.start_method=fork): it runs
+    inside torch's multiprocessing wrapper, which collects its result before it exits."""
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
+
+
+def _record_rank(run_dir: str, env, **start: bool) -> None:
     """Where this rank runs and logs, for the launcher's failure summary (one small file per rank)."""
     import json
     import socket
@@ -64,7 +86,7 @@ def _record_rank(run_dir: str, env) -> None:
 
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
     record = {"rank": env.rank, "local_rank": env.local_rank, "host": socket.gethostname(), "pid": os.getpid(),
-              "attempt": env.attempt, "log_dir": os.path.dirname(error_file)}
+              "attempt": env.attempt, "log_dir": os.path.dirname(error_file), **start}
     directory = rank_records_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"rank-{env.rank}.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
@@ -85,11 +107,26 @@ def _shutdown(clean: bool) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    status = main()
+    # With cluster.start_method=fork, torchrun forks this process from its agent, torch already
+    # imported, and runs this file as __main__ (--run-path).
+    forked = _forked()
+    try:
+        status = main()
+    except BaseException:
+        if forked:  # torch's wrapper sends the traceback to the agent only; the rank's log keeps it too
+            import traceback
+
+            traceback.print_exc()
+        raise
     # Our cleanup is done (tracker finished, process group destroyed, files closed). Interpreter
     # finalization occasionally aborts ("terminate called without an active exception", SIGABRT)
     # in c10d/gloo teardown on CPU, turning a finished job into a failed one (seen ~1 in 15 runs
     # of 2 ranks); leave without it.
     sys.stdout.flush()
     sys.stderr.flush()
+    if forked:
+        # The agent collects a forked worker's result through a queue before it exits; os._exit
+        # would skip that and the agent would wait forever. torch's wrapper ends the process
+        # without interpreter finalization itself.
+        sys.exit(status)
     os._exit(status)

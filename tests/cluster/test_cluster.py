@@ -64,15 +64,18 @@ def _wait_job(cluster, job_id: str, timeout: float = 300) -> str:
     return state.split("JobState=")[1].split()[0]
 
 
-def test_submit_runs_across_two_slurm_nodes(cluster, tmp_path):
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_submit_runs_across_two_slurm_nodes(cluster, tmp_path, start_method):
+    """fork: each node's torchrun agent forks its rank, node 1's while it hosts the rendezvous store."""
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
     run_dir = tmp_path / "slurm-run"
-    job_id = _submit(cluster, recipe, run_dir)
+    job_id = _submit(cluster, recipe, run_dir, f"cluster.start_method={start_method}")
     state = _wait_job(cluster, job_id)
     log = "".join(p.read_text() for p in (run_dir / "slurm").glob("*.out"))
     assert state == "COMPLETED", log[-3000:]
     ranks = _ranks(run_dir)
     assert {ranks[0]["host"], ranks[1]["host"]} == {"node1", "node2"}  # one rank on each Slurm node
+    assert all(r["forked"] == (start_method == "fork") for r in ranks.values())
     losses = [r["loss"] for r in train_records(run_dir)]
     assert len(losses) == 24 and _learned(losses)
     # The same job as a local 2-process run: identical data order and (up to float noise) losses.

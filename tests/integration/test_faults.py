@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -325,3 +326,60 @@ def test_resume_of_a_zero_sharded_checkpoint_on_another_world_size_is_refused_wi
     assert "ds_to_universal.py" in text
     assert not [r for r in metrics(run_dir) if r.get("step", 0) > 4 and "loss" in r]  # nothing trained after
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-00000004"  # nothing lost
+
+
+# cluster.start_method=fork: the ranks are forked from torchrun's agent (torch already imported).
+# The same faults, the same guarantees. Opt-in set (heavy), with the Slurm run in the cluster set.
+FORK = "cluster.start_method=fork"
+
+
+@pytest.mark.heavy
+def test_forked_ranks_restart_after_a_sigkill_bitwise_equal_to_spawned_ones(tmp_path):
+    """faults.md 1 under fork: the agent forks a new group after rank 1 is SIGKILLed; the result equals
+    an uninterrupted run with spawned ranks bit for bit, and every rank really was forked."""
+    recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
+    whole = tmp_path / "whole"
+    assert launch(recipe, whole, nproc=2).returncode == 0
+    crashed = tmp_path / "crashed"
+    result = launch(recipe, crashed, FORK, "cluster.max_restarts=1", "data.fault=sigkill", "data.fault_rank=1",
+                    "data.fault_after_batches=13", nproc=2)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert _attempt_dirs(crashed) == {"attempt_0", "attempt_1"}
+    a, b = exported_state(whole), exported_state(crashed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for rank in (0, 1):
+        assert _ids(crashed, rank)[-8:] == _ids(whole, rank)[-8:]  # the resumed steps saw the same samples
+    records = {p.name: json.loads(p.read_text()) for p in (crashed / "logs" / "ranks").glob("*.json")}
+    assert len(records) == 2 and all(r["forked"] and r["torch_preloaded"] for r in records.values())
+    spawned = [json.loads(p.read_text()) for p in (whole / "logs" / "ranks").glob("*.json")]
+    assert not any(r["forked"] or r["torch_preloaded"] for r in spawned)
+    assert _processes_mentioning(str(crashed)) == []
+
+
+@pytest.mark.heavy
+def test_forked_ranks_stop_on_sigterm_with_a_checkpoint_and_leave_nothing(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
+    run_dir = tmp_path / "stopped"
+    proc = _start(recipe, run_dir, FORK)
+    wait_for_step(run_dir, 7, proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    stopped_at = max(r["step"] for r in metrics(run_dir) if "loss" in r)
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped_at:08d}"
+    assert f"stopped by SIGTERM after step {stopped_at}" in output
+    assert _processes_mentioning(str(run_dir)) == []
+
+
+@pytest.mark.heavy
+def test_a_forked_rank_that_raises_is_summarised_with_its_traceback_in_its_log(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
+    run_dir = tmp_path / "failing"
+    result = launch(recipe, run_dir, FORK, "data.fault=raise", "data.fault_rank=1", "data.fault_after_batches=3",
+                    nproc=2)
+    assert result.returncode != 0
+    assert "first failure: rank 1 (local rank 1)" in result.stderr and "exit code 1" in result.stderr
+    assert "ValueError: injected failure on rank 1" in result.stderr
+    (log,) = (run_dir / "logs" / "torchrun").glob("*/attempt_0/1/stderr.log")
+    assert "Traceback (most recent call last)" in log.read_text() and "injected failure" in log.read_text()
+    assert _processes_mentioning(str(run_dir)) == []

@@ -77,6 +77,8 @@ HOSTFILE = ["--hostfile", "hostfiles/example-4node.txt", "batch.global=256", "ba
                            "--include", "gpu-node-01:0,1,2,3@gpu-node-02:4,5,6,7", "batch.global=64",
                            "batch.micro=8"], {}),
     ("plan-slurm", ["recipes/mlp-tiny.yaml", "--nproc", "8", "batch.global=256", "batch.micro=8"], SLURM),
+    ("plan-slurm-fork", ["recipes/mlp-tiny.yaml", "--nproc", "8", "batch.global=256", "batch.micro=8",
+                         "cluster.start_method=fork"], SLURM),
 ])
 def test_golden_plans(name, args, env, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -107,3 +109,13 @@ def test_four_node_plan_json(monkeypatch):
                                                            strict=True))
     assert plan["secret_names"] == ["WANDB_API_KEY"]
     assert "wandb_secret_value" not in result.output
+
+
+def test_forked_workers_are_named_by_the_installed_file():
+    import launcher.runtime.worker
+    from launcher.plan.launch import worker_entry
+
+    assert worker_entry("spawn") == ["-m", "launcher.runtime.worker"]
+    flags, path = worker_entry("fork")[:2], worker_entry("fork")[2]
+    assert flags == ["--run-path", "--start-method=fork"]
+    assert Path(path).is_absolute() and Path(path).samefile(launcher.runtime.worker.__file__)
