@@ -79,6 +79,7 @@ def test_feature_extraction_on_an_image_folder_trains_only_the_head(pretrained, 
     assert len(results) == len(files) == 100 and correct / len(files) > 0.4, correct / len(files)
 
 
+@pytest.mark.heavy  # two more ResNet runs; the default set is near its 15 minutes
 def test_deepspeed_bf16_trains_batchnorm_like_accelerate_autocast(tmp_path):
     """DeepSpeed's bf16 mode casts the weights but not BatchNorm's statistics; the first step used to
     fail on the dtypes. The backend runs such models under torch autocast, as Accelerate does."""
