@@ -54,7 +54,6 @@ TINY_CASES = {
                                                           "batch.global=16", "batch.micro=16", "data.train_limit=0",
                                                           "data.eval_limit=16"], 8),
 }
-TINY_CASES["gpt-tiny-fork"] = (TINY_CASES["gpt-tiny"][0], [*TINY_CASES["gpt-tiny"][1], "cluster.start_method=fork"], 8)
 COMMON = ["train.log_every=1", "train.eval_every=0", "checkpoint.every_steps=0", "scheduler.warmup_steps=1",
           "tracking.mode=disabled", "cluster.nproc_per_node=1"]
 WARMUP_STEPS = 3  # excluded from throughput (compilation, allocator, caches)

@@ -26,7 +26,7 @@ def test_tiny_benchmark_writes_one_line_per_case_and_mode(tmp_path):
     files = list((tmp_path / "out").glob("tiny-*.jsonl"))
     assert len(files) == 1
     records = [json.loads(line) for line in files[0].read_text().splitlines()]
-    cases = ("gpt-tiny", "resnet-tiny", "gpt-tiny-fork")
+    cases = ("gpt-tiny", "resnet-tiny")
     assert {(r["case"], r["mode"]) for r in records} == {(c, m) for c in cases for m in ("launcher", "plain")}
     for record in records:
         for key, kind in FIELDS.items():
@@ -96,6 +96,6 @@ def test_cases_that_no_longer_fit_the_deadline_are_recorded_as_skipped(tmp_path)
                                    "--work", str(tmp_path / "work")])
     assert status == 1
     records = _lines(tmp_path / "out")
-    assert [r["case"] for r in records] == ["gpt-tiny", "resnet-tiny", "gpt-tiny-fork"]
+    assert [r["case"] for r in records] == ["gpt-tiny", "resnet-tiny"]
     assert all("skipped, 0 s left of --deadline 0" in r["error"] for r in records)
     assert not (tmp_path / "work" / "run-gpt-tiny").exists()  # nothing was started

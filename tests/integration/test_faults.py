@@ -60,7 +60,14 @@ def _start(recipe: Path, run_dir: Path, *overrides: str) -> subprocess.Popen:
                             text=True)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+# Variants that take the same path as one kept in the default set run in the opt-in heavy set
+# (the default set stays within its ~15 minutes): SIGINT and SIGHUP, two of the four forged files,
+# the FSDP resume on another world size.
+HEAVY = pytest.mark.heavy
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=HEAVY),
+                                    pytest.param(signal.SIGHUP, marks=HEAVY)])
 def test_signal_to_launcher_commits_a_checkpoint_and_resume_loses_nothing(tmp_path, signum):
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
     whole = tmp_path / "whole"
@@ -154,10 +161,11 @@ class _Exploit:
 
 @pytest.mark.parametrize("engine, shard", [
     ([], "model.pt"),
-    (["backend.strategy=fsdp"], "optimizer.bin"),  # through Accelerate's load_state
+    pytest.param(["backend.strategy=fsdp"], "optimizer.bin", marks=HEAVY),  # through Accelerate's load_state
     # DeepSpeed's own loader would unpickle with weights_only=False; both of its files are forged.
     (["backend.name=deepspeed", "backend.zero_stage=2"], "deepspeed/mp_rank_00_model_states.pt"),
-    (["backend.name=deepspeed", "backend.zero_stage=2"], "deepspeed/zero_pp_rank_0_mp_rank_00_optim_states.pt"),
+    pytest.param(["backend.name=deepspeed", "backend.zero_stage=2"],
+                 "deepspeed/zero_pp_rank_0_mp_rank_00_optim_states.pt", marks=HEAVY),
 ], ids=["accelerate-ddp-model", "accelerate-fsdp-optimizer", "deepspeed-model", "deepspeed-optimizer"])
 def test_malicious_pickle_in_a_checkpoint_never_runs(tmp_path, engine, shard):
     import json
@@ -281,7 +289,7 @@ def _per_step_samples(lines_per_rank: list[list[list[int]]], micro_per_step: int
                    for i in batch) for s in range(steps)]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=HEAVY)])
 def test_resume_on_another_world_size_keeps_the_state_data_order_and_lr(tmp_path, strategy):
     """faults.md 10 with full-state checkpoints (Accelerate DDP, FSDP with FULL_STATE_DICT): written
     by 2 processes, resumed by 1. The optimizer state, step count, LR curve and the global sample
