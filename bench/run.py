@@ -170,6 +170,7 @@ def run_plain(recipe_path: str, overrides: list[str], steps: int, work: Path) ->
 
     from launcher.config.load import load_recipe
     from launcher.runtime.metrics import peak_flops
+    from launcher.runtime.optim import build_optimizer
     from launcher.runtime.task import RunContext
 
     os.environ["LAUNCHER_CACHE_DIR"] = str(work / "cache")
@@ -186,8 +187,11 @@ def run_plain(recipe_path: str, overrides: list[str], steps: int, work: Path) ->
     model = task.model.to(device)
     if recipe.train.compile and device.type == "cuda":
         model = torch.compile(model)
-    optimizer = plain_optimizer(recipe.optimizer, [p for p in model.parameters() if p.requires_grad],
-                                fused=device.type == "cuda")
+    # The recipe's optimizer kind and settings (SGD for ResNet: an AdamW plain loop would flatter the
+    # launcher), one group, torch's fused kernel on CUDA.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer([{"params": trainable, "weight_decay": recipe.optimizer.weight_decay}],
+                                recipe.optimizer, fused=device.type == "cuda")
     micro = recipe.batch.micro
     batches = [task.collate([task.train_data[(i * micro + j) % len(task.train_data)] for j in range(micro)])
                for i in range(4)]
@@ -218,18 +222,6 @@ def run_plain(recipe_path: str, overrides: list[str], steps: int, work: Path) ->
     del model, optimizer, task, batches
     release_device_memory()
     return result
-
-
-def plain_optimizer(cfg, params: list, fused: bool):
-    """The recipe's optimizer, written by hand (torch's fused kernel on CUDA): SGD for ResNet
-    against an AdamW plain loop would flatter the launcher."""
-    import torch
-
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay, fused=fused)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                             fused=fused)
 
 
 def release_device_memory() -> None:

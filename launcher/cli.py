@@ -211,7 +211,8 @@ def submit(recipe_path, overrides, nodes, nproc, gpus_per_node, cpus_per_task, t
     fake_allocation = {"SLURM_JOB_ID": "0", "SLURM_JOB_NODELIST": f"node[1-{nodes}]" if nodes > 1 else "node1"}
     per_node = nproc or gpus_per_node or None
     loaded = None
-    for task in sweep_tasks(tuple(sweep)) or [()]:
+    tasks = sweep_tasks(tuple(sweep))
+    for task in tasks or [()]:
         try:
             loaded, _, _ = prepare(recipe_path, (*overrides, *task), per_node, nodes, None, run_dir,
                                    environ=fake_allocation)
@@ -235,7 +236,7 @@ def submit(recipe_path, overrides, nodes, nproc, gpus_per_node, cpus_per_task, t
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(script, encoding="utf-8")
     try:
-        job_id = jobs.submit(path, directory, array_tasks=len(sweep_tasks(tuple(sweep))))
+        job_id = jobs.submit(path, directory, array_tasks=len(tasks))
     except jobs.SlurmError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)

@@ -124,8 +124,8 @@ class DeepSpeedBackend:
 
         optimizer = build_optimizer(groups, self.recipe.optimizer,
                                     fused=fused_optimizer_fits(self.device, self.recipe.backend.offload_optimizer))
-        self.torch_autocast = self.precision != "fp32" and needs_torch_autocast(model)
-        config = deepspeed_config(self.recipe, self.math, self.precision, self.torch_autocast)
+        torch_autocast = self.precision != "fp32" and needs_torch_autocast(model)
+        config = deepspeed_config(self.recipe, self.math, self.precision, torch_autocast)
         problems = passthrough_problems(config)
         if problems:
             raise ValueError(f"backend.deepspeed_config is not valid for DeepSpeed: {problems[0]}")
