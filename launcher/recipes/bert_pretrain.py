@@ -309,7 +309,7 @@ def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool):
 
     wordpiece = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=lowercase)
     wordpiece.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
-                                  special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+                                  special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False)
     return BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, do_lower_case=lowercase,
                              unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
                              mask_token="[MASK]")

@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     # Before the heavy imports: the startup report splits launch time at this point.
     os.environ["LAUNCHER_WORKER_START_TIME"] = repr(time.time())
     torch_preloaded = "torch" in sys.modules  # forked from torchrun's agent (cluster.start_method=fork)
+    # Rank output goes to log files (and torchrun's prefixed tee): tqdm bars there are a line of
+    # carriage returns per save. huggingface_hub reads this when transformers first imports it.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _default_signal_handlers()
     parser = argparse.ArgumentParser(prog="launcher.runtime.worker")
     parser.add_argument("--run-dir", required=True)
