@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 from launcher.config.modules import BUILTIN
@@ -12,6 +13,19 @@ RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 def builtin_modules() -> list[tuple[str, str]]:
     return [(name, importlib.import_module(module).DESCRIPTION) for name, module in sorted(BUILTIN.items())]
+
+
+def resolve_recipe_file(argument: str) -> str:
+    """The recipe file a command line names: a path as given, or a shipped recipe by its name.
+
+    `launcher run mlp-tiny` works from any directory, the way torchtune runs its built-in
+    configs. A file that exists, or anything with a directory part, is always taken as a path,
+    so a local file is never shadowed by a shipped one.
+    """
+    if os.path.exists(argument) or os.sep in argument or "/" in argument:
+        return argument
+    shipped = RECIPE_DIR / (argument if argument.endswith(".yaml") else f"{argument}.yaml")
+    return str(shipped) if shipped.is_file() else argument
 
 
 def shipped_recipe_files() -> list[tuple[str, str]]:

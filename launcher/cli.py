@@ -45,8 +45,17 @@ def _prepare(recipe_path: str, overrides: tuple[str, ...], nproc: int | None, no
         _fail(error)
 
 
+def _recipe_file(ctx, param, value):
+    """Click callback: a shipped recipe's name (`mlp-tiny`) means its file (launcher.catalog)."""
+    from launcher.catalog import resolve_recipe_file
+
+    if isinstance(value, tuple):
+        return tuple(resolve_recipe_file(v) for v in value)
+    return resolve_recipe_file(value)
+
+
 _common = [
-    click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False)),
+    click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False), callback=_recipe_file),
     click.argument("overrides", nargs=-1, metavar="[KEY=VALUE | ~KEY]..."),
     click.option("--nproc", type=click.IntRange(min=1), help="Processes per node (default: cluster.nproc_per_node)."),
     click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes (default: cluster.nodes)."),
@@ -171,7 +180,7 @@ def _after_slurm_signal(launch_plan, timeout_budget: int, status: int) -> int:
 
 
 @main.command(epilog=_OVERRIDES_HELP)
-@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False), callback=_recipe_file)
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE | ~KEY]...")
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Nodes to allocate.")
 @click.option("--nproc", type=click.IntRange(min=1), help="Processes per node (default: --gpus-per-node, "
@@ -318,7 +327,8 @@ def cancel(target):
 
 
 @main.command()
-@click.argument("recipe_paths", nargs=-1, required=True, metavar="RECIPE...", type=click.Path(dir_okay=False))
+@click.argument("recipe_paths", nargs=-1, required=True, metavar="RECIPE...", type=click.Path(dir_okay=False),
+                callback=_recipe_file)
 def validate(recipe_paths):
     """Check recipe files (schema, batch arithmetic for their cluster); exit 2 on any problem."""
     from launcher.config.errors import RecipeError
@@ -361,9 +371,9 @@ def list_recipes():
         click.echo(f"  {name:<20} {description}")
     files = shipped_recipe_files()
     if files:
-        click.echo("recipe files:")
+        click.echo("recipe files (run by name from anywhere, e.g. `launcher run mlp-tiny`, or copy and edit):")
         for path, description in files:
-            click.echo(f"  {path:<36} {description}")
+            click.echo(f"  {path.removeprefix('recipes/').removesuffix('.yaml'):<26} {description}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        hint = "check the path; `launcher ls` lists the shipped recipes"
+        hint = "check the path; `launcher ls` lists the shipped recipes, which run by name (`launcher run mlp-tiny`)"
         raise RecipeError(source, [Problem("", "file not found", hint)]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(source, [Problem("", f"cannot read file: {exc}", "give a UTF-8 YAML file")]) from None

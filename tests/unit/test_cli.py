@@ -51,7 +51,29 @@ def test_ls_lists_modules_and_recipe_files():
     result = CliRunner().invoke(main, ["ls"])
     assert result.exit_code == 0
     assert "mlp_regression" in result.output
-    assert "recipes/mlp-tiny.yaml" in result.output
+    names = [line.split()[0] for line in result.output.split("recipe files")[1].splitlines()[1:]]
+    assert sorted(names) == sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+
+
+def test_shipped_recipe_runs_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["plan", "mlp-tiny", "--nproc", "2"])
+    assert result.exit_code == 0, result.output
+    assert "gradient accumulation" in result.output
+    result = CliRunner().invoke(main, ["validate", "mlp-tiny", "bert-base-pretrain.yaml"])
+    assert result.exit_code == 0, result.output
+    assert f"ok: {ROOT / 'recipes' / 'mlp-tiny.yaml'}" in result.output
+    assert f"ok: {ROOT / 'recipes' / 'bert-base-pretrain.yaml'}" in result.output
+
+
+def test_a_local_file_is_never_shadowed_by_a_shipped_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlp-tiny").write_text("recipe: mlp_regression\ntrain: {steps: 0}\n")
+    result = CliRunner().invoke(main, ["validate", "mlp-tiny"])
+    assert result.exit_code == 2
+    assert "`train.steps`: must be > 0" in result.output  # the local file was read, not the shipped one
+    result = CliRunner().invoke(main, ["validate", "./no-such-recipe"])
+    assert result.exit_code == 2 and "file not found" in result.output
 
 
 def test_every_shipped_recipe_validates():
