@@ -22,10 +22,22 @@ def resolve_recipe_file(argument: str) -> str:
     configs. A file that exists, or anything with a directory part, is always taken as a path,
     so a local file is never shadowed by a shipped one.
     """
-    if os.path.exists(argument) or os.sep in argument or "/" in argument:
+    if os.path.exists(argument):
         return argument
-    shipped = RECIPE_DIR / (argument if argument.endswith(".yaml") else f"{argument}.yaml")
-    return str(shipped) if shipped.is_file() else argument
+    shipped = shipped_recipe(argument)
+    return str(shipped) if shipped else argument
+
+
+def shipped_recipe(name: str) -> Path | None:
+    """The shipped recipe file called `name` (with or without .yaml), or None."""
+    if "/" in name or os.sep in name:
+        return None
+    path = RECIPE_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    return path if path.is_file() else None
+
+
+def shipped_recipe_names() -> list[str]:
+    return sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
 
 
 def shipped_recipe_files() -> list[tuple[str, str]]:

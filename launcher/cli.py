@@ -22,6 +22,7 @@ def main() -> None:
 
     \b
     launcher ls                                   built-in recipes
+    launcher cp mlp-tiny my.yaml                  copy a shipped recipe file to edit
     launcher validate recipes/mlp-tiny.yaml       check a recipe (all errors at once)
     launcher plan recipes/mlp-tiny.yaml --nproc 2 show what would run, start nothing
     launcher run recipes/mlp-tiny.yaml --nproc 2 optimizer.lr=3e-3
@@ -374,6 +375,35 @@ def list_recipes():
         click.echo("recipe files (run by name from anywhere, e.g. `launcher run mlp-tiny`, or copy and edit):")
         for path, description in files:
             click.echo(f"  {path.removeprefix('recipes/').removesuffix('.yaml'):<26} {description}")
+
+
+@main.command(name="cp")
+@click.argument("name", metavar="NAME")
+@click.argument("destination", metavar="DEST", type=click.Path())
+def copy_recipe(name, destination):
+    """Copy the shipped recipe file NAME (see `launcher ls`) to DEST, a file or a directory, to edit
+    it. Never overwrites."""
+    import difflib
+    import os
+    import shutil
+
+    from launcher.catalog import shipped_recipe, shipped_recipe_names
+
+    source = shipped_recipe(name)
+    if source is None:
+        names = shipped_recipe_names()
+        close = difflib.get_close_matches(name.removesuffix(".yaml"), names, n=1)
+        hint = f"did you mean `{close[0]}`?" if close else f"one of: {', '.join(names)}"
+        _fail(ValueError(f"no shipped recipe named `{name}`\n      HINT: {hint}"))
+    target = os.path.join(destination, source.name) if os.path.isdir(destination) else destination
+    try:
+        with open(source, "rb") as reader, open(target, "xb") as writer:  # "x": never clobber an edited copy
+            shutil.copyfileobj(reader, writer)
+    except FileExistsError:
+        _fail(ValueError(f"{target}: already exists\n      HINT: give another name, or remove it first"))
+    except OSError as error:
+        _fail(ValueError(f"{target}: cannot write: {error.strerror}\n      HINT: check the directory exists"))
+    click.echo(f"wrote {target}; run it with `launcher run {target}`")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from launcher.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-SUBCOMMANDS = ["run", "plan", "validate", "ls", "submit", "status", "logs", "cancel"]
+SUBCOMMANDS = ["run", "plan", "validate", "ls", "cp", "submit", "status", "logs", "cancel"]
 
 
 @pytest.mark.parametrize("command", [[]] + [[name] for name in SUBCOMMANDS])
@@ -82,3 +82,24 @@ def test_every_shipped_recipe_validates():
     result = CliRunner().invoke(main, ["validate", *files])
     assert result.exit_code == 0, result.output
     assert result.output.count("ok: ") == len(files)
+
+
+def test_cp_copies_a_shipped_recipe_and_never_overwrites(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = ROOT / "recipes" / "mlp-tiny.yaml"
+    result = CliRunner().invoke(main, ["cp", "mlp-tiny", "mine.yaml"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mine.yaml").read_bytes() == shipped.read_bytes()
+    (tmp_path / "mine.yaml").write_text("# edited\n")
+    result = CliRunner().invoke(main, ["cp", "mlp-tiny", "mine.yaml"])
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert (tmp_path / "mine.yaml").read_text() == "# edited\n"
+    (tmp_path / "sub").mkdir()
+    assert CliRunner().invoke(main, ["cp", "bert-base-pretrain.yaml", "sub"]).exit_code == 0
+    assert (tmp_path / "sub" / "bert-base-pretrain.yaml").is_file()
+
+
+def test_cp_of_an_unknown_name_suggests_the_closest():
+    result = CliRunner().invoke(main, ["cp", "mlp-tinyy", "x.yaml"])
+    assert result.exit_code == 2
+    assert "no shipped recipe named `mlp-tinyy`" in result.output and "did you mean `mlp-tiny`?" in result.output
