@@ -5,11 +5,20 @@ enters a collective makes its peers' collective fail after that long instead of 
 error alone says "timed out", not who: each rank whose collective timed out marks itself in the
 rendezvous store, waits a moment for its peers to do the same, and the ranks without a mark are
 the ones that never entered the collective (stuck, or gone).
+
+That naming needs the timeout to arrive as a Python exception, which gloo does. NCCL's watchdog
+instead tears the process down (TORCH_NCCL_ASYNC_ERROR_HANDLING=3, torch's default). So every
+training step also arms a stall dump: a step still running after 90% of the collective timeout
+writes every thread's Python stack into that rank's log ("Timeout (h:mm:ss)!", from the standard
+library's faulthandler, which needs neither the GIL nor the main thread). The stuck rank's stack
+shows where it is; its peers' show them waiting in a collective.
 """
 
 from __future__ import annotations
 
 import datetime
+import faulthandler
+import sys
 import time
 
 from launcher.runtime.dist import DistEnv
@@ -63,4 +72,19 @@ def describe(env: DistEnv, timeout_s: int, missing: list[int] | None) -> str:
     else:
         who = "every rank timed out in it (a network or backend problem, not one stuck rank)"
     return (f"rank {env.rank}: a collective timed out after cluster.collective_timeout={timeout_s}s; {who}. "
-            "Check that rank's log (logs/torchrun/.../attempt_N/<local_rank>/) for where it is.")
+            "That rank's log (logs/torchrun/.../attempt_N/<local_rank>/) shows where it is: its Python "
+            "stack at the stall, after 'Timeout (...)!'.")
+
+
+def stall_dump_after(timeout_s: int) -> float:
+    """Seconds a step may run before the stall dump: before NCCL's watchdog ends the process."""
+    return max(1.0, 0.9 * timeout_s)
+
+
+def arm_stall_dump(seconds: float) -> None:
+    """(Re)start the countdown; each call replaces the previous one."""
+    faulthandler.dump_traceback_later(seconds, repeat=False, file=sys.stderr, exit=False)
+
+
+def disarm_stall_dump() -> None:
+    faulthandler.cancel_dump_traceback_later()

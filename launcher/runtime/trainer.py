@@ -24,6 +24,7 @@ from launcher.runtime.profiling import StepProfiler, profile_window
 from launcher.runtime.sampling import GlobalOrder, StepBatches, StreamData
 from launcher.runtime.schedule import lr_at
 from launcher.runtime.stopping import StopRequest
+from launcher.runtime.stuck import arm_stall_dump, disarm_stall_dump, stall_dump_after
 from launcher.runtime.task import RunContext, Task
 from launcher.tracking import NullTracker, SkipLoggedSteps, job_run_id, make_tracker
 
@@ -78,6 +79,8 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> None:
     except BaseException:
         tracker.finish(exit_code=1)
         raise
+    finally:
+        disarm_stall_dump()  # a step that raised left it armed: no stack dump during teardown
     tracker.finish(exit_code=0)
 
 
@@ -112,7 +115,9 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
                             *profile_window(end_step - start_step, recipe.train.profile_steps if main else 0))
     if recipe.train.eval_at_start and start_step == 0:
         _evaluate_and_sample(task, backend, env, log, tracker, run_dir, 0, recipe.train.steps)
+    stall_s = stall_dump_after(recipe.cluster.collective_timeout)
     for step in range(start_step, end_step):
+        arm_stall_dump(stall_s)  # a step that never ends leaves this rank's stacks in its log
         micro_batches = [next(batches) for _ in range(math.accumulation)]
         # Normalise by the targets of the whole global batch (all ranks, all micro-steps), so
         # uneven micro-batches give exactly the gradient of one big batch. Backends average
@@ -156,6 +161,7 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
                 emit(console_line(last_record, recipe.train.steps))
             interval_loss.zero_(), interval_count.zero_()
             interval_start, interval_steps = time.perf_counter(), 0
+        disarm_stall_dump()  # evaluation and saving below run on their own clocks
         eval_due = recipe.train.eval_every and done % recipe.train.eval_every == 0
         if eval_due or done == recipe.train.steps:
             _evaluate_and_sample(task, backend, env, log, tracker, run_dir, done, recipe.train.steps)

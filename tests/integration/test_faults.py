@@ -262,6 +262,13 @@ def test_stuck_rank_aborts_the_job_within_the_collective_timeout_and_is_named(tm
         in result.stderr + result.stdout
     assert elapsed < 8 + 60  # the timeout plus torchrun's stop grace, not forever
     assert _processes_mentioning(str(tmp_path / "stuck")) == []
+    # The stall dump (what names the stuck rank on NCCL, whose watchdog kills instead of raising):
+    # each rank's log holds its stacks from before the timeout; the stuck rank's show the hang.
+    logs = {int(p.parent.name): p.read_text() for p in (tmp_path / "stuck" / "logs" / "torchrun").glob(
+        "*/attempt_0/*/stderr.log")}
+    assert sorted(logs) == [0, 1]
+    assert all("Timeout (0:00:07" in text and "most recent call first" in text for text in logs.values())
+    assert "in inject_fault" in logs[1] and "in inject_fault" not in logs[0]
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
