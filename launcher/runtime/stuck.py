@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import faulthandler
+import os
 import sys
 import time
 
@@ -26,7 +27,7 @@ from launcher.runtime.dist import DistEnv
 _KEY = "launcher/timed_out/"
 
 
-def init_process_group(env: DistEnv, timeout_s: int) -> None:
+def init_process_group(env: DistEnv, timeout_s: int, run_dir: str) -> None:
     import torch
     import torch.distributed as dist
 
@@ -35,7 +36,18 @@ def init_process_group(env: DistEnv, timeout_s: int) -> None:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(env.local_rank)
+        for name, value in nccl_trace_env(run_dir).items():  # read when the NCCL group is created
+            os.environ.setdefault(name, value)
+        os.makedirs(os.path.dirname(os.environ["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"]), exist_ok=True)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def nccl_trace_env(run_dir: str) -> dict[str, str]:
+    """Where NCCL's flight recorder (on in torch by default: each rank's last 2000 collectives)
+    dumps when the watchdog fires: the run's logs on the shared file system, not each node's /tmp.
+    `torchfrtrace RUN_DIR/logs/nccl-trace -p rank_` then names the ranks a collective waited for."""
+    return {"TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+            "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": os.path.join(os.path.abspath(run_dir), "logs", "nccl-trace", "rank_")}
 
 
 def is_collective_timeout(error: BaseException) -> bool:

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     clean = False  # a failing rank skips the final barrier: it could wait forever on a stuck peer
     group_ready = False
     try:
-        stuck.init_process_group(env, timeout_s)
+        stuck.init_process_group(env, timeout_s, args.run_dir)
         group_ready = True
         # record(): torchrun's failure summary then carries the traceback, not just an exit code.
         record(train)(loaded, args.run_dir, env)

@@ -140,3 +140,18 @@ def test_deepspeed_runs_batchnorm_models_in_bf16_through_torch_autocast():
     assert autocast["torch_autocast"] == {"enabled": True, "dtype": "bf16"}
     assert passthrough_problems(autocast) == []  # DeepSpeed's own schema takes it
     assert "torch_autocast" not in deepspeed_config(recipe, math_, "fp32", torch_autocast=True)
+
+
+def test_nccl_flight_recorder_dumps_into_the_run_directory(tmp_path, monkeypatch):
+    from launcher.runtime.stuck import nccl_trace_env
+
+    monkeypatch.chdir(tmp_path)
+    env = nccl_trace_env("runs/a")  # relative: the dump happens later, from C++, wherever cwd is then
+    assert env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] == str(tmp_path / "runs" / "a" / "logs" / "nccl-trace" / "rank_")
+    assert env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
+
+
+def test_stall_dump_fires_before_the_collective_timeout():
+    from launcher.runtime.stuck import stall_dump_after
+
+    assert stall_dump_after(1800) == 1620 and stall_dump_after(8) < 8 and stall_dump_after(1) == 1
