@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     # carriage returns per save. huggingface_hub reads this when transformers first imports it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _default_signal_handlers()
+    if torch_preloaded:
+        _own_process_name()
     parser = argparse.ArgumentParser(prog="launcher.runtime.worker")
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)
@@ -72,6 +74,18 @@ def _default_signal_handlers() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
+def _own_process_name() -> None:
+    """torchrun names its agent thread `pt_elastic`, and a rank forked from it inherits the name:
+    `ps`, `top` and `nvidia-smi` would list every rank as pt_elastic. Take the interpreter's name
+    back, as a spawned rank has it."""
+    try:
+        import torch
+
+        torch._C._set_thread_name(os.path.basename(sys.executable)[:15])  # the kernel keeps 15 bytes
+    except (AttributeError, RuntimeError):  # private API: a torch without it keeps the old name
+        pass
+
+
 def _forked() -> bool:
     """True when torchrun forked this process from its agent (cluster.start_method=fork): it runs
     inside torch's multiprocessing wrapper, which collects its result before it exits."""
@@ -90,6 +104,9 @@ def _record_rank(run_dir: str, env, **start: bool) -> None:
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
     record = {"rank": env.rank, "local_rank": env.local_rank, "host": socket.gethostname(), "pid": os.getpid(),
               "attempt": env.attempt, "log_dir": os.path.dirname(error_file), **start}
+    if os.path.exists("/proc/self/comm"):  # the name ps/top/nvidia-smi show (Linux)
+        with open("/proc/self/comm", encoding="utf-8") as handle:
+            record["process_name"] = handle.read().strip()
     directory = rank_records_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"rank-{env.rank}.json").write_text(json.dumps(record) + "\n", encoding="utf-8")

@@ -368,6 +368,8 @@ def test_forked_ranks_restart_after_a_sigkill_bitwise_equal_to_spawned_ones(tmp_
     assert len(records) == 2 and all(r["forked"] and r["torch_preloaded"] for r in records.values())
     spawned = [json.loads(p.read_text()) for p in (whole / "logs" / "ranks").glob("*.json")]
     assert not any(r["forked"] or r["torch_preloaded"] for r in spawned)
+    # ps/top show a forked rank under the interpreter's name, as a spawned one, not as torchrun's pt_elastic
+    assert {r["process_name"] for r in records.values()} == {r["process_name"] for r in spawned} != {"pt_elastic"}
     assert _processes_mentioning(str(crashed)) == []
 
 
