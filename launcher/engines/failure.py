@@ -10,10 +10,15 @@ logs/failure.json.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 TAIL_LINES = 15
+# faulthandler's stall dump (launcher.runtime.stuck): a "Timeout (h:mm:ss)!" line, then one block
+# per thread: a header, then frames, innermost first.
+_THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+) \(most recent call first\):$")
+_FRAME = re.compile(r'^  File "(.*)", line (\d+) in (.*)$')
 
 
 def rank_records_dir(run_dir: str | Path) -> Path:
@@ -32,6 +37,7 @@ class Failure:
     message: str
     log: str
     tail: list[str]
+    stalls: tuple[str, ...] = ()  # per rank: where its step stood when it stalled (a stuck collective)
 
 
 def summarize(run_dir: str, exit_status: int) -> Failure | None:
@@ -54,7 +60,7 @@ def summarize(run_dir: str, exit_status: int) -> Failure | None:
         exit_text = f"{exit_status} (no error file: killed by a signal or a crash outside Python)"
         message = next((line for line in reversed(tail) if line.strip()), "")
     return Failure(record["rank"], record["host"], record["local_rank"], last_attempt, last_attempt + 1,
-                   exit_text, message, str(stderr), tail)
+                   exit_text, message, str(stderr), tail, _stalls(current))
 
 
 def render(failure: Failure, max_restarts: int) -> str:
@@ -64,12 +70,64 @@ def render(failure: Failure, max_restarts: int) -> str:
              f"  {failure.message.splitlines()[0] if failure.message else '(no message)'}",
              f"last lines of {failure.log}:"]
     lines += [f"  | {line}" for line in failure.tail]
+    if failure.stalls:
+        # Under NCCL the "first failure" is often a healthy rank its watchdog ended; the stacks
+        # say which rank was stuck elsewhere and which waited in a collective.
+        lines.append("steps that stalled (each rank's Python stack at 90% of cluster.collective_timeout):")
+        lines += [f"  {line}" for line in failure.stalls]
     return "\n".join(lines)
+
+
+def stall_frames(log_text: str, thread_id: int | None) -> list[tuple[str, int, str]]:
+    """(file, line, function) of the thread `thread_id` (else the last thread listed, which is
+    the main thread in CPython's order) in the log's last stall dump, innermost first."""
+    lines = log_text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Timeout (") and line.endswith(")!")]
+    if not starts:
+        return []
+    blocks: dict[int, list[tuple[str, int, str]]] = {}
+    current: list[tuple[str, int, str]] | None = None
+    for line in lines[starts[-1] + 1:]:
+        thread = _THREAD.match(line)
+        frame = _FRAME.match(line)
+        if thread:
+            current = blocks.setdefault(int(thread.group(1), 16), [])
+        elif frame and current is not None:
+            current.append((frame.group(1), int(frame.group(2)), frame.group(3)))
+        elif current is not None and not line.startswith(" "):
+            break  # the dump ended: the rank's own output goes on
+    if not blocks:
+        return []
+    return blocks.get(thread_id or -1) or list(blocks.values())[-1]
+
+
+def describe_stall(frames: list[tuple[str, int, str]]) -> str:
+    """The innermost frame, and the innermost one outside libraries when that is another."""
+    def where(frame: tuple[str, int, str]) -> str:
+        path = frame[0].split("site-packages/")[-1]
+        return f"{path}:{frame[1]} in {frame[2]}"
+
+    own = next((f for f in frames if "site-packages" not in f[0] and not f[0].startswith("<")), None)
+    text = where(frames[0])
+    return text if own in (None, frames[0]) else f"{text} (from {where(own)})"
 
 
 def write(run_dir: str, failure: Failure) -> None:
     path = Path(run_dir) / "logs" / "failure.json"
     path.write_text(json.dumps(asdict(failure), indent=2) + "\n", encoding="utf-8")
+
+
+def _stalls(records: list[dict]) -> tuple[str, ...]:
+    out = []
+    for record in sorted(records, key=lambda r: r["rank"]):
+        try:
+            text = (Path(record.get("log_dir", "")) / "stderr.log").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        frames = stall_frames(text, record.get("main_thread"))
+        if frames:
+            out.append(f"rank {record['rank']}: {describe_stall(frames)}")
+    return tuple(out)
 
 
 def _rank_records(run_dir: Path) -> list[dict]:

@@ -98,12 +98,14 @@ def _record_rank(run_dir: str, env, **start: bool) -> None:
     """Where this rank runs and logs, for the launcher's failure summary (one small file per rank)."""
     import json
     import socket
+    import threading
 
     from launcher.engines.failure import rank_records_dir
 
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
     record = {"rank": env.rank, "local_rank": env.local_rank, "host": socket.gethostname(), "pid": os.getpid(),
-              "attempt": env.attempt, "log_dir": os.path.dirname(error_file), **start}
+              "attempt": env.attempt, "log_dir": os.path.dirname(error_file),
+              "main_thread": threading.main_thread().ident, **start}  # finds this rank's stack in a stall dump
     if os.path.exists("/proc/self/comm"):  # the name ps/top/nvidia-smi show (Linux)
         with open("/proc/self/comm", encoding="utf-8") as handle:
             record["process_name"] = handle.read().strip()

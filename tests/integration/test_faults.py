@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -269,6 +270,10 @@ def test_stuck_rank_aborts_the_job_within_the_collective_timeout_and_is_named(tm
     assert sorted(logs) == [0, 1]
     assert all("Timeout (0:00:07" in text and "most recent call first" in text for text in logs.values())
     assert "in inject_fault" in logs[1] and "in inject_fault" not in logs[0]
+    # ... and the launcher's failure summary says where each rank's step stood.
+    summary = result.stderr.split("steps that stalled")[-1]
+    assert re.search(r"rank 0: torch/\S+ in \w+ \(from \S+/launcher/\S+ in \w+\)", summary), summary
+    assert re.search(r"rank 1: \S+/uneven_recipe.py:\d+ in inject_fault", summary), summary
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
