@@ -266,12 +266,18 @@ def _job(target: str):
 @main.command()
 @click.argument("target", metavar="RUN_DIR|JOB_ID")
 def status(target):
-    """State of a submitted job, and the run's last logged step."""
+    """State of a submitted job, and the run's last logged step. For a run started with `launcher
+    run`: whether its ranks still run, its last step, newest checkpoint and failure."""
     import json
     from pathlib import Path
 
+    from launcher import run_status
     from launcher.slurm import jobs
 
+    if run_status.is_run_dir(Path(target)) and not jobs.submitted_jobs(Path(target)) \
+            and not jobs.TASK_DIR.fullmatch(Path(target).name):
+        click.echo("\n".join(run_status.describe(Path(target))))
+        return
     job_id, run_dir = _job(target)
     try:
         state = jobs.job_state(job_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from tests.integration.helpers import ROOT, launch, launcher_env, train_records, write_recipe
@@ -28,6 +29,9 @@ def test_two_process_run_trains_and_records_everything(tmp_path):
     leaked = [p for p in run_dir.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert leaked == []
     assert SECRET not in result.stdout + result.stderr
+    status = _status(run_dir)
+    assert "state: finished; attempt 0" in status and "last step 60/60" in status, status
+    assert f"latest checkpoint: {run_dir / 'checkpoints' / 'step-00000060'}" in status
 
 
 def test_job_failure_is_the_exit_status(tmp_path):
@@ -41,6 +45,16 @@ def test_job_failure_is_the_exit_status(tmp_path):
     result = launch(recipe, tmp_path / "run", nproc=2, timeout=300)
     assert result.returncode != 0
     assert "boom in build" in result.stdout + result.stderr + _logs(tmp_path / "run")
+    status = _status(tmp_path / "run")
+    assert "state: failed: rank " in status and "boom in build" in status, status
+    assert "latest checkpoint: none committed yet" in status
+
+
+def _status(run_dir: Path) -> str:
+    done = subprocess.run(["launcher", "status", str(run_dir)], env=launcher_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def _logs(run_dir: Path) -> str:

@@ -1,0 +1,100 @@
+"""`launcher status RUN_DIR` for a run started with `launcher run` (no Slurm job to ask).
+
+Everything comes from the run directory: the rank records say where the ranks run (and are
+checked against the process table when they run on this host), metrics.jsonl the last step, the
+`latest` pointer the newest committed checkpoint, logs/failure.json how the job failed. Standard
+library and yaml only: the CLI answers without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import yaml
+
+from launcher.engines.failure import rank_records_dir
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "recipe.yaml").is_file() and (path / "plan.json").is_file()
+
+
+def describe(run_dir: Path) -> list[str]:
+    recipe = _read_yaml(run_dir / "recipe.yaml")
+    total = (recipe.get("train") or {}).get("steps")
+    metrics = run_dir / "metrics.jsonl"
+    step = _last_step(metrics)
+    failure_file = run_dir / "logs" / "failure.json"
+    failure = _read_json(failure_file)
+    records = [r for r in (_read_json(p) for p in sorted(rank_records_dir(run_dir).glob("rank-*.json"))) if r]
+    here = socket.gethostname()
+    alive = [r for r in records if r.get("host") == here and _runs_for(r.get("pid"), run_dir)]
+    remote = sorted({str(r.get("host")) for r in records if r.get("host") != here})
+    if alive:
+        state = f"running: {len(alive)} rank(s) on this host (pids {', '.join(str(r['pid']) for r in alive)})"
+    elif remote:
+        state = f"ranks on {', '.join(remote)}: not checked from this host"
+    elif not records:
+        state = "no rank started"
+    elif step and step["step"] == total:
+        state = "finished"
+    elif failure and (not metrics.exists() or failure_file.stat().st_mtime >= metrics.stat().st_mtime):
+        message = str(failure.get("message") or "").splitlines()
+        state = (f"failed: rank {failure.get('rank')} on {failure.get('host')}, exit code {failure.get('exit')}"
+                 + (f": {message[0]}" if message else "") + " (logs/failure.json)")
+    else:
+        state = "stopped: the same `launcher run` command resumes it"
+    if records:
+        state += f"; attempt {max(int(r.get('attempt', 0)) for r in records)}"
+    lines = [f"run {run_dir}: started with `launcher run` (no Slurm job)", f"  state: {state}"]
+    if step:
+        lines.append(f"  last step {step['step']}/{total}: loss {step['loss']:.4g}")
+    checkpoints = Path((recipe.get("checkpoint") or {}).get("dir") or run_dir / "checkpoints")
+    try:
+        lines.append(f"  latest checkpoint: {checkpoints / (checkpoints / 'latest').read_text().strip()}")
+    except OSError:
+        lines.append("  latest checkpoint: none committed yet")
+    return lines
+
+
+def _runs_for(pid: object, run_dir: Path) -> bool:
+    """The pid is alive and its command line names this run directory (pids are reused)."""
+    try:
+        argv = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+    except (OSError, TypeError, ValueError):
+        return False
+    wanted = {str(run_dir).encode(), str(run_dir.resolve()).encode()}
+    return any(arg in wanted for arg in argv)
+
+
+def _last_step(path: Path) -> dict | None:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if isinstance(record, dict) and "loss" in record and "step" in record:
+            return record
+    return None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
