@@ -4,7 +4,8 @@ Layout:
     recipe.yaml        the resolved recipe (overrides applied), what every worker reads
     plan.json          the launch plan (secrets redacted)
     environment.json   host, versions, git sha, environment (secrets redacted)
-    logs/              per-rank logs (torchrun), launcher.log
+    logs/              torchrun/ (per-attempt, per-rank logs), ranks/ (where each rank runs),
+                       failure.json (the failure summary), nccl-trace/ (NCCL flight recorder)
     checkpoints/       committed checkpoints and the `latest` pointer
     metrics.jsonl      one JSON object per logged step (rank 0)
 """
