@@ -268,17 +268,18 @@ def _job(target: str):
 def status(target):
     """State of a submitted job, and the run's last logged step. For a run started with `launcher
     run`: whether its ranks still run, its last step, newest checkpoint and failure."""
-    import json
     from pathlib import Path
 
     from launcher import run_status
     from launcher.slurm import jobs
 
-    if run_status.is_run_dir(Path(target)) and not jobs.submitted_jobs(Path(target)) \
-            and not jobs.TASK_DIR.fullmatch(Path(target).name):
-        click.echo("\n".join(run_status.describe(Path(target))))
+    try:
+        job_id, run_dir = jobs.resolve_job(target)
+    except jobs.SlurmError as error:
+        if not run_status.is_run_dir(Path(target)):
+            _fail(error)
+        click.echo("\n".join(run_status.describe(Path(target))))  # started with `launcher run`
         return
-    job_id, run_dir = _job(target)
     try:
         state = jobs.job_state(job_id)
     except jobs.SlurmError as error:
@@ -288,12 +289,9 @@ def status(target):
     else:
         keys = ("JobState", "Reason", "RunTime", "TimeLimit", "NodeList", "Restarts", "ExitCode")
         click.echo(f"job {job_id}: " + "  ".join(f"{k}={state[k]}" for k in keys if k in state))
-    metrics = Path(run_dir) / "metrics.jsonl" if run_dir else None
-    if metrics and metrics.exists():
-        lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        steps = [r for r in lines if "loss" in r]
-        if steps:
-            click.echo(f"last step {steps[-1]['step']}: loss {steps[-1]['loss']:.4g}")
+    step = run_status.last_step(Path(run_dir) / "metrics.jsonl") if run_dir else None
+    if step:
+        click.echo(f"last step {step['step']}: loss {step['loss']:.4g}")
 
 
 @main.command()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from launcher.engines.failure import rank_records_dir
+from launcher.engines.failure import rank_records
 
 
 def is_run_dir(path: Path) -> bool:
@@ -25,10 +25,10 @@ def describe(run_dir: Path) -> list[str]:
     recipe = _read_yaml(run_dir / "recipe.yaml")
     total = (recipe.get("train") or {}).get("steps")
     metrics = run_dir / "metrics.jsonl"
-    step = _last_step(metrics)
+    step = last_step(metrics)
     failure_file = run_dir / "logs" / "failure.json"
     failure = _read_json(failure_file)
-    records = [r for r in (_read_json(p) for p in sorted(rank_records_dir(run_dir).glob("rank-*.json"))) if r]
+    records = rank_records(run_dir)
     here = socket.gethostname()
     alive = [r for r in records if r.get("host") == here and _runs_for(r.get("pid"), run_dir)]
     remote = sorted({str(r.get("host")) for r in records if r.get("host") != here})
@@ -69,7 +69,8 @@ def _runs_for(pid: object, run_dir: Path) -> bool:
     return any(arg in wanted for arg in argv)
 
 
-def _last_step(path: Path) -> dict | None:
+def last_step(path: Path) -> dict | None:
+    """The last training record (with a loss) of a metrics.jsonl file, or None."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:

@@ -41,7 +41,7 @@ class Failure:
 
 
 def summarize(run_dir: str, exit_status: int) -> Failure | None:
-    ranks = _rank_records(Path(run_dir))
+    ranks = rank_records(Path(run_dir))
     if not ranks:
         return None
     last_attempt = max(r["attempt"] for r in ranks)
@@ -130,13 +130,16 @@ def _stalls(records: list[dict]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _rank_records(run_dir: Path) -> list[dict]:
+def rank_records(run_dir: Path) -> list[dict]:
+    """The readable rank records of the run's current job, by rank."""
     records = []
     for path in sorted(rank_records_dir(run_dir).glob("rank-*.json")):
         try:
-            records.append(json.loads(path.read_text(encoding="utf-8")))
+            record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 
