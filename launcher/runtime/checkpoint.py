@@ -1,18 +1,22 @@
-"""Checkpoints that survive a kill at any instant.
+"""Checkpoints that survive a kill at any instant, and prove their content on resume.
 
 Commit protocol (every rank takes part):
   1. rank 0 empties `.tmp-step-N/`; barrier
-  2. every rank writes its files there (backend shards + its RNG state); fsync; barrier
-  3. rank 0 writes manifest.json (every file and its size), fsyncs, renames the directory to
-     `step-N/`, then replaces the `latest` pointer (write temp + rename), then deletes checkpoints
-     beyond keep_last (only now that the new one is committed); barrier
+  2. every rank writes its files there (backend shards + its RNG state), hashing each file as it
+     is written (xxh3-128, in the same pass: no second read of a large shard); fsync; barrier
+  3. rank 0 writes manifest.json (every file, its size and checksum), fsyncs, renames the
+     directory to `step-N/`, then replaces the `latest` pointer (write temp + rename), then deletes
+     checkpoints beyond keep_last (only now that the new one is committed); barrier
 A kill before the rename leaves only a `.tmp-*` directory, which resume never reads. A committed
-directory always has a manifest, and loading checks every file against it, so a zero-byte or
-truncated shard is a hard error, never a silent fresh start.
+directory always has a manifest, and loading checks every file against it (size and checksum), so
+a truncated, zeroed or bit-flipped shard is a hard error naming the file, never a silent resume.
+The functions that read checkpoints use the standard library (and xxhash) only: the CLI checks a
+run's checkpoints before it starts anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -23,7 +27,10 @@ from pathlib import Path
 
 POINTER = "latest"
 MANIFEST = "manifest.json"
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
+CHECKSUM = "xxh3_128"
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")  # zero-padded to 8 digits, longer past 99,999,999
+_DIGESTS = ".digests-rank"  # per-rank checksums of the files it wrote, merged into the manifest
+_HINT = "\n      HINT: "
 
 
 class CheckpointError(RuntimeError):
@@ -41,44 +48,181 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def committed_steps(root: Path) -> list[tuple[int, Path]]:
+    """(step, directory) of every committed checkpoint under root, oldest first (by number)."""
+    try:
+        entries = list(root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = [(int(m.group(1)), p) for p in entries if (m := _STEP_DIR.match(p.name)) and (p / MANIFEST).is_file()]
+    return sorted(found)
+
+
+def read_pointer(root: Path) -> str | None:
+    """The step directory `latest` names, None without a pointer, CheckpointError when unusable."""
+    pointer = root / POINTER
+    if not os.path.lexists(pointer):
+        return None
+    problem = None
+    if pointer.is_symlink() or not pointer.is_file():
+        problem = "is not a plain file (a link or a directory)"
+    else:
+        try:
+            data = pointer.read_bytes()[:256]
+            name = data.decode("ascii").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            problem = f"is unreadable ({type(error).__name__})"
+        else:
+            if not _STEP_DIR.match(name):
+                problem = f"is corrupt ({name[:40]!r})"
+    if problem:
+        raise CheckpointError(f"{pointer} {problem}; it should name the newest step-N directory. Refusing to "
+                              f"start from scratch or to guess{_HINT}write the newest committed step-N directory's "
+                              "name into it, set checkpoint.resume to a step-N directory, or start a new run")
+    return name
+
+
 def find_resume_dir(root: Path, resume: str) -> Path | None:
     """The directory to resume from, None for a fresh start, CheckpointError when unusable."""
     if resume == "never":
         return None
     if resume != "auto":
         path = Path(resume)
-        if path.is_dir() and (path / POINTER).exists() and not (path / MANIFEST).exists():
+        if path.is_dir() and os.path.lexists(path / POINTER) and not (path / MANIFEST).exists():
             return find_resume_dir(path, "auto")  # a checkpoints/ root was given
         if not (path / MANIFEST).is_file():
             raise CheckpointError(f"checkpoint.resume={resume}: no committed checkpoint there "
-                                  f"(no {MANIFEST}); refusing to start from scratch")
+                                  f"(no {MANIFEST}); refusing to start from scratch{_HINT}give a step-N directory "
+                                  "or a checkpoints/ directory, or checkpoint.resume=auto")
         return path
-    pointer = root / POINTER
-    if pointer.exists():
-        name = pointer.read_text(encoding="utf-8").strip()
-        if not _STEP_DIR.match(name):
-            raise CheckpointError(f"{pointer} is corrupt ({name!r}); refusing to start from scratch. "
-                                  "Fix it to name a step-N directory, or set checkpoint.resume=never")
+    name = read_pointer(root)
+    if name is not None:
         target = root / name
         if not (target / MANIFEST).is_file():
-            raise CheckpointError(f"{pointer} names {name}, which is missing or incomplete; "
-                                  "set checkpoint.resume to an older step-N directory, or never")
+            raise CheckpointError(f"{root / POINTER} names {name}, which is missing or incomplete{_HINT}set "
+                                  "checkpoint.resume to an older step-N directory, or start a new run")
         return target
-    committed = sorted(p for p in root.glob("step-*") if _STEP_DIR.match(p.name) and (p / MANIFEST).is_file())
+    committed = committed_steps(root)
     # A kill between the rename and the pointer update leaves a committed directory and no pointer.
-    return committed[-1] if committed else None
+    return committed[-1][1] if committed else None
+
+
+def read_manifest(directory: Path) -> dict:
+    """manifest.json, checked for shape: {"meta": {"step": int, ...}, "files": {name: entry}}."""
+    path = directory / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(f"{path} is unreadable ({type(error).__name__}: {str(error)[:120]}): the checkpoint "
+                              f"cannot prove its content{_HINT}resume from an earlier checkpoint "
+                              "(checkpoint.resume=PATH/step-N), or start a new run") from None
+    meta = data.get("meta") if isinstance(data, dict) else None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(meta, dict) or not isinstance(files, dict) or not isinstance(meta.get("step", 0), int):
+        raise CheckpointError(f"{path} is not a checkpoint manifest (no meta/files){_HINT}resume from an earlier "
+                              "checkpoint (checkpoint.resume=PATH/step-N), or start a new run")
+    return data
+
+
+def file_problems(directory: Path, manifest: dict, rank: int = 0, world_size: int = 1,
+                  checksums: bool = True) -> list[str]:
+    """Every file of the manifest checked for presence, size and (unless not `checksums`) its
+    checksum; each rank checks every world_size-th file, so a large checkpoint is read once in all."""
+    problems = []
+    for index, (relative, entry) in enumerate(sorted(manifest["files"].items())):
+        if index % world_size != rank:
+            continue
+        size, expected = (entry, None) if isinstance(entry, int) else (entry.get("size"), entry.get(CHECKSUM))
+        path = directory / relative
+        if not path.is_file() or ".." in Path(relative).parts:
+            problems.append(f"{relative} is missing")
+            continue
+        actual = path.stat().st_size
+        if actual != size or size == 0:
+            problems.append(f"{relative} has {actual} bytes, manifest says {size}")
+        elif checksums and expected and file_digest(path) != expected:
+            problems.append(f"{relative}: its content differs from the manifest ({CHECKSUM} checksum)")
+    return problems
+
+
+def corrupt(directory: Path, problems: list[str]) -> CheckpointError:
+    return CheckpointError(f"checkpoint {directory} is damaged: {'; '.join(problems)}. Resuming would load "
+                           f"damaged weights or optimizer state{_HINT}resume from an earlier checkpoint "
+                           "(checkpoint.resume=PATH/step-N), or start a new run")
 
 
 def verify(directory: Path) -> dict:
-    manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    for relative, size in manifest["files"].items():
-        path = directory / relative
-        if not path.is_file():
-            raise CheckpointError(f"{directory}: {relative} is missing")
-        actual = path.stat().st_size
-        if actual != size or size == 0:
-            raise CheckpointError(f"{directory}: {relative} has {actual} bytes, manifest says {size}")
+    """The checkpoint's meta, after checking every file (CheckpointError naming what is wrong)."""
+    manifest = read_manifest(directory)
+    problems = file_problems(directory, manifest)
+    if problems:
+        raise corrupt(directory, problems)
     return manifest["meta"]
+
+
+def file_digest(path: Path) -> str:
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class HashingWriter:
+    """A binary file that hashes what is written to it, so the checksum costs no second read."""
+
+    def __init__(self, path: str) -> None:
+        import xxhash
+
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._digest = xxhash.xxh3_128()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        written = self._file.write(data)
+        self.size += written
+        return written
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+@contextlib.contextmanager
+def hashing_saves(directory: Path):
+    """While open, torch.save into `directory` (by the backends, DeepSpeed's and Accelerate's
+    included: they call torch.save by name) streams through a HashingWriter. Yields the checksums,
+    {relative path: {"size", CHECKSUM}}; files written otherwise are hashed at commit."""
+    import torch
+
+    digests: dict[str, dict] = {}
+    original = torch.save
+    inside = os.path.abspath(directory) + os.sep
+
+    def save(obj, f, *args, **kwargs):
+        if not isinstance(f, (str, os.PathLike)) or not os.path.abspath(f).startswith(inside):
+            return original(obj, f, *args, **kwargs)
+        writer = HashingWriter(os.fspath(f))
+        try:
+            original(obj, writer, *args, **kwargs)
+        finally:
+            writer.close()
+        digests[os.path.relpath(os.path.abspath(f), inside)] = {"size": writer.size, CHECKSUM: writer.hexdigest()}
+        return None
+
+    torch.save = save
+    try:
+        yield digests
+    finally:
+        torch.save = original
 
 
 class CheckpointManager:
@@ -97,12 +241,14 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
         self.barrier()
-        write_shards(str(tmp))
-        save_rank_state(tmp, self.rank)
+        with hashing_saves(tmp) as digests:
+            write_shards(str(tmp))
+            save_rank_state(tmp, self.rank)
+        _write_atomic(tmp / f"{_DIGESTS}{self.rank:05d}.json", json.dumps(digests))
         _fsync_tree(tmp, self.rank)
         self.barrier()
         if self.rank == 0:
-            files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+            files = _manifest_files(tmp)
             _write_atomic(tmp / MANIFEST, json.dumps({"meta": meta, "files": files}, indent=1))
             if final.exists():  # an earlier attempt committed this step already; ours replaces it
                 shutil.rmtree(final)
@@ -114,12 +260,30 @@ class CheckpointManager:
         return final
 
     def _prune(self, keep: str) -> None:
-        committed = sorted(p.name for p in self.root.glob("step-*") if _STEP_DIR.match(p.name))
-        for name in committed[: max(0, len(committed) - self.keep_last)]:
-            if name != keep:
-                shutil.rmtree(self.root / name, ignore_errors=True)
+        committed = [p for _, p in committed_steps(self.root)]
+        for path in committed[: max(0, len(committed) - self.keep_last)]:
+            if path.name != keep:
+                shutil.rmtree(path, ignore_errors=True)
         for stale in self.root.glob(".tmp-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def _manifest_files(tmp: Path) -> dict[str, dict]:
+    """Every file with its size and checksum: the ranks' own (streamed while writing), and a hash
+    read back for the few written otherwise (DeepSpeed's copied recovery scripts, say)."""
+    digests: dict[str, dict] = {}
+    for part in sorted(tmp.glob(f"{_DIGESTS}*.json")):
+        digests.update(json.loads(part.read_text(encoding="utf-8")))
+        part.unlink()
+    files = {}
+    for path in sorted(tmp.rglob("*")):
+        if path.is_file():
+            relative = str(path.relative_to(tmp))
+            size = path.stat().st_size
+            known = digests.get(relative)
+            checksum = known[CHECKSUM] if known and known["size"] == size else file_digest(path)
+            files[relative] = {"size": size, CHECKSUM: checksum}
+    return files
 
 
 def save_rank_state(directory: Path, rank: int) -> None:

@@ -207,3 +207,107 @@ def test_sigkill_at_every_file_system_call_of_a_real_save_never_breaks_resume(tm
     print(f"{len(resumed_at)} kill points; resumed at step 1: {resumed_at.count(1)}, at step 2: {resumed_at.count(2)}")
     assert len(resumed_at) >= 50  # distinct kill points, each resumed
     assert resumed_at.count(1) >= 40 and resumed_at[-1] == 2  # killed while pruning: the new one is committed
+
+
+def _real_checkpoint(root: Path, step: int = 1) -> Path:
+    """A checkpoint as the trainer writes one: torch.save of a model and AdamW state (hashed while
+    written), plus a file written another way (hashed at commit), plus the RNG state."""
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 16)).sum().backward()
+    optimizer.step()
+
+    def writer(directory: str) -> None:
+        torch.save(model.state_dict(), Path(directory) / "model.pt")
+        torch.save(optimizer.state_dict(), str(Path(directory) / "optimizer.pt"))
+        (Path(directory) / "notes.json").write_text('{"written": "without torch.save"}')
+
+    return _manager(root).save(step, {"step": step}, writer)
+
+
+def test_every_byte_flip_at_20_places_of_every_file_is_refused(tmp_path):
+    """Same size, one bit changed: the manifest's checksum catches each of them (0 silent resumes)."""
+    committed = _real_checkpoint(tmp_path)
+    manifest = json.loads((committed / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.pt", "optimizer.pt", "notes.json", "rng-rank00000.pt"}
+    assert all(set(entry) == {"size", "xxh3_128"} for entry in manifest["files"].values())
+    refused = silent = 0
+    for name in manifest["files"]:
+        path = committed / name
+        original = path.read_bytes()
+        for k in range(20):
+            position = k * (len(original) - 1) // 19  # first byte, last byte and 18 between
+            damaged = bytearray(original)
+            damaged[position] ^= 0x10
+            path.write_bytes(bytes(damaged))
+            try:
+                ckpt.verify(ckpt.find_resume_dir(tmp_path, "auto"))
+                silent += 1
+            except ckpt.CheckpointError as error:
+                assert f"{name}: its content differs from the manifest" in str(error)
+                refused += 1
+        path.write_bytes(original)
+    assert (refused, silent) == (80, 0)
+    assert ckpt.verify(committed) == {"step": 1}  # restored: intact again
+
+
+def test_checksums_are_streamed_while_writing_and_split_between_ranks(tmp_path):
+    import torch
+
+    committed = _real_checkpoint(tmp_path)
+    manifest = ckpt.read_manifest(committed)
+    for name, entry in manifest["files"].items():
+        assert entry["xxh3_128"] == ckpt.file_digest(committed / name), name
+    assert not list(committed.glob(".digests-*"))  # merged into the manifest, then removed
+    # Each of 3 ranks checks every third file: together they check each file once.
+    shares = [ckpt.file_problems(committed, manifest, rank, 3) for rank in range(3)]
+    assert shares == [[], [], []]
+    (committed / "model.pt").write_bytes(b"\0" * (committed / "model.pt").stat().st_size)
+    shares = [ckpt.file_problems(committed, manifest, rank, 3) for rank in range(3)]
+    assert sum(len(s) for s in shares) == 1
+    # torch.save outside the checkpoint being written is left alone (and works as before).
+    with ckpt.hashing_saves(tmp_path / "elsewhere") as digests:
+        torch.save({"x": torch.ones(2)}, tmp_path / "outside.pt")
+    assert digests == {} and torch.load(tmp_path / "outside.pt")["x"].sum() == 2
+
+
+@pytest.mark.parametrize("pointer", [b"\xff\xfe\x00garbage", b"step-12", b"x" * 5000])
+def test_unreadable_pointers_are_one_clear_error(tmp_path, pointer):
+    _real_checkpoint(tmp_path)
+    (tmp_path / "latest").write_bytes(pointer)
+    with pytest.raises(ckpt.CheckpointError, match="latest is (corrupt|unreadable)"):
+        ckpt.find_resume_dir(tmp_path, "auto")
+
+
+def test_a_pointer_that_is_a_link_or_a_directory_is_refused(tmp_path):
+    _real_checkpoint(tmp_path)
+    (tmp_path / "latest").unlink()
+    (tmp_path / "latest").symlink_to("/")
+    with pytest.raises(ckpt.CheckpointError, match="is not a plain file"):
+        ckpt.find_resume_dir(tmp_path, "auto")
+    (tmp_path / "latest").unlink()
+    (tmp_path / "latest").mkdir()
+    with pytest.raises(ckpt.CheckpointError, match="is not a plain file"):
+        ckpt.find_resume_dir(tmp_path, "auto")
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"meta": {"step": "ten"}, "files": {}}', "\udcff"])
+def test_a_broken_manifest_is_one_clear_error(tmp_path, text):
+    committed = _real_checkpoint(tmp_path)
+    (committed / "manifest.json").write_text(text, encoding="utf-8", errors="surrogateescape")
+    with pytest.raises(ckpt.CheckpointError, match="manifest"):
+        ckpt.verify(ckpt.find_resume_dir(tmp_path, "auto"))
+
+
+def test_step_numbers_past_eight_digits_resume_and_prune_in_numeric_order(tmp_path):
+    manager = _manager(tmp_path, keep_last=2)
+    for step in (99_999_998, 99_999_999, 100_000_001):
+        manager.save(step, {"step": step}, _writer(b"s" * 64))
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-100000001", "step-99999999"]
+    found = ckpt.find_resume_dir(tmp_path, "auto")
+    assert found.name == "step-100000001" and ckpt.verify(found) == {"step": 100_000_001}
+    (tmp_path / "latest").unlink()  # without the pointer, the newest by number, not by name
+    assert ckpt.find_resume_dir(tmp_path, "auto").name == "step-100000001"
