@@ -8,6 +8,7 @@ from types import ModuleType
 from typing import Any
 
 from launcher.config.errors import Problem, RecipeError
+from launcher.config.files import RECIPE_LIMIT, UnreadableFile, read_small_text
 from launcher.config.modules import ModuleProblem, import_recipe_module, resolve_reference
 from launcher.config.overrides import apply_overrides
 from launcher.config.schema import Recipe
@@ -25,12 +26,15 @@ class LoadedRecipe:
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        hint = "check the path; `launcher ls` lists the shipped recipes, which run by name (`launcher run mlp-tiny`)"
-        raise RecipeError(source, [Problem("", "file not found", hint)]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(source, [Problem("", f"cannot read file: {exc}", "give a UTF-8 YAML file")]) from None
+        text = read_small_text(path, RECIPE_LIMIT)
+    except UnreadableFile as exc:
+        hint = exc.hint
+        if exc.message == "file not found":
+            hint = ("check the path; `launcher ls` lists the shipped recipes, which run by name "
+                    "(`launcher run mlp-tiny`)")
+        raise RecipeError(source, [Problem("", exc.message, hint)]) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte-order mark some editors write: not part of the YAML
     raw, where, problems = load_yaml(text, source)
     if raw is not None and not isinstance(raw, dict):
         problems.append(Problem("", f"a recipe must be a mapping of sections, got {type(raw).__name__}",

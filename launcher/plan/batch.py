@@ -70,3 +70,23 @@ def _divisible_hint(global_batch: int, micro: int, world: int) -> str:
     else:
         hint += f"; batch.global must at least be a multiple of the world size {world}"
     return hint
+
+
+# DeepSpeed's own batch keys, and what the plan's arithmetic makes them.
+DEEPSPEED_BATCH_KEYS = {"train_batch_size": "global_batch", "train_micro_batch_size_per_gpu": "micro",
+                        "gradient_accumulation_steps": "accumulation"}
+
+
+def deepspeed_batch_problems(raw: dict, math: BatchMath) -> list[Problem]:
+    """backend.deepspeed_config may repeat DeepSpeed's batch keys, but only with the values the
+    plan derives for this world size: anything else would silently change the batch."""
+    problems = []
+    for key, attribute in DEEPSPEED_BATCH_KEYS.items():
+        if key in raw and raw[key] != getattr(math, attribute):
+            problems.append(Problem(
+                f"backend.deepspeed_config.{key}",
+                f"{raw[key]!r} disagrees with the plan: global batch {math.global_batch} = micro {math.micro} x "
+                f"accumulation {math.accumulation} x world size {math.world_size}, so {key} is "
+                f"{getattr(math, attribute)}",
+                "remove the key: batch.global and batch.micro decide it, for any world size"))
+    return problems

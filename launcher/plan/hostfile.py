@@ -28,10 +28,20 @@ class Host:
         return self.slot_ids if self.slot_ids is not None else tuple(range(self.slots))
 
 
+def host_key(name: str) -> str:
+    """Host names are case-insensitive and `w1.` (fully qualified) is `w1`: one node, one key."""
+    return name.rstrip(".").lower()
+
+
 def parse_hostfile(text: str, source: str) -> tuple[list[Host], list[Problem]]:
     hosts: list[Host] = []
     problems: list[Problem] = []
     seen: dict[str, int] = {}
+    if text.startswith("\ufeff"):
+        problems.append(Problem("hostfile", "the file starts with a UTF-8 byte-order mark (U+FEFF, invisible in most "
+                                "editors), which would become part of the first host name",
+                                "save the file as UTF-8 without a BOM", f"{source}:1"))
+        text = text[1:]
     for number, line in enumerate(text.splitlines(), start=1):
         where = f"{source}:{number}"
         content = line.split("#", 1)[0].strip()
@@ -40,29 +50,38 @@ def parse_hostfile(text: str, source: str) -> tuple[list[Host], list[Problem]]:
         parts = content.split()
         name = parts[0]
         if not _HOST.match(name):
-            problems.append(Problem("hostfile", f"`{name}` is not a valid hostname",
+            problems.append(Problem("hostfile", f"{ascii(name)} is not a valid hostname",
                                     "hostnames use letters, digits, `.`, `-` and `_`, and never start with `-`", where))
             continue
-        slots = 1
-        for extra in parts[1:]:
-            match = re.fullmatch(r"slots=(\d+)", extra)
-            if not match or int(match.group(1)) < 1:
-                problems.append(Problem("hostfile", f"bad field `{extra}` for host {name}",
-                                        "write `slots=N` with N >= 1", where))
-                slots = 0
-                break
-            slots = int(match.group(1))
+        slots = _slots(parts[1:], name, where, problems)
         if not slots:
             continue
-        if name in seen:
-            problems.append(Problem("hostfile", f"duplicate host {name} (first on line {seen[name]})",
-                                    "list each host once", where))
+        key = host_key(name)
+        if key in seen:
+            problems.append(Problem("hostfile", f"duplicate host {name} (first on line {seen[key]}; host names "
+                                    "ignore case and a trailing dot)", "list each host once", where))
             continue
-        seen[name] = number
+        seen[key] = number
         hosts.append(Host(name, slots))
     if not hosts and not problems:
         problems.append(Problem("hostfile", "no hosts", "add lines like `worker-1 slots=8`", source))
     return hosts, problems
+
+
+def _slots(fields: list[str], name: str, where: str, problems: list[Problem]) -> int:
+    """N of the line's one `slots=N` (1 without it); 0 after recording a problem."""
+    if len(fields) > 1:
+        problems.append(Problem("hostfile", f"host {name} has {len(fields)} fields ({' '.join(fields)})",
+                                "write one `slots=N` per host", where))
+        return 0
+    if not fields:
+        return 1
+    match = re.fullmatch(r"slots=(\d+)", fields[0])
+    if not match or int(match.group(1)) < 1:
+        problems.append(Problem("hostfile", f"bad field `{fields[0]}` for host {name}",
+                                "write `slots=N` with N >= 1", where))
+        return 0
+    return int(match.group(1))
 
 
 def apply_filters(hosts: list[Host], include: str, exclude: str, source: str) -> tuple[list[Host], list[Problem]]:
@@ -77,16 +96,17 @@ def apply_filters(hosts: list[Host], include: str, exclude: str, source: str) ->
     if not spec:
         return hosts, []
     flag = "--include" if keep else "--exclude"
-    by_name = {h.name: h for h in hosts}
+    by_name = {host_key(h.name): h for h in hosts}
     selected: dict[str, set[int]] = {}
     problems: list[Problem] = []
     for part in spec.split("@"):
         name, _, slot_text = part.strip().partition(":")
-        if name not in by_name:
+        if host_key(name) not in by_name:
             problems.append(Problem(flag, f"unknown host `{name}` in `{spec}`",
-                                    f"hosts in {source}: {', '.join(by_name) or 'none'}"))
+                                    f"hosts in {source}: {', '.join(h.name for h in hosts) or 'none'}"))
             continue
-        host = by_name[name]
+        host = by_name[host_key(name)]
+        name = host.name
         if not slot_text:
             selected[name] = set(range(host.slots))
             continue

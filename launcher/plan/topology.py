@@ -7,9 +7,9 @@ import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from launcher.config.errors import Problem
+from launcher.config.files import HOSTFILE_LIMIT, UnreadableFile, read_small_text
 from launcher.plan.hostfile import apply_filters, parse_hostfile
 from launcher.plan.hostlist import expand_hostlist
 
@@ -82,10 +82,9 @@ def resolve_topology(request: TopologyRequest, environ: Mapping[str, str] | None
 def _from_hostfile(request: TopologyRequest, which: Callable[[str], str | None]) -> Topology:
     source = str(request.hostfile)
     try:
-        text = Path(source).read_text(encoding="utf-8")
-    except OSError as exc:
-        problem = Problem("cluster.hostfile", f"cannot read hostfile: {exc}", "check the path", source)
-        raise ValueError([problem]) from None
+        text = read_small_text(source, HOSTFILE_LIMIT)
+    except UnreadableFile as exc:
+        raise ValueError([Problem("cluster.hostfile", f"hostfile {exc.message}", exc.hint, source)]) from None
     hosts, problems = parse_hostfile(text, source)
     if not problems:
         hosts, problems = apply_filters(hosts, request.include, request.exclude, source)

@@ -46,6 +46,31 @@ CATALOGUE = [
     ("override without =", GOOD, ["optimizer.lr"], "key=value"),
     ("override into scalar", GOOD, ["seed.x=1"], "seed"),
     ("override non-divisible", GOOD, ["batch.global=20"], "batch.global"),
+    # Inputs that used to pass validation and fail only once the ranks ran, or never finish reading.
+    ("alias bomb", GOOD + "description: &a [x, x, x, x, x, x, x, x, x, x]\nz1: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "z2: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nz3: &d [*c, *c, *c, *c, *c, *c, *c, *c]\n"
+     "z4: &e [*d, *d, *d, *d, *d, *d, *d, *d]\nz5: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n", [],
+     "anchors and aliases"),
+    ("recursive alias", GOOD + "tracking: {tags: &t [a, *t]}\n", [], "contains it"),
+    ("negative eps", GOOD + "optimizer: {eps: -1}\n", [], "optimizer.eps"),
+    ("negative momentum", GOOD + "optimizer: {name: sgd, momentum: -5}\n", [], "optimizer.momentum"),
+    ("nesterov without momentum", GOOD + "optimizer: {name: sgd, momentum: 0, nesterov: true}\n", [],
+     "optimizer.nesterov"),
+    ("seed past 64 bits", GOOD + "seed: 100000000000000000000000\n", [], "`seed`"),
+    ("negative seed", GOOD, ["seed=-1"], "`seed`"),
+    ("zero stage 7", GOOD + "backend: {name: deepspeed, deepspeed_config: {zero_optimization: {stage: 7}}}\n", [],
+     "backend.deepspeed_config.zero_optimization.stage"),
+    ("deepspeed batch key", GOOD + "backend: {name: deepspeed, deepspeed_config: {train_batch_size: 8}}\n", [],
+     "backend.deepspeed_config.train_batch_size"),
+    ("date in deepspeed_config", GOOD + "backend: {name: deepspeed, deepspeed_config: {comment: 2024-01-01}}\n", [],
+     "read by YAML as a date"),
+    ("NUL in env", GOOD.replace("{nproc_per_node: 2}", '{nproc_per_node: 2, env: {A: "x\\0y"}}'), [], "NUL"),
+    ("base-60 steps", GOOD.replace("steps: 5", "steps: 12:30"), [], "base-60"),
+    ("octal micro", GOOD.replace("micro: 4", "micro: 04"), [], "octal"),
+    ("name ..", GOOD + "name: '..'\n", [], "not a safe directory name"),
+    ("name with slash", GOOD, ["name=../../etc"], "not a safe directory name"),
+    ("skip with deepspeed", GOOD.replace("steps: 5", "steps: 5, on_nonfinite: skip") + "backend: {name: deepspeed}\n",
+     [], "train.on_nonfinite"),
 ]
 
 
@@ -83,3 +108,28 @@ def test_bad_input_exits_2_and_starts_nothing(tmp_path, no_processes, monkeypatc
 
 def test_catalogue_is_large_enough():
     assert len(CATALOGUE) >= 15
+
+
+@pytest.mark.parametrize("command", ["run", "plan", "validate"])
+def test_a_device_or_a_huge_file_is_refused_without_reading_it(tmp_path, no_processes, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as handle:
+        handle.truncate(2 << 20)  # 2 MiB, sparse: refused on its size alone
+    for path, expected in (("/dev/zero", "not a regular file"), (str(big), "more than the 1,048,576")):
+        result = CliRunner().invoke(main, [command, path])
+        assert result.exit_code == 2 and expected in result.output, result.output
+    assert not no_processes and not (tmp_path / "runs").exists()
+
+
+def test_a_valid_two_process_deepspeed_config_passes_validate(tmp_path):
+    """DeepSpeed's own schema check ran as for one process and refused `16 != 4 * 2 * 1`."""
+    recipe = tmp_path / "ds.yaml"
+    recipe.write_text(GOOD + "backend: {name: deepspeed, zero_stage: 2, deepspeed_config: {train_batch_size: 16, "
+                      "train_micro_batch_size_per_gpu: 4, gradient_accumulation_steps: 2, "
+                      "zero_optimization: {reduce_scatter: true}}}\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert result.exit_code == 0, result.output
+    recipe.write_text(GOOD + "backend: {name: deepspeed, deepspeed_config: {zero_optimization: {no_such: 1}}}\n")
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert result.exit_code == 2 and "no_such" in result.output
