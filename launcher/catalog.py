@@ -36,6 +36,11 @@ def shipped_recipe(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def is_shipped(recipe_path: str) -> bool:
+    """A recipe file that ships with the launcher: its run directory is named after it alone."""
+    return Path(recipe_path).resolve().parent == RECIPE_DIR
+
+
 def shipped_recipe_names() -> list[str]:
     return sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
 

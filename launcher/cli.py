@@ -94,25 +94,74 @@ def plan(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_d
 @main.command(epilog=_OVERRIDES_HELP)
 @_with_common
 @click.option("--no-preflight", is_flag=True, help="Skip the ssh/port checks of hostfile hosts.")
-def run(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_dir, no_preflight):
+@click.option("--allow-schedule-change", is_flag=True,
+              help="Continue a run whose train.steps, optimizer or scheduler values changed (recorded in run.json).")
+def run(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_dir, no_preflight,
+        allow_schedule_change):
     """Write the run directory, then start the job and wait for it (exit status = the job's).
 
     \b
     One node: torchrun. --hostfile: one torchrun per host over pdsh (or ssh).
     Inside a Slurm allocation (salloc/sbatch): one torchrun per node with srun.
+    A run directory belongs to one experiment and one launcher at a time (run.json, .lock).
     """
+    loaded, launch_plan, resolved = _prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir, include,
+                                             exclude)
+    if loaded.recipe.backend.name == "deepspeed":
+        from launcher.config.errors import RecipeError
+
+        try:
+            _check_deepspeed_passthrough(recipe_path, loaded.recipe, launch_plan.math)
+        except RecipeError as error:
+            _fail(error)
+    claim = _claim(loaded, launch_plan.run_dir, resolved, recipe_path, allow_schedule_change)
+    try:
+        status = _start(loaded, launch_plan, resolved, claim, no_preflight)
+    finally:
+        claim.release()
+    sys.exit(status)
+
+
+def _claim(loaded, run_dir: str, resolved: dict, recipe_path: str, allow_schedule_change: bool, kind: str = "run"):
+    """Lock the run directory for this experiment, or exit 2 having written nothing."""
+    from pathlib import Path
+
+    from launcher.rundir import RunDir
+    from launcher.rundir.claim import RunDirError, check_run_dir, claim_run_dir, read_record
+    from launcher.rundir.identity import Identity
+    from launcher.rundir.progress import resume_point, trained_step
+    from launcher.runtime.checkpoint import CheckpointError
+
+    run = RunDir(run_dir)
+    identity = Identity.of(resolved, getattr(loaded.module, "IDENTITY_EXEMPT", ()))
+    try:
+        record = read_record(run) or {}
+        recorded_dir = (record.get("fixed") or {}).get("checkpoint.dir", loaded.recipe.checkpoint.dir)
+        trained = trained_step(run, [recorded_dir, loaded.recipe.checkpoint.dir])
+        check_run_dir(run, identity, trained, allow_schedule_change, kind)  # whose it is, before anything else
+        if kind == "run":
+            resume_point(run, loaded.recipe, trained)  # its checkpoints can be resumed
+        return claim_run_dir(run, identity, str(Path(recipe_path).resolve()), trained, allow_schedule_change, kind)
+    except (RunDirError, CheckpointError) as error:
+        _fail(error)
+
+
+def _start(loaded, launch_plan, resolved: dict, claim, no_preflight: bool) -> int:
+    """Run the job in the claimed run directory; its exit status."""
     import os
     import signal
 
     from launcher.engines.process import STOP_STATUSES, execute
-    from launcher.rundir import write_run_dir
+    from launcher.rundir import RunDir
+    from launcher.rundir.record import write_run_dir
     from launcher.tracking import job_run_id
 
-    loaded, launch_plan, resolved = _prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir, include,
-                                             exclude)
     if launch_plan.engine in ("ssh", "pdsh") and not no_preflight:
-        _preflight(launch_plan, loaded.recipe.cluster.master_port)
-    write_run_dir(launch_plan.run_dir, resolved, launch_plan.to_dict())
+        _preflight(launch_plan, launch_plan.master_port)
+    for change in claim.changes:
+        click.echo(f"launcher: continuing with a changed schedule: {change.render()}", err=True)
+    claim.commit()
+    write_run_dir(RunDir(launch_plan.run_dir), resolved, launch_plan.to_dict())
     job_run_id(launch_plan.run_dir)  # one tracker run per job, made before any rank starts
     math = launch_plan.math
     click.echo(f"launcher: run dir {launch_plan.run_dir}", err=True)
@@ -121,13 +170,13 @@ def run(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_di
                f"{math.world_size}; {math.optimizer_steps} steps", err=True)
     secrets = {name: loaded.recipe.cluster.env.get(name, os.environ.get(name, ""))
                for name in launch_plan.secret_names}
-    status = execute(launch_plan, secrets, started_at=STARTED_AT)
+    status = execute(launch_plan, secrets, started_at=STARTED_AT, keep_fds=(claim.lock_fd,))
     if launch_plan.engine == "slurm" and status == 128 + signal.SIGUSR1:
         status = _after_slurm_signal(launch_plan, loaded.recipe.cluster.timeout_requeues, status)
     elif status != 0 and status not in STOP_STATUSES:  # a failure, not a requested stop
         _report_failure(launch_plan.run_dir, status, loaded.recipe.cluster.max_restarts)
     click.echo(f"launcher: job finished with exit status {status}", err=True)
-    sys.exit(status)
+    return status
 
 
 def _report_failure(run_dir: str, status: int, max_restarts: int) -> None:
@@ -198,8 +247,10 @@ def _after_slurm_signal(launch_plan, timeout_budget: int, status: int) -> int:
 @click.option("--sbatch", "extra", multiple=True, metavar="--OPTION=VALUE", help="More #SBATCH options.")
 @click.option("--run-dir", help="Run directory (default: <output_dir>/<name>).")
 @click.option("--dry-run", is_flag=True, help="Print the sbatch script; submit nothing.")
+@click.option("--allow-schedule-change", is_flag=True,
+              help="Continue a run whose train.steps, optimizer or scheduler values changed (recorded in run.json).")
 def submit(recipe_path, overrides, nodes, nproc, gpus_per_node, cpus_per_task, time_limit, partition, account,
-           signal_lead, requeue, sweep, extra, run_dir, dry_run):
+           signal_lead, requeue, sweep, extra, run_dir, dry_run, allow_schedule_change):
     """Submit the recipe to Slurm as a batch job (from a login node); print the job id."""
     import dataclasses
     import os
@@ -207,12 +258,17 @@ def submit(recipe_path, overrides, nodes, nproc, gpus_per_node, cpus_per_task, t
 
     from launcher.config.errors import RecipeError
     from launcher.plan.prepare import prepare
+    from launcher.rundir import RunDir
+    from launcher.secrets import split_secret_overrides
     from launcher.slurm import jobs
-    from launcher.slurm.sbatch import SbatchRequest, check_request, render_sbatch, sweep_tasks
+    from launcher.slurm.sbatch import SbatchRequest, check_request, render_sbatch, slurm_job_name, sweep_tasks
 
+    # Secrets given as overrides reach the job through the environment sbatch passes on, never the script.
+    public, secret_env = split_secret_overrides(overrides)
     request = SbatchRequest("", "", run_dir or "", os.getcwd(), sys.executable, nodes, nproc, gpus_per_node,
-                            cpus_per_task, time_limit, partition, account, signal_lead, requeue, tuple(overrides),
-                            tuple(sweep), tuple(extra))
+                            cpus_per_task, time_limit, partition, account, signal_lead, requeue, tuple(public),
+                            tuple(sweep), tuple(extra), secret_names=tuple(sorted(secret_env)),
+                            allow_schedule_change=allow_schedule_change)
     problems = check_request(request)
     if problems:
         _fail(RecipeError("launcher submit", problems))
@@ -220,21 +276,19 @@ def submit(recipe_path, overrides, nodes, nproc, gpus_per_node, cpus_per_task, t
     # impossible batch arithmetic fail here, not after hours in the queue.
     fake_allocation = {"SLURM_JOB_ID": "0", "SLURM_JOB_NODELIST": f"node[1-{nodes}]" if nodes > 1 else "node1"}
     per_node = nproc or gpus_per_node or None
-    loaded = None
+    loaded = launch_plan = resolved = None
     tasks = sweep_tasks(tuple(sweep))
     for task in tasks or [()]:
         try:
-            loaded, _, _ = prepare(recipe_path, (*overrides, *task), per_node, nodes, None, run_dir,
-                                   environ=fake_allocation)
+            loaded, launch_plan, resolved = prepare(recipe_path, (*public, *task), per_node, nodes, None, run_dir,
+                                                    environ=fake_allocation)
         except RecipeError as error:
             _fail(error)
     assert loaded is not None
-    from launcher.rundir import default_run_dir, run_name
-
-    name = run_name(loaded.recipe.name, recipe_path)
-    directory = Path(run_dir or default_run_dir(loaded.recipe.output_dir, name)).absolute()
-    request = dataclasses.replace(request, job_name=name, recipe_path=str(Path(recipe_path).absolute()),
-                                  run_dir=str(directory), nproc_per_node=per_node)
+    directory = Path(launch_plan.run_dir)
+    request = dataclasses.replace(request, job_name=slurm_job_name(directory.name),
+                                  recipe_path=str(Path(recipe_path).absolute()), run_dir=str(directory),
+                                  nproc_per_node=per_node)
     problems = check_request(request)
     if problems:
         _fail(RecipeError("launcher submit", problems))
@@ -242,14 +296,19 @@ def submit(recipe_path, overrides, nodes, nproc, gpus_per_node, cpus_per_task, t
     if dry_run:
         click.echo(script, nl=False)
         return
-    path = directory / "slurm" / "job.sbatch"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(script, encoding="utf-8")
+    claim = _claim(loaded, str(directory), resolved, recipe_path, allow_schedule_change,
+                   kind="sweep" if tasks else "run")
     try:
-        job_id = jobs.submit(path, directory, array_tasks=len(tasks))
+        claim.commit("sweep" if tasks else "run")
+        path = RunDir(directory).sbatch
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(script, encoding="utf-8")
+        job_id = jobs.submit(path, directory, array_tasks=len(tasks), secret_env=secret_env)
     except jobs.SlurmError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
+    finally:
+        claim.release()
     click.echo(f"launcher: submitted {path} as job {job_id}; follow with `launcher logs {directory} -f`", err=True)
     click.echo(job_id)
 
@@ -271,6 +330,7 @@ def status(target):
     from pathlib import Path
 
     from launcher import run_status
+    from launcher.rundir import RunDir
     from launcher.slurm import jobs
 
     try:
@@ -289,7 +349,7 @@ def status(target):
     else:
         keys = ("JobState", "Reason", "RunTime", "TimeLimit", "NodeList", "Restarts", "ExitCode")
         click.echo(f"job {job_id}: " + "  ".join(f"{k}={state[k]}" for k in keys if k in state))
-    step = run_status.last_step(Path(run_dir) / "metrics.jsonl") if run_dir else None
+    step = run_status.last_step(RunDir(run_dir).metrics) if run_dir else None
     if step:
         click.echo(f"last step {step['step']}: loss {step['loss']:.4g}")
 

@@ -1,9 +1,10 @@
 """`launcher status RUN_DIR` for a run started with `launcher run` (no Slurm job to ask).
 
 Everything comes from the run directory: the rank records say where the ranks run (and are
-checked against the process table when they run on this host), metrics.jsonl the last step, the
-`latest` pointer the newest committed checkpoint, logs/failure.json how the job failed. Standard
-library and yaml only: the CLI answers without importing torch.
+checked against the process table when they run on this host), the lock whether a launcher works
+in it, metrics.jsonl the last step, the `latest` pointer the newest committed checkpoint (verified
+file by file, checksums included, as a resume would), logs/failure.json how the job failed.
+Standard library, yaml and xxhash only: the CLI answers without importing torch.
 """
 
 from __future__ import annotations
@@ -15,18 +16,23 @@ from pathlib import Path
 import yaml
 
 from launcher.engines.failure import rank_records
+from launcher.rundir.layout import RunDir
+from launcher.rundir.lock import describe_holder, is_locked, read_holder
+from launcher.runtime import checkpoint as ckpt
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "recipe.yaml").is_file() and (path / "plan.json").is_file()
+    run = RunDir(path)
+    return run.recipe.is_file() and run.plan.is_file()
 
 
 def describe(run_dir: Path) -> list[str]:
-    recipe = _read_yaml(run_dir / "recipe.yaml")
+    run = RunDir(run_dir)
+    recipe = _read_yaml(run.recipe)
     total = (recipe.get("train") or {}).get("steps")
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run.metrics
     step = last_step(metrics)
-    failure_file = run_dir / "logs" / "failure.json"
+    failure_file = run.failure
     failure = _read_json(failure_file)
     records = rank_records(run_dir)
     here = socket.gethostname()
@@ -34,6 +40,8 @@ def describe(run_dir: Path) -> list[str]:
     remote = sorted({str(r.get("host")) for r in records if r.get("host") != here})
     if alive:
         state = f"running: {len(alive)} rank(s) on this host (pids {', '.join(str(r['pid']) for r in alive)})"
+    elif is_locked(run.lock):
+        state = f"running: its launcher is {describe_holder(read_holder(run.lock))}"
     elif remote:
         state = f"ranks on {', '.join(remote)}: not checked from this host"
     elif not records:
@@ -51,12 +59,21 @@ def describe(run_dir: Path) -> list[str]:
     lines = [f"run {run_dir}: started with `launcher run` (no Slurm job)", f"  state: {state}"]
     if step:
         lines.append(f"  last step {step['step']}/{total}: loss {step['loss']:.4g}")
-    checkpoints = Path((recipe.get("checkpoint") or {}).get("dir") or run_dir / "checkpoints")
-    try:
-        lines.append(f"  latest checkpoint: {checkpoints / (checkpoints / 'latest').read_text().strip()}")
-    except OSError:
-        lines.append("  latest checkpoint: none committed yet")
+    checkpoints = run.checkpoints((recipe.get("checkpoint") or {}).get("dir") or "")
+    lines.append(f"  latest checkpoint: {_checkpoint_state(checkpoints)}")
     return lines
+
+
+def _checkpoint_state(root: Path) -> str:
+    """The checkpoint a resume would load, checked as the resume checks it."""
+    try:
+        directory = ckpt.find_resume_dir(root, "auto")
+        if directory is None:
+            return "none committed yet"
+        meta = ckpt.verify(directory)
+    except ckpt.CheckpointError as error:
+        return "DAMAGED: " + str(error).replace("\n      HINT:", "; hint:")
+    return f"{directory} (step {meta.get('step')}; every file matches its manifest)"
 
 
 def _runs_for(pid: object, run_dir: Path) -> bool:

@@ -22,3 +22,49 @@ def redact_env(env: Mapping[str, str]) -> dict[str, str]:
 def secret_values(env: Mapping[str, str]) -> list[str]:
     """Values to scrub from any text we write (long enough to be recognisable)."""
     return [v for k, v in env.items() if is_secret_name(k) and len(v) >= 6]
+
+
+def split_secret_overrides(overrides: list[str] | tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """(overrides to write down, secret environment variables): `cluster.env.HF_TOKEN=abc`, or a
+    secret key of a `cluster.env={...}` / `cluster={env: {...}}` mapping, leaves the override and
+    becomes a variable that reaches the job through its environment instead of a script."""
+    public, secrets = [], {}
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if not sep or not key.startswith("cluster"):
+            public.append(arg)
+            continue
+        if key.startswith("cluster.env.") and is_secret_name(key[len("cluster.env."):]):
+            secrets[key[len("cluster.env."):]] = _env_value(value)
+            continue
+        if key not in ("cluster.env", "cluster"):
+            public.append(arg)
+            continue
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = None
+        env = parsed.get("env") if key == "cluster" and isinstance(parsed, dict) else parsed
+        if not isinstance(env, dict) or not any(isinstance(k, str) and is_secret_name(k) for k in env):
+            public.append(arg)
+            continue
+        secrets.update({k: _env_value(v) for k, v in env.items() if isinstance(k, str) and is_secret_name(k)})
+        kept = {k: v for k, v in env.items() if not (isinstance(k, str) and is_secret_name(k))}
+        rest = {**parsed, "env": kept} if key == "cluster" else kept
+        public.append(f"{key}={yaml.safe_dump(rest, default_flow_style=True, width=10**6).strip()}")
+    return public, secrets
+
+
+def _env_value(value) -> str:
+    """A variable's text: a quoted YAML string unquoted, anything else as written."""
+    if isinstance(value, str) and value[:1] in ("'", '"'):
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return loaded if isinstance(loaded, str) else value
+    return value if isinstance(value, str) else str(value)

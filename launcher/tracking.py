@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TRACKING_FILE = "tracking.json"
+from launcher.rundir.layout import RunDir
 
 
 def job_run_id(run_dir: str) -> str:
     """The tracker run id of this run directory, created on first use (launcher side, no wandb)."""
-    path = Path(run_dir) / TRACKING_FILE
+    path = RunDir(run_dir).tracking
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))["run_id"]
     run_id = secrets.token_hex(4)

@@ -38,6 +38,7 @@ class AccelerateBackend:
         self.device = self.accelerator.device
         self.model = None
         self.optimizer = None
+        self.last_step_skipped = False  # train.on_nonfinite=skip: the last step's update was skipped
 
     def prepare(self, model, groups) -> None:
         optimizer = build_optimizer(groups, self.recipe.optimizer, fused=self.device.type == "cuda")
@@ -60,7 +61,10 @@ class AccelerateBackend:
             norm = self.accelerator.clip_grad_norm_(parameters, clip)
         else:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in parameters]))
-        self.optimizer.step()
+        # skip reads the norm before the update: a host sync per step, the price of that policy.
+        self.last_step_skipped = self.recipe.train.on_nonfinite == "skip" and not bool(torch.isfinite(norm))
+        if not self.last_step_skipped:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 

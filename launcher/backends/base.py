@@ -3,7 +3,7 @@
 Per optimizer step the trainer calls, for each of the `accumulation` micro-batches:
     loss = task.loss(backend.model, batch) ...; backend.backward(scaled_loss, last=k == accumulation - 1)
 and then once:
-    grad_norm = backend.step(lr)
+    grad_norm = backend.step(lr, step)
 The LR is set by the trainer from the closed-form schedule; backends never own a scheduler.
 """
 
@@ -16,6 +16,7 @@ class Backend(Protocol):
     name: str
     device: Any  # torch.device
     model: Any  # the wrapped module: call it for forward passes
+    last_step_skipped: bool  # train.on_nonfinite=skip: step() skipped its update (non-finite norm)
 
     def prepare(self, model: Any, groups: list[dict]) -> None: ...
 
@@ -23,7 +24,8 @@ class Backend(Protocol):
         """Backpropagate one micro-batch; gradients sync across ranks only when `last`."""
 
     def step(self, lr: float, step: int) -> Any:
-        """Clip, update, zero grads; return the global grad norm (a tensor, no host sync)."""
+        """Clip, update, zero grads; return the global grad norm (a tensor, no host sync), or None
+        when the engine does not compute one."""
 
     def autocast(self) -> Any:
         """Context for forward passes (mixed precision)."""

@@ -85,12 +85,18 @@ def passthrough_problems(config: dict) -> list[str]:
     """Validate the merged config with DeepSpeed's own (pydantic) schema; [] when it is valid.
 
     DeepSpeed forbids unknown keys inside its sections (zero_optimization, ...) but ignores unknown
-    top-level keys, so a typo there stays unnoticed by both of us.
+    top-level keys, so a typo there stays unnoticed by both of us. Outside a process group it
+    checks the batch keys for one process, so they are given to it as one process's (the plan
+    checks them for the real world size).
     """
     from deepspeed.runtime.config import DeepSpeedConfig
 
+    config = dict(config)
+    micro, accumulation = config.get("train_micro_batch_size_per_gpu"), config.get("gradient_accumulation_steps")
+    if not torch.distributed.is_initialized() and isinstance(micro, int) and isinstance(accumulation, int):
+        config["train_batch_size"] = micro * accumulation
     try:
-        DeepSpeedConfig(dict(config))
+        DeepSpeedConfig(config)
     except Exception as exc:  # noqa: BLE001 - pydantic and DeepSpeed raise several types
         return [" ".join(str(exc).split())[:600]]
     return []
@@ -118,6 +124,7 @@ class DeepSpeedBackend:
         self.device = torch.device("cuda", dist_env.local_rank) if cuda else torch.device("cpu")
         self.engine = None
         self.model = None
+        self.last_step_skipped = False  # train.on_nonfinite=skip is refused for DeepSpeed (schema)
 
     def prepare(self, model, groups) -> None:
         import deepspeed
@@ -149,7 +156,8 @@ class DeepSpeedBackend:
         set_lr(self.engine.optimizer, lr, step)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return torch.as_tensor(norm if norm is not None else float("nan"))
+        # None: DeepSpeed did not compute one (ZeRO-0 in fp32 steps a plain torch optimizer).
+        return torch.as_tensor(norm) if norm is not None else None
 
     def unwrapped(self):
         return self.engine.module

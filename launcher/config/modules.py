@@ -5,6 +5,8 @@ The protocol a recipe module follows (see launcher/recipes/mlp_regression.py for
     ModelConfig, DataConfig                frozen dataclasses for the `model:` / `data:` sections
     build(recipe, ctx) -> Task             called in each worker; imports torch inside
     tokens_per_sample(recipe) -> int|None  optional, for the plan's arithmetic table
+    IDENTITY_EXEMPT: frozenset[str]        optional, `model.`/`data.` keys a run may change between
+                                           resumes: they change no checkpoint (launcher.rundir.identity)
 Module-level code must not import torch, so that `launcher plan` stays fast.
 """
 

@@ -10,7 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from launcher.rundir.naming import name_problem
+
 Auto = Literal["auto"]
+MAX_SEED = 2**63 - 1  # torch takes 64 bits; the per-rank seeds derived from it wrap around (trainer)
+
+
+def deepspeed_config_problems(config: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """What DeepSpeed would refuse only after the ranks started, found before: a ZeRO stage that
+    does not exist. (YAML dates, which JSON cannot hold, are refused when the file is read.) Batch
+    keys are checked against the plan's world size (plan/launch.py); the rest by DeepSpeed's own
+    schema in `validate` and `run`."""
+    zero = config.get("zero_optimization")
+    stage = zero.get("stage") if isinstance(zero, dict) else None
+    if stage is not None and (isinstance(stage, bool) or stage not in (0, 1, 2, 3)):
+        return [("zero_optimization.stage", f"must be 0, 1, 2 or 3, got {stage!r}",
+                 "set backend.zero_stage instead of the raw key")]
+    return []
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,12 @@ class OptimizerConfig:
             out.append(("grad_clip", "must be >= 0", "use 0 to disable clipping"))
         if not all(0 <= b < 1 for b in self.betas):
             out.append(("betas", f"each beta must be in [0, 1), got {list(self.betas)}", "e.g. [0.9, 0.999]"))
+        if self.eps <= 0:
+            out.append(("eps", f"must be > 0, got {self.eps}", "AdamW's default is 1e-8"))
+        if self.momentum < 0:
+            out.append(("momentum", f"must be >= 0, got {self.momentum}", "SGD's usual momentum is 0.9"))
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            out.append(("nesterov", "Nesterov momentum needs momentum > 0", "set optimizer.momentum, e.g. 0.9"))
         return out
 
 
@@ -95,9 +117,15 @@ class TrainConfig:
     # Record this many steps of rank 0 with torch.profiler (after 3 warm-up steps) into
     # RUN_DIR/profile/: a trace and where the step time goes. 0: no profiler.
     profile_steps: int = 0
+    # A NaN or inf loss or gradient norm: stop the run there without saving (the last checkpoint is
+    # finite), or skip that update (Accelerate; one host sync per step) up to max_nonfinite_skips.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_nonfinite_skips: int = 10
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []
+        if self.max_nonfinite_skips < 0:
+            out.append(("max_nonfinite_skips", "must be >= 0", "skipped updates allowed before the run stops"))
         if self.profile_steps < 0:
             out.append(("profile_steps", f"must be >= 0, got {self.profile_steps}",
                         "0 turns the profiler off; 5-10 steps make a readable trace"))
@@ -128,6 +156,8 @@ class BackendConfig:
         if self.offload_params and self.zero_stage != 3:
             out.append(("offload_params", "parameter offload needs zero_stage: 3",
                         "set backend.zero_stage=3 or backend.offload_params=false"))
+        out += [(f"deepspeed_config.{key}", message, hint) for key, message, hint in
+                deepspeed_config_problems(self.deepspeed_config)]
         return out
 
 
@@ -233,6 +263,15 @@ class Recipe:
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []
+        problem = name_problem(self.name)
+        if problem:
+            out.append(("name", problem, "the run directory is <output_dir>/<name>, e.g. `name: bert-base-lr3e-4`"))
+        if not 0 <= self.seed <= MAX_SEED:
+            out.append(("seed", f"must be in 0..2**63-1, got {self.seed}", "any whole number like 0 or 1234"))
+        if self.train.on_nonfinite == "skip" and self.backend.name == "deepspeed":
+            out.append(("train.on_nonfinite", "`skip` needs backend.name=accelerate: DeepSpeed applies the update "
+                        "inside engine.step(), before the norm can be checked",
+                        "use `stop` (the default); fp16 runs skip overflowing steps by DeepSpeed's loss scaling"))
         if self.scheduler.warmup_steps >= self.train.steps and self.train.steps > 0:
             out.append(("scheduler.warmup_steps",
                         f"warmup ({self.scheduler.warmup_steps}) must be shorter than train.steps ({self.train.steps})",

@@ -14,16 +14,13 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from launcher.rundir.layout import RunDir
+
 TAIL_LINES = 15
 # faulthandler's stall dump (launcher.runtime.stuck): a "Timeout (h:mm:ss)!" line, then one block
 # per thread: a header, then frames, innermost first.
 _THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+) \(most recent call first\):$")
 _FRAME = re.compile(r'^  File "(.*)", line (\d+) in (.*)$')
-
-
-def rank_records_dir(run_dir: str | Path) -> Path:
-    """Where each rank of the current job writes rank-N.json (stdlib only: the worker imports it early)."""
-    return Path(run_dir) / "logs" / "ranks"
 
 
 @dataclass(frozen=True)
@@ -113,7 +110,7 @@ def describe_stall(frames: list[tuple[str, int, str]]) -> str:
 
 
 def write(run_dir: str, failure: Failure) -> None:
-    path = Path(run_dir) / "logs" / "failure.json"
+    path = RunDir(run_dir).failure
     path.write_text(json.dumps(asdict(failure), indent=2) + "\n", encoding="utf-8")
 
 
@@ -133,7 +130,7 @@ def _stalls(records: list[dict]) -> tuple[str, ...]:
 def rank_records(run_dir: Path) -> list[dict]:
     """The readable rank records of the run's current job, by rank."""
     records = []
-    for path in sorted(rank_records_dir(run_dir).glob("rank-*.json")):
+    for path in sorted(RunDir(run_dir).rank_records.glob("rank-*.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

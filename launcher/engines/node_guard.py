@@ -24,7 +24,8 @@ import sys
 import threading
 import time
 
-from launcher.engines.node_report import agent_errors_dir, exit_code
+from launcher.engines.node_report import exit_code
+from launcher.rundir.layout import RunDir
 
 GRACE_SECONDS = float(os.environ.get("LAUNCHER_GRACE_SECONDS", "60"))
 
@@ -77,7 +78,7 @@ def _agent_error_file(run_dir: str) -> dict[str, str]:
     reads these to tell "a node never joined" from other failures. Workers get their own files."""
     if not run_dir:
         return {}
-    folder = agent_errors_dir(run_dir)
+    folder = RunDir(run_dir).agent_errors
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:

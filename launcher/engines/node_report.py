@@ -12,8 +12,9 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from launcher.rundir.layout import RunDir
 
 if TYPE_CHECKING:
     from launcher.engines.process import GroupView
@@ -28,12 +29,8 @@ def exit_code(code: int) -> int:
     return 128 - code if code < 0 else code  # a child killed by signal N reads as -N
 
 
-def agent_errors_dir(run_dir: str) -> Path:
-    return Path(run_dir) / "logs" / "nodes"
-
-
 def rendezvous_timed_out(run_dir: str) -> bool:
-    for path in agent_errors_dir(run_dir).glob("*.json"):
+    for path in RunDir(run_dir).agent_errors.glob("*.json"):
         try:
             if "RendezvousTimeoutError" in path.read_text(encoding="utf-8", errors="replace"):
                 return True

@@ -30,12 +30,16 @@ STOP_STATUSES = frozenset(128 + s for s in _FORWARDED)
 
 
 def execute(plan: LaunchPlan, secrets: Mapping[str, str] | None = None, grace: float = GRACE_SECONDS,
-            started_at: float | None = None) -> int:
+            started_at: float | None = None, keep_fds: Sequence[int | None] = ()) -> int:
+    """Run the plan; its exit status. keep_fds: descriptors every started process holds open too
+    (the run directory's lock, so it stays held while they stop, even if the launcher dies)."""
     # The start time travels in the environment (not the plan, which is pure data) so the worker
     # can report launch overhead: `launcher run` to the first optimizer step.
     started = {"LAUNCHER_START_TIME": repr(started_at or time.time())}
     pdsh = plan.engine == "pdsh"
-    commands = [Command(list(p.argv), {**os.environ, **p.env, **started}, p.keep_stdin, pdsh) for p in plan.processes]
+    fds = tuple(fd for fd in keep_fds if fd is not None)
+    commands = [Command(list(p.argv), {**os.environ, **p.env, **started}, p.keep_stdin, pdsh, fds)
+                for p in plan.processes]
     stop_remote = _remote_stopper(plan)
     with _secrets_file(plan.secrets_file, secrets or {}):
         return run_group(commands, grace, stop_remote, node_reporter(plan))
@@ -48,6 +52,7 @@ class Command:
     keep_stdin: bool = False
     # pdsh: watch its stderr for the per-host exit codes it reports (one process covers many hosts).
     pdsh_host_exits: bool = False
+    pass_fds: tuple[int, ...] = ()  # inherited by the process (and kept open by it)
 
 
 @dataclass
@@ -99,7 +104,7 @@ def run_group(commands: Sequence[Command], grace: float = GRACE_SECONDS,
             stdin = subprocess.PIPE if command.keep_stdin else subprocess.DEVNULL
             stderr = subprocess.PIPE if command.pdsh_host_exits else None
             procs.append(subprocess.Popen(command.argv, env=command.env, stdin=stdin, stderr=stderr,
-                                          start_new_session=True, preexec_fn=arm))
+                                          start_new_session=True, preexec_fn=arm, pass_fds=command.pass_fds))
             view.host_exits.append({})
             if stderr:
                 watcher = threading.Thread(target=_copy_pdsh_stderr, daemon=True,
@@ -176,7 +181,8 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
 
 @contextlib.contextmanager
 def _secrets_file(path: str, secrets: Mapping[str, str]):
-    """Secrets for remote ranks: a 0600 file on the shared run directory, gone when the job ends."""
+    """Secrets for remote ranks: a 0600 file on the shared run directory, gone when the job ends,
+    and gone when the launcher is killed outright too (a detached reaper waits for its death)."""
     if not path:
         yield
         return
@@ -185,10 +191,15 @@ def _secrets_file(path: str, secrets: Mapping[str, str]):
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(dict(secrets), handle)
+    reaper = subprocess.Popen([sys.executable, "-m", "launcher.engines.secrets_reaper", str(os.getpid()), str(target),
+                               str(target.stat().st_ino)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              start_new_session=True)
     try:
         yield
     finally:
         target.unlink(missing_ok=True)
+        reaper.kill()  # its work is done; no stray process per job
+        reaper.wait()
 
 
 def _wait(view: GroupView, received: list[int], grace: float,

@@ -10,9 +10,10 @@ from pathlib import Path
 from launcher.config.errors import Problem, RecipeError
 from launcher.config.load import LoadedRecipe
 from launcher.config.schema import ClusterConfig
-from launcher.plan.batch import BatchMath, batch_math
+from launcher.plan.batch import BatchMath, batch_math, deepspeed_batch_problems
 from launcher.plan.remote_env import forwarded_env
 from launcher.plan.topology import Topology
+from launcher.rundir.layout import RunDir
 from launcher.secrets import is_secret_name, redact_env
 
 WORKER_MODULE = "launcher.runtime.worker"
@@ -60,6 +61,11 @@ class LaunchPlan:
         return _rdzv_id(self.run_dir)
 
     @property
+    def master_port(self) -> int:
+        """The rendezvous port (0 for a single local node: torchrun's --standalone picks one)."""
+        return int(self.rendezvous.rsplit(":", 1)[1]) if self.rendezvous.startswith("c10d://") else 0
+
+    @property
     def secrets_file(self) -> str:
         return secrets_path(self.run_dir) if self.secret_names else ""
 
@@ -84,6 +90,10 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
     except ValueError as exc:
         problem: Problem = exc.args[0]
         raise RecipeError(loaded.source, [problem]) from None
+    if recipe.backend.name == "deepspeed":
+        problems = deepspeed_batch_problems(recipe.backend.deepspeed_config, math)
+        if problems:
+            raise RecipeError(loaded.source, problems)
     cluster = recipe.cluster
     explicit = {"LAUNCHER_RUN_DIR": run_dir, "PYTHONUNBUFFERED": "1", **cluster.env}
     if cluster.max_restarts:
@@ -91,7 +101,7 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
         # send them to ports nobody listens on (pytorch/pytorch#135712).
         explicit["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     master = topology.hosts[0]
-    port = rendezvous_port(cluster.master_port, topology.slurm_job_id)
+    port = rendezvous_port(cluster.master_port, topology.slurm_job_id, _rdzv_id(run_dir))
     rendezvous = "standalone" if topology.nodes == 1 and topology.engine == "torchrun" \
         else f"c10d://{master}:{port}"
     if cluster.start_method == "fork":
@@ -130,15 +140,20 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
 
 
 def secrets_path(run_dir: str) -> str:
-    return f"{run_dir}/.secrets.json"
+    return str(RunDir(run_dir).secrets)
 
 
-def rendezvous_port(configured: int, slurm_job_id: str) -> int:
-    """Inside a Slurm job the default port becomes 15000 + the job id's last 4 digits (as Lightning
-    does), so two jobs whose first node is shared do not fight over 29500; any other configured
-    port is used as given."""
-    if slurm_job_id and configured == DEFAULT_MASTER_PORT and slurm_job_id.isdigit():
+def rendezvous_port(configured: int, slurm_job_id: str, run_id: str = "") -> int:
+    """The default port is never used as such, so two jobs whose first node is shared do not meet
+    in one rendezvous store: inside a Slurm job it becomes 15000 + the job id's last 4 digits (as
+    Lightning does); for a hostfile job, a port in 20000-29999 derived from the run directory
+    (the pre-flight check then makes sure it is free). A port the recipe sets is used as given."""
+    if configured != DEFAULT_MASTER_PORT:
+        return configured
+    if slurm_job_id and slurm_job_id.isdigit():
         return 15000 + int(slurm_job_id[-4:])
+    if run_id:
+        return 20000 + int(run_id, 16) % 10000
     return configured
 
 
@@ -201,7 +216,7 @@ def torchrun_argv(python: str, topology: Topology, max_restarts: int, rdzv_timeo
         f"--nproc-per-node={topology.nproc_per_node}",
         f"--max-restarts={max_restarts}",
         # Per-rank stdout/stderr files under the run directory; console shows local rank 0 only.
-        f"--log-dir={run_dir}/logs/torchrun",
+        f"--log-dir={RunDir(run_dir).torchrun_logs}",
         "--tee=3",
         "--local-ranks-filter=0",
         "--log-line-prefix-template=[rank${rank}]: ",

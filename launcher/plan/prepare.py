@@ -7,6 +7,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from launcher.catalog import is_shipped
 from launcher.config.errors import RecipeError
 from launcher.config.load import LoadedRecipe, load_recipe, recipe_to_dict
 from launcher.plan.launch import LaunchPlan, build_plan
@@ -29,7 +30,8 @@ def prepare(recipe_path: str, overrides: tuple[str, ...], nproc: int | None, nod
         topology = resolve_topology(request, environ)
     except ValueError as exc:
         raise RecipeError(recipe_path, exc.args[0]) from None
-    directory = run_dir or default_run_dir(recipe.output_dir, run_name(recipe.name, recipe_path))
+    name = run_name(recipe.name, recipe_path, is_shipped(recipe_path))
+    directory = run_dir or default_run_dir(recipe.output_dir, name)
     plan = build_plan(loaded, topology, str(Path(directory).absolute()), sys.executable,
                       os.environ if environ is None else environ, os.getcwd())
     resolved = recipe_to_dict(recipe)

@@ -36,6 +36,9 @@ SIZES = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium
          "base": (12, 768, 12), "large": (24, 1024, 16)}
 
 
+# Keys that change no checkpoint's meaning: a run may continue with other values (run.json).
+IDENTITY_EXEMPT = frozenset({"model.attention", "data.cache_dir"})
+
 @dataclass(frozen=True)
 class ModelConfig:
     size: Literal["tiny", "mini", "small", "medium", "base", "large"] = "tiny"

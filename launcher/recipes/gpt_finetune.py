@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from launcher.rundir.layout import RunDir
+
 # Bump when packing or the cache layout changes: old caches are then never reused.
 PREPROCESS_VERSION = 1
 DESCRIPTION = "causal LM fine-tuning (AutoModelForCausalLM: GPT-2 family), packing or prompt/response, samples"
@@ -32,6 +34,10 @@ DESCRIPTION = "causal LM fine-tuning (AutoModelForCausalLM: GPT-2 family), packi
 SIZES = {"tiny": (2, 128, 4), "small": (6, 384, 6), "gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16),
          "gpt2-large": (36, 1280, 20)}
 
+
+# Keys that change no checkpoint's meaning: a run may continue with other values (run.json).
+IDENTITY_EXEMPT = frozenset({"model.attention", "data.cache_dir", "data.sample_prompts", "data.max_new_tokens",
+                             "data.temperature", "data.top_k", "data.top_p"})
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -86,6 +92,8 @@ class DataConfig:
             out.append(("eval_fraction", "must be in (0, 0.5)", "e.g. 0.02"))
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             out.append(("temperature", "temperature > 0, top_p in (0, 1], top_k >= 0", "0.8, 0.95, 50"))
+        if not 0 <= self.seed < 2**63:  # seeds torch's generator for the samples
+            out.append(("seed", f"must be in 0..2**63-1, got {self.seed}", "any whole number like 12345"))
         return out
 
 
@@ -171,8 +179,8 @@ def _base_config(model):
 
 def _resolve_model_path(pretrained: str) -> str:
     path = Path(pretrained)
-    if (path / "export" / "config.json").is_file():  # a launcher run directory
-        return str(path / "export")
+    if (RunDir(path).export / "config.json").is_file():  # a launcher run directory
+        return str(RunDir(path).export)
     return pretrained  # a local save_pretrained directory, or a hub name when online
 
 

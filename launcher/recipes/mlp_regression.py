@@ -49,6 +49,8 @@ class DataConfig:
                 out.append((key, f"must be > 0, got {getattr(self, key)}", "a positive count"))
         if self.noise < 0:
             out.append(("noise", "must be >= 0", "standard deviation of the label noise"))
+        if not 0 <= self.seed < 2**40:  # torch generators take 64 bits; the eval split's seed is derived from it
+            out.append(("seed", f"must be in 0..2**40-1, got {self.seed}", "any whole number like 1234"))
         return out
 
 

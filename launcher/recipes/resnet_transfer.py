@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from launcher.rundir.layout import RunDir
+
 DESCRIPTION = "ResNet transfer learning (torchvision): fine-tune, feature extraction, discriminative LRs"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 STAGES = ("layer4", "layer3", "layer2", "layer1")  # unfreezing order; the stem joins layer1
 
+
+# Keys that change no checkpoint's meaning: a run may continue with other values (run.json).
+IDENTITY_EXEMPT = frozenset({"data.workers", "data.cache_dir"})
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -241,8 +246,8 @@ def _starting_point(cfg: ModelConfig):
     if not cfg.weights:
         return IMAGENET_MEAN, IMAGENET_STD, None
     path = Path(cfg.weights)
-    if (path / "export" / "model.pt").is_file():  # a launcher run directory
-        path = path / "export"
+    if (RunDir(path).export / "model.pt").is_file():  # a launcher run directory
+        path = RunDir(path).export
     if path.is_dir() and (path / "model.pt").is_file():
         transforms = json.loads((path / "transforms.json").read_text()) if (path / "transforms.json").exists() else {}
         state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -57,8 +56,8 @@ def console_line(record: dict, total_steps: int) -> str:
     formats = {"loss": "{:.4f}", "lr": "{:.3e}", "grad_norm": "{:.3f}", "samples_per_s": "{:.1f}",
                "tokens_per_s": "{:.0f}", "mfu": "{:.1%}", "step_time_s": None, "samples": None}
     for key, value in record.items():
-        if key == "step" or not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
-            continue
+        if key == "step" or not isinstance(value, (int, float)):
+            continue  # a NaN is shown: a run going non-finite must be seen
         fmt = formats.get(key, "{:.4g}")
         if fmt:
             parts.append(f"{key} " + fmt.format(value))

@@ -22,6 +22,7 @@ import os
 import sys
 import time
 
+from launcher.rundir.layout import RunDir
 from launcher.runtime.dist import DistEnv
 
 _KEY = "launcher/timed_out/"
@@ -47,7 +48,7 @@ def nccl_trace_env(run_dir: str) -> dict[str, str]:
     dumps when the watchdog fires: the run's logs on the shared file system, not each node's /tmp.
     `torchfrtrace RUN_DIR/logs/nccl-trace -p rank_` then names the ranks a collective waited for."""
     return {"TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
-            "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": os.path.join(os.path.abspath(run_dir), "logs", "nccl-trace", "rank_")}
+            "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": os.path.join(RunDir(os.path.abspath(run_dir)).nccl_trace, "rank_")}
 
 
 def is_collective_timeout(error: BaseException) -> bool:

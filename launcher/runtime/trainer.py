@@ -16,9 +16,11 @@ import torch
 from launcher.backends import make_backend
 from launcher.config.load import LoadedRecipe
 from launcher.plan.batch import batch_math
+from launcher.rundir.layout import RunDir
 from launcher.runtime import checkpoint as ckpt
-from launcher.runtime.dist import DistEnv, all_reduce_sum, barrier
+from launcher.runtime.dist import DistEnv, all_reduce_sum, barrier, gather_lists
 from launcher.runtime.metrics import MetricsLog, console_line, emit, peak_flops
+from launcher.runtime.nonfinite import NonFiniteGuard
 from launcher.runtime.optim import param_groups
 from launcher.runtime.profiling import StepProfiler, profile_window
 from launcher.runtime.sampling import GlobalOrder, StepBatches, StreamData
@@ -53,12 +55,12 @@ def train(loaded: LoadedRecipe, run_dir: str, env: DistEnv) -> None:
     backend.prepare(task.model, groups)
     startup.mark("prepare_s")
     # From here on each rank draws its own randomness (dropout, masking).
-    torch.manual_seed(recipe.seed * 100_003 + env.rank + 1)
+    torch.manual_seed((recipe.seed * 100_003 + env.rank + 1) % 2**64)  # torch takes 64 bits
 
-    root = Path(recipe.checkpoint.dir or os.path.join(run_dir, "checkpoints"))
+    root = RunDir(run_dir).checkpoints(recipe.checkpoint.dir)
     manager = ckpt.CheckpointManager(str(root), recipe.checkpoint.keep_last, env.rank, barrier)
     start_step, warnings, meta = _restore(recipe, root, backend, env)
-    log = MetricsLog(Path(run_dir) / "metrics.jsonl", main, start_step)
+    log = MetricsLog(RunDir(run_dir).metrics, main, start_step)
     for warning in warnings:
         log.write({"step": start_step, "warning": warning})
     if env.attempt and main:  # torchrun restarted the group after a failure (cluster.max_restarts)
@@ -108,10 +110,11 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
     interval_loss = torch.zeros((), device=device, dtype=torch.float64)
     interval_count = torch.zeros((), device=device, dtype=torch.float64)
     interval_start, interval_steps = time.perf_counter(), 0
+    guard = NonFiniteGuard(recipe.train.on_nonfinite, recipe.train.max_nonfinite_skips, device, start_step)
     last_record: dict = {}
     stop = StopRequest()
     # Stops itself after its window; a run stopped inside the window exits without the files.
-    profiler = StepProfiler(Path(run_dir) / "profile", device,
+    profiler = StepProfiler(RunDir(run_dir).profile, device,
                             *profile_window(end_step - start_step, recipe.train.profile_steps if main else 0))
     if recipe.train.eval_at_start and start_step == 0:
         _evaluate_and_sample(task, backend, env, log, tracker, run_dir, 0, recipe.train.steps)
@@ -126,14 +129,19 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
         all_reduce_sum(count)
         scale = env.world_size / count
         lr = lr_at(step, recipe.optimizer.lr, recipe.train.steps, recipe.scheduler)
+        step_loss = torch.zeros((), device=device, dtype=torch.float64)
+        step_count = torch.zeros((), device=device, dtype=torch.float64)
         for k, batch in enumerate(micro_batches):
             batch = _to_device(batch, device)
             with backend.autocast():
                 loss_sum, targets = task.loss(backend.model, batch)
             backend.backward(loss_sum * scale.to(loss_sum.dtype), last=k == math.accumulation - 1)
-            interval_loss += loss_sum.detach().double()
-            interval_count += targets.double()
+            step_loss += loss_sum.detach().double()
+            step_count += targets.double()
         grad_norm = backend.step(lr, step)
+        if guard.after_step(step + 1, grad_norm, step_loss, backend):
+            interval_loss += step_loss
+            interval_count += step_count
         profiler.step()
         interval_steps += 1
         done = step + 1
@@ -142,11 +150,12 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
             log.write({"step": done, **startup.report()})
         if done % recipe.train.log_every == 0 or done == end_step:
             elapsed = time.perf_counter() - interval_start
-            totals = all_reduce_sum(torch.stack([interval_loss, interval_count]))
+            totals = all_reduce_sum(torch.stack([interval_loss, interval_count, guard.flag()])).tolist()
             samples_per_s = interval_steps * math.global_batch / elapsed
             last_record = {
-                "step": done, "loss": (totals[0] / totals[1]).item(), "lr": lr,
-                "grad_norm": float(grad_norm), "samples": done * math.global_batch,
+                "step": done, "loss": totals[0] / totals[1] if totals[1] else float("nan"), "lr": lr,
+                **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}),
+                "samples": done * math.global_batch,
                 "samples_per_s": samples_per_s, "step_time_s": elapsed / interval_steps,
             }
             if task.tokens_per_sample:
@@ -155,22 +164,28 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
                 last_record["mfu"] = samples_per_s * task.flops_per_sample / (peak * env.world_size)
             if device.type == "cuda":
                 last_record["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            if guard.skipped:
+                last_record["skipped_steps"] = guard.skipped
             log.write(last_record)
             tracker.log(last_record, done)
             if main:
                 emit(console_line(last_record, recipe.train.steps))
+            guard.check(done, totals[2], manager.root)  # after the line: a NaN is seen where it happened
             interval_loss.zero_(), interval_count.zero_()
             interval_start, interval_steps = time.perf_counter(), 0
         disarm_stall_dump()  # evaluation and saving below run on their own clocks
         eval_due = recipe.train.eval_every and done % recipe.train.eval_every == 0
+        save_due = recipe.checkpoint.every_steps and done % recipe.checkpoint.every_steps == 0
+        if eval_due or save_due or done in (end_step, recipe.train.steps):
+            guard.check_agreed(done, manager.root)  # nothing non-finite is evaluated, saved or exported
         if eval_due or done == recipe.train.steps:
             _evaluate_and_sample(task, backend, env, log, tracker, run_dir, done, recipe.train.steps)
-        save_due = recipe.checkpoint.every_steps and done % recipe.checkpoint.every_steps == 0
         if save_due or done == end_step:
             _save(manager, backend, recipe, math, env, done, run_id)
         signum = stop.agreed()
         if signum is not None:
             if not (save_due or done == end_step):  # never a second save of the same step
+                guard.check_agreed(done, manager.root)
                 _save(manager, backend, recipe, math, env, done, run_id)
             if main:
                 emit(f"stopped by {signal.Signals(signum).name} after step {done}: checkpoint committed; "
@@ -179,7 +194,7 @@ def _loop(recipe, task: Task, backend, math, env: DistEnv, log: MetricsLog, trac
     if end_step == recipe.train.steps:
         _export(task, backend, run_dir, main)
         if main and recipe.tracking.log_model and task.export is not None:
-            tracker.log_model(str(Path(run_dir) / "export"), f"model-{Path(run_dir).name}")
+            tracker.log_model(str(RunDir(run_dir).export), f"model-{Path(run_dir).name}")
 
 
 class Stopped(Exception):
@@ -252,7 +267,7 @@ def _log_samples(rows: list[dict], step: int, run_dir: str, tracker, main: bool)
         return
     import json
 
-    with open(Path(run_dir) / "samples.jsonl", "a", encoding="utf-8") as handle:
+    with open(RunDir(run_dir).samples, "a", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps({"step": step, **row}) + "\n")
     for row in rows:
@@ -265,7 +280,16 @@ def _restore(recipe, root: Path, backend, env: DistEnv) -> tuple[int, list[str],
     directory = ckpt.find_resume_dir(root, recipe.checkpoint.resume)
     if directory is None:
         return 0, [], {}
-    meta = ckpt.verify(directory)
+    manifest = ckpt.read_manifest(directory)
+    # Each rank checks its share of the files; all ranks learn every problem, so all stop together.
+    problems = gather_lists(ckpt.file_problems(directory, manifest, env.rank, env.world_size))
+    if problems:
+        raise ckpt.corrupt(directory, problems)
+    meta = manifest["meta"]
+    if meta["step"] > recipe.train.steps:
+        raise ckpt.CheckpointError(f"{directory} is at step {meta['step']}, past train.steps={recipe.train.steps}: "
+                                   "there is nothing to train\n      HINT: raise train.steps, or resume from "
+                                   "an earlier checkpoint (checkpoint.resume=PATH/step-N)")
     warnings = []
     if meta["world_size"] != env.world_size:
         if recipe.backend.name == "deepspeed" and recipe.backend.zero_stage > 0:
@@ -314,7 +338,7 @@ def _export(task: Task, backend, run_dir: str, main: bool) -> None:
         return
     state = backend.export_state_dict()  # collective under ZeRO-3: every rank calls it
     if main:
-        directory = Path(run_dir) / "export"
+        directory = RunDir(run_dir).export
         directory.mkdir(parents=True, exist_ok=True)
         model = backend.unwrapped()
         task.export(model, state, str(directory))

@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,13 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import record
 
     from launcher.config.load import load_recipe
+    from launcher.rundir.layout import RunDir
     from launcher.runtime import stuck
     from launcher.runtime.checkpoint import CheckpointError
     from launcher.runtime.dist import from_environment
+    from launcher.runtime.nonfinite import NonFinite
     from launcher.runtime.trainer import Stopped, train
 
     env = from_environment()
-    loaded = load_recipe(Path(args.run_dir) / "recipe.yaml")
+    loaded = load_recipe(RunDir(args.run_dir).recipe)
     timeout_s = loaded.recipe.cluster.collective_timeout
     _record_rank(args.run_dir, env, forked=_forked(), torch_preloaded=torch_preloaded)
     clean = False  # a failing rank skips the final barrier: it could wait forever on a stuck peer
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"rank {env.rank}: checkpoint error: {error}", file=sys.stderr, flush=True)
         return 3
+    except NonFinite as error:
+        clean = True  # every rank stops at the same agreed step
+        print(f"rank {env.rank}: {error}", file=sys.stderr, flush=True)
+        return 5
     except Stopped as stopped:
         clean = True
         return 128 + stopped.signum  # the conventional status of a process ended by that signal
@@ -100,7 +105,7 @@ def _record_rank(run_dir: str, env, **start: bool) -> None:
     import socket
     import threading
 
-    from launcher.engines.failure import rank_records_dir
+    from launcher.rundir.layout import RunDir
 
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
     record = {"rank": env.rank, "local_rank": env.local_rank, "host": socket.gethostname(), "pid": os.getpid(),
@@ -109,7 +114,7 @@ def _record_rank(run_dir: str, env, **start: bool) -> None:
     if os.path.exists("/proc/self/comm"):  # the name ps/top/nvidia-smi show (Linux)
         with open("/proc/self/comm", encoding="utf-8") as handle:
             record["process_name"] = handle.read().strip()
-    directory = rank_records_dir(run_dir)
+    directory = RunDir(run_dir).rank_records
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"rank-{env.rank}.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
 

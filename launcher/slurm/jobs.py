@@ -1,43 +1,45 @@
 """Talking to Slurm: submit, status, logs, cancel, requeue. Every call is an argv list.
 
-The job ids a run directory was submitted as are kept in <run_dir>/slurm/jobs.json, so
+The job ids a run directory was submitted as are kept in its slurm/jobs.json, so
 `launcher status|logs|cancel RUN_DIR` need no job id (a job id works too).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-JOBS_FILE = "slurm/jobs.json"
+from launcher.rundir.layout import SWEEP_TASK, RunDir
+
 # Job states in which the job may still produce output.
 ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED",
                            "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"})
-REQUEUES_FILE = "slurm/requeues.json"
-TASK_DIR = re.compile(r"task-(\d+)")  # a sweep's array task i runs in RUN_DIR/task-<i>
 
 
 class SlurmError(RuntimeError):
     pass
 
 
-def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+def _run(argv: list[str], timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=env)
     except FileNotFoundError:
         raise SlurmError(f"`{argv[0]}` is not installed here: run this on a Slurm login node") from None
     except subprocess.TimeoutExpired:
         raise SlurmError(f"`{' '.join(argv[:2])}` did not answer in {timeout:.0f} s: is slurmctld up?") from None
 
 
-def submit(script: Path, run_dir: Path, array_tasks: int = 0) -> str:
+def submit(script: Path, run_dir: Path, array_tasks: int = 0, secret_env: dict[str, str] | None = None) -> str:
     """sbatch the script; the job id is recorded in run_dir (with array_tasks, the array's size:
-    task i runs in run_dir/task-<i>)."""
-    done = _run(["sbatch", "--parsable", str(script)])
+    task i runs in run_dir/task-<i>). secret_env: variables the job inherits from sbatch's
+    environment (sbatch exports it by default), so no secret is written into a file."""
+    env = {**os.environ, **secret_env} if secret_env else None
+    done = _run(["sbatch", "--parsable", str(script)], env=env)
     if done.returncode != 0:
         raise SlurmError(f"sbatch refused the job: {done.stderr.strip()}")
     job_id = done.stdout.strip().split(";")[0]
@@ -46,14 +48,14 @@ def submit(script: Path, run_dir: Path, array_tasks: int = 0) -> str:
     jobs = submitted_jobs(run_dir)
     jobs.append({"job_id": job_id, "script": str(script), "submitted": datetime.now(timezone.utc).isoformat(),
                  "array_tasks": array_tasks})
-    path = run_dir / JOBS_FILE
+    path = RunDir(run_dir).jobs
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(jobs, indent=2) + "\n", encoding="utf-8")
     return job_id
 
 
 def submitted_jobs(run_dir: Path) -> list[dict]:
-    path = run_dir / JOBS_FILE
+    path = RunDir(run_dir).jobs
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
 
 
@@ -66,11 +68,11 @@ def resolve_job(target: str) -> tuple[str, Path | None]:
     jobs = submitted_jobs(run_dir)
     if jobs:
         return jobs[-1]["job_id"], run_dir
-    task = TASK_DIR.fullmatch(run_dir.name)
+    task = SWEEP_TASK.fullmatch(run_dir.name)
     parent = submitted_jobs(run_dir.parent)[-1:] if task else []
     if parent and int(task.group(1)) < parent[0].get("array_tasks", 0):
         return f"{parent[0]['job_id']}_{task.group(1)}", run_dir
-    raise SlurmError(f"{target}: no job was submitted from this run directory (no {JOBS_FILE})")
+    raise SlurmError(f"{target}: no job was submitted from this run directory (no {RunDir(run_dir).jobs})")
 
 
 def job_state(job_id: str) -> dict[str, str]:
@@ -127,7 +129,7 @@ def log_files(job_id: str, run_dir: Path | None) -> list[Path]:
     if run_dir is None:
         return []
     if "_" in job_id:  # one array task: its own %A_%a file, in the array's run directory
-        folder = run_dir / "slurm" if (run_dir / JOBS_FILE).exists() else run_dir.parent / "slurm"
+        folder = RunDir(run_dir if RunDir(run_dir).jobs.exists() else run_dir.parent).slurm
         return sorted(folder.glob(f"{job_id}.out"))
-    folder = run_dir / "slurm"  # the job's file, or every task's of its array (not job 123's for 12)
+    folder = RunDir(run_dir).slurm  # the job's file, or every task's of its array (not job 123's for 12)
     return sorted([*folder.glob(f"{job_id}.out"), *folder.glob(f"{job_id}_*.out")])

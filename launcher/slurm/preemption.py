@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.slurm.jobs import REQUEUES_FILE
+from launcher.rundir.layout import RunDir
 
 MARGIN_S = 90  # Slurm may send the signal up to a minute early; stopping takes a little too
 
@@ -38,14 +38,14 @@ def decide(time_left: float | None, signal_lead_s: int, counts: dict[str, int], 
 
 
 def read_counts(run_dir: Path) -> dict[str, int]:
-    path = run_dir / REQUEUES_FILE
+    path = RunDir(run_dir).requeues
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def record(run_dir: Path, cause: str) -> dict[str, int]:
     counts = read_counts(run_dir)
     counts[cause] = counts.get(cause, 0) + 1
-    path = run_dir / REQUEUES_FILE
+    path = RunDir(run_dir).requeues
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(counts) + "\n", encoding="utf-8")
     return counts

@@ -18,6 +18,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from launcher.config.errors import Problem
+from launcher.secrets import is_secret_name
 
 SIGNAL_LEAD_S = 120  # Slurm sends USR1 this long before the time limit: time to commit a checkpoint
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.,:@+=/\-\[\]]+$")
@@ -44,6 +45,15 @@ class SbatchRequest:
     sweeps: tuple[str, ...] = ()  # `key=v1,v2,...`: one array task per combination
     extra: tuple[str, ...] = ()  # more `--option=value` lines for #SBATCH
     environment: dict[str, str] = field(default_factory=dict)  # exported by the script (never secrets)
+    # Secret variables the job gets from the environment sbatch runs in (names only, for the reader).
+    secret_names: tuple[str, ...] = ()
+    allow_schedule_change: bool = False  # passed on to `launcher run`
+
+
+def slurm_job_name(run_name: str) -> str:
+    """The run's name as Slurm's job name: #SBATCH lines take plain ASCII only."""
+    ascii_name = re.sub(r"[^A-Za-z0-9_.+=@-]+", "-", run_name).strip("-")
+    return ascii_name or "launcher"
 
 
 def sweep_tasks(sweeps: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -81,6 +91,9 @@ def check_request(request: SbatchRequest) -> list[Problem]:
         if not sep or not key or not values or any(not v for v in values.split(",")):
             problems.append(Problem("--sweep", f"{sweep!r} is not KEY=V1,V2,...",
                                     "e.g. --sweep optimizer.lr=1e-3,3e-4"))
+        elif is_secret_name(key.rsplit(".", 1)[-1]):
+            problems.append(Problem("--sweep", f"{key} is a secret: its values would be written into the script",
+                                    f"give it once as an override ({key}=...) or in the environment"))
     if request.signal_lead_s < 0:
         problems.append(Problem("--signal-lead", "must be >= 0 seconds", "e.g. 120"))
     return problems
@@ -110,7 +123,11 @@ def render_sbatch(request: SbatchRequest) -> str:
     if tasks:
         lines.append(f"#SBATCH --array=0-{len(tasks) - 1}")
     lines += [f"#SBATCH {option}" for option in request.extra]
-    lines += ["", "set -eu", f"cd {shlex.quote(request.workdir)}",
+    lines += [""]
+    if request.secret_names:
+        lines.append("# Secrets reach the job in the environment `launcher submit` gave sbatch, never in this file: "
+                     + " ".join(request.secret_names))
+    lines += ["set -eu", f"cd {shlex.quote(request.workdir)}",
               f"export LAUNCHER_SLURM_SIGNAL_LEAD={request.signal_lead_s}"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in request.environment.items()]
     if not tasks:
@@ -129,5 +146,7 @@ def _exec_line(request: SbatchRequest, run_dir: str, overrides: tuple[str, ...])
             "--nodes", str(request.nodes)]
     if request.nproc_per_node:
         argv += ["--nproc", str(request.nproc_per_node)]
+    if request.allow_schedule_change:
+        argv.append("--allow-schedule-change")
     # `--` ends the options: an override can never be read as a flag of `launcher run`.
     return "exec " + shlex.join([*argv, "--", *overrides])

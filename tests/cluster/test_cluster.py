@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.slurm.jobs import JOBS_FILE
+from launcher.rundir import RunDir
 from tests.integration.helpers import FIXTURES, ROOT, launch, train_records, wait_for_step, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -48,7 +48,7 @@ def _submit(cluster, recipe: Path, run_dir: Path, *extra: str) -> str:
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip()
-    assert job_id.isdigit() and json.loads((run_dir / JOBS_FILE).read_text())[-1]["job_id"] == job_id
+    assert job_id.isdigit() and json.loads(RunDir(run_dir).jobs.read_text())[-1]["job_id"] == job_id
     return job_id
 
 

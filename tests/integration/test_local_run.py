@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,8 @@ def test_two_process_run_trains_and_records_everything(tmp_path):
     run_dir = tmp_path / "run"
     env = launcher_env(WANDB_API_KEY=SECRET)
     result = launch(ROOT / "recipes" / "mlp-tiny.yaml", run_dir, "train.steps=60", "train.eval_every=0",
-                    "cluster.env.HF_TOKEN=" + SECRET, nproc=2, env=env, timeout=300)
+                    "cluster.env.HF_TOKEN=" + SECRET, f"cluster.env={{API_KEY: {SECRET}x, PLAIN: ok}}", nproc=2,
+                    env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     records = train_records(run_dir)
     assert [r["step"] for r in records] == list(range(10, 61, 10))
@@ -28,6 +30,8 @@ def test_two_process_run_trains_and_records_everything(tmp_path):
     # The secret was in the environment and on the command line; it is in no file we wrote.
     leaked = [p for p in run_dir.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert leaked == []
+    argv = json.loads((run_dir / "environment.json").read_text())["argv"]
+    assert "cluster.env={API_KEY: <redacted>, PLAIN: ok}" in argv  # a secret inside a mapping override too
     assert SECRET not in result.stdout + result.stderr
     status = _status(run_dir)
     assert "state: finished; attempt 0" in status and "last step 60/60" in status, status

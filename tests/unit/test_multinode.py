@@ -239,13 +239,16 @@ def test_unjoined_hosts_from_ssh_exits_pdsh_lines_and_processes_still_starting(t
 
 
 def test_rendezvous_timeout_is_read_from_the_agents_error_files(tmp_path):
-    from launcher.engines.node_report import agent_errors_dir, rendezvous_timed_out
+    from launcher.engines.node_report import rendezvous_timed_out
+    from launcher.rundir import RunDir
+
+    errors = RunDir(tmp_path).agent_errors
 
     assert not rendezvous_timed_out(str(tmp_path))
-    agent_errors_dir(str(tmp_path)).mkdir(parents=True)
-    (agent_errors_dir(str(tmp_path)) / "node1-7.error.json").write_text('{"message": {"message": "ValueError"}}')
+    errors.mkdir(parents=True)
+    (errors / "node1-7.error.json").write_text('{"message": {"message": "ValueError"}}')
     assert not rendezvous_timed_out(str(tmp_path))
-    (agent_errors_dir(str(tmp_path)) / "node2-9.error.json").write_text(
+    (errors / "node2-9.error.json").write_text(
         '{"message": {"message": "RendezvousTimeoutError: "}}')
     assert rendezvous_timed_out(str(tmp_path))
 
@@ -301,3 +304,102 @@ def test_a_sweep_task_directory_means_that_array_task(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["cancel", str(run_dir / "task-1")])
     assert result.exit_code == 0 and "cancelled job 12_1" in result.output
     assert calls[-1] == ["scancel", "12_1"]
+
+
+def test_hostfile_names_a_byte_order_mark_instead_of_an_invisible_bad_name():
+    hosts, problems = parse_hostfile("\ufeffw1 slots=2\nw2 slots=2\n", "hf")
+    assert [h.name for h in hosts] == ["w1", "w2"]
+    assert len(problems) == 1 and "byte-order mark" in problems[0].message and problems[0].where == "hf:1"
+    _, problems = parse_hostfile("w1\u200b slots=2\n", "hf")  # other invisible characters are shown escaped
+    assert "'w1\\u200b'" in problems[0].message
+
+
+@pytest.mark.parametrize("text", ["W1 slots=2\nw1 slots=2\n", "w1. slots=2\nw1 slots=2\n", "w1 slots=2\nW1. slots=2\n"])
+def test_hostfile_host_names_ignore_case_and_a_trailing_dot(text):
+    hosts, problems = parse_hostfile(text, "hf")
+    assert len(hosts) == 1 and len(problems) == 1 and "duplicate host" in problems[0].message
+
+
+def test_hostfile_refuses_a_field_given_twice():
+    hosts, problems = parse_hostfile("w1 slots=2 slots=4\n", "hf")
+    assert not hosts and "2 fields" in problems[0].message
+
+
+def test_hostfile_filters_match_names_as_the_hostfile_does():
+    hosts, _ = parse_hostfile("Worker-0 slots=4\nworker-1 slots=4\n", "hf")
+    kept, problems = apply_filters(hosts, "worker-0:0,1@WORKER-1.", "", "hf")
+    assert not problems and [(h.name, h.slot_ids) for h in kept] == [("Worker-0", (0, 1)), ("worker-1", None)]
+
+
+def test_a_hostfile_that_is_a_device_is_refused(tmp_path):
+    result = CliRunner().invoke(main, ["plan", str(ROOT / "recipes/mlp-tiny.yaml"), "--hostfile", "/dev/zero"])
+    assert result.exit_code == 2 and "hostfile is not a regular file" in result.output
+
+
+def test_two_hostfile_runs_on_one_machine_get_their_own_rendezvous_ports(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    ports = set()
+    for run in ("a", "b", "c"):
+        result = CliRunner().invoke(main, ["plan", str(ROOT / "recipes/mlp-tiny.yaml"), "--hostfile", str(hostfile),
+                                           "--json", "--run-dir", str(tmp_path / run), "cluster.remote_shell=ssh"])
+        assert result.exit_code == 0, result.output
+        import json
+
+        rendezvous = json.loads(result.output)["plan"]["rendezvous"]
+        ports.add(int(rendezvous.rsplit(":", 1)[1]))
+    assert len(ports) == 3 and all(20000 <= p < 30000 for p in ports)
+    chosen = CliRunner().invoke(main, ["plan", str(ROOT / "recipes/mlp-tiny.yaml"), "--hostfile", str(hostfile),
+                                       "--run-dir", str(tmp_path / "a"), "cluster.master_port=31000"])
+    assert "rendezvous c10d://localhost:31000" in chosen.output  # a port the recipe sets is kept
+
+
+SECRET = "hf_secret_token_0123456789"
+
+
+def _fake_sbatch(tmp_path: Path, monkeypatch, exit_code: int = 0) -> Path:
+    """The subprocess seam: an `sbatch` that records its argv and environment."""
+    record = tmp_path / "sbatch-call.json"
+    script = tmp_path / "bin" / "sbatch"
+    script.parent.mkdir()
+    script.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                      f"json.dump({{'argv': sys.argv, 'env': dict(os.environ)}}, open({str(record)!r}, 'w'))\n"
+                      f"print('4242'); sys.exit({exit_code})\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+    return record
+
+
+@pytest.mark.parametrize("override", [f"cluster.env.HF_TOKEN={SECRET}", f"cluster.env={{HF_TOKEN: {SECRET}, A: b}}",
+                                      f"cluster={{env: {{HF_TOKEN: {SECRET}}}}}"])
+def test_submit_never_writes_a_secret_override_and_the_job_still_gets_it(tmp_path, monkeypatch, override):
+    import json
+
+    record = _fake_sbatch(tmp_path, monkeypatch)
+    args = ["submit", str(ROOT / "recipes/mlp-tiny.yaml"), "--nodes", "1", "--run-dir", str(tmp_path / "run"),
+            override]
+    dry = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert dry.exit_code == 0 and SECRET not in dry.output, dry.output
+    assert "# Secrets reach the job in the environment `launcher submit` gave sbatch" in dry.output
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    script = tmp_path / "run" / "slurm" / "job.sbatch"
+    leaked = [p for p in (tmp_path / "run").rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert script.exists() and leaked == [] and SECRET not in result.output
+    call = json.loads(record.read_text())
+    assert call["env"]["HF_TOKEN"] == SECRET  # sbatch exports its environment to the job
+    if "A: b" in override:
+        assert "cluster.env={A: b}" in script.read_text()  # the rest of the mapping stays an override
+
+
+def test_a_failed_submit_leaves_no_secret_behind(tmp_path, monkeypatch):
+    _fake_sbatch(tmp_path, monkeypatch, exit_code=1)
+    result = CliRunner().invoke(main, ["submit", str(ROOT / "recipes/mlp-tiny.yaml"), "--run-dir",
+                                       str(tmp_path / "run"), f"cluster.env.HF_TOKEN={SECRET}"])
+    assert result.exit_code == 1
+    assert not [p for p in (tmp_path / "run").rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+
+
+def test_a_secret_cannot_be_swept():
+    problems = check_request(_request(sweeps=("cluster.env.HF_TOKEN=a,b",)))
+    assert [p.path for p in problems] == ["--sweep"] and "secret" in problems[0].message

@@ -104,7 +104,9 @@ def test_four_node_plan_json(monkeypatch):
     plan = json.loads(result.output)["plan"]
     assert plan["engine"] == "ssh" and plan["math"]["world_size"] == 32 and plan["math"]["accumulation"] == 1
     assert [n["host"] for n in plan["nodes"]] == ["gpu-node-01", "gpu-node-02", "gpu-node-03", "gpu-node-04"]
-    assert all("--rdzv-endpoint=gpu-node-01:29500" in n["argv"] for n in plan["nodes"])
+    port = int(plan["rendezvous"].rsplit(":", 1)[1])  # the default 29500 becomes a port of this run's own
+    assert 20000 <= port < 30000 and port != 29500
+    assert all(f"--rdzv-endpoint=gpu-node-01:{port}" in n["argv"] for n in plan["nodes"])
     assert all(p["argv"][7:9] == ["--", h] for p, h in zip(plan["processes"], [n["host"] for n in plan["nodes"]],
                                                            strict=True))
     assert plan["secret_names"] == ["WANDB_API_KEY"]

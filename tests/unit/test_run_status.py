@@ -24,6 +24,16 @@ def _run_dir(tmp_path, steps_logged: int, pid: int, host: str | None = None):
     return run_dir
 
 
+def _commit_checkpoint(root, step: int) -> None:
+    from launcher.runtime.checkpoint import CheckpointManager
+
+    def write(directory: str) -> None:
+        with open(f"{directory}/model.bin", "wb") as handle:
+            handle.write(bytes(range(256)) * 8)
+
+    CheckpointManager(str(root), 2, rank=0, barrier=lambda: None).save(step, {"step": step}, write)
+
+
 def _status(run_dir) -> str:
     result = CliRunner().invoke(main, ["status", str(run_dir)])
     assert result.exit_code == 0, result.output
@@ -50,11 +60,10 @@ def test_a_live_process_of_another_command_is_not_this_run(tmp_path):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--run-dir", "/elsewhere"])
     try:
         run_dir = _run_dir(tmp_path, 20, other.pid)
-        (run_dir / "checkpoints").mkdir()
-        (run_dir / "checkpoints" / "latest").write_text("step-00000020\n")
+        _commit_checkpoint(run_dir / "checkpoints", 20)
         text = _status(run_dir)
         assert "state: finished; attempt 1" in text
-        assert f"latest checkpoint: {run_dir / 'checkpoints' / 'step-00000020'}" in text
+        assert f"latest checkpoint: {run_dir / 'checkpoints' / 'step-00000020'} (step 20; every file matches" in text
     finally:
         other.kill()
         other.wait()

@@ -1,0 +1,103 @@
+"""What ran and how: recipe.yaml, plan.json and environment.json, secrets redacted."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from launcher.rundir.layout import RunDir
+from launcher.secrets import REDACTED, is_secret_name, redact_env
+
+_TRACKED_PACKAGES = ("torch", "deepspeed", "accelerate", "transformers", "wandb", "launcher")
+
+
+def write_run_dir(run: RunDir, resolved: dict, plan: dict) -> None:
+    run.logs.mkdir(parents=True, exist_ok=True)
+    # Rank records and agent errors describe the current job only (the failure reports read them).
+    shutil.rmtree(run.rank_records, ignore_errors=True)
+    shutil.rmtree(run.agent_errors, ignore_errors=True)
+    run.failure.unlink(missing_ok=True)
+    run.secrets.unlink(missing_ok=True)  # a killed launcher's: the lock says no job of this run is running
+    import yaml
+
+    write_atomic(run.recipe, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    write_atomic(run.plan, json.dumps(plan, indent=2) + "\n")
+    write_atomic(run.environment, json.dumps(environment_record(), indent=2) + "\n")
+
+
+def environment_record() -> dict:
+    versions = {}
+    for package in _TRACKED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "argv": redact_argv(sys.argv),
+        "cwd": os.getcwd(),
+        "git_sha": git_sha(),
+        "packages": versions,
+        "env": redact_env(dict(os.environ)),
+    }
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """Overrides carry secrets too: `cluster.env.HF_TOKEN=abc`, and `cluster.env={API_KEY: abc}`."""
+    return [redact_override(arg) for arg in argv]
+
+
+def redact_override(arg: str) -> str:
+    key, sep, value = arg.partition("=")
+    if not sep:
+        return arg
+    if is_secret_name(key.rsplit(".", 1)[-1]):
+        return f"{key}={REDACTED}"
+    if not value.lstrip().startswith(("{", "[")) and ":" not in value:
+        return arg  # a scalar: it has no keys of its own
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return arg if ":" not in value else f"{key}={REDACTED}"  # unparsable with keys in it: say nothing
+    if not isinstance(parsed, (dict, list)):
+        return arg
+    cleaned = redact_nested(parsed)
+    if cleaned == parsed:
+        return arg
+    return f"{key}={yaml.safe_dump(cleaned, default_flow_style=True, width=10**6).strip()}"
+
+
+def redact_nested(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: REDACTED if isinstance(k, str) and is_secret_name(k) else redact_nested(v)
+                for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact_nested(v) for v in data]
+    return data
+
+
+def git_sha() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def write_atomic(path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
