@@ -170,19 +170,38 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+_OVERLAP_BYTES = 1 << 20  # chunks this large are hashed on a helper thread while they are written
+
+
 class HashingWriter:
-    """A binary file that hashes what is written to it, so the checksum costs no second read."""
+    """A binary file that hashes what is written to it, so the checksum costs no second read.
+
+    Large chunks (tensor data) are hashed on a helper thread while the main thread writes them:
+    xxhash and the write both release the GIL, so the hash hides behind the copy into the page
+    cache (bench/checkpoint_checksum.py: +3% of a 100 MB save inline, +1% overlapped, on 2 cores).
+    Each write returns only when both are done, so the caller may reuse its buffer."""
 
     def __init__(self, path: str) -> None:
         import xxhash
 
         self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._digest = xxhash.xxh3_128()
+        self._helper = None
         self.size = 0
 
     def write(self, data) -> int:
-        self._digest.update(data)
-        written = self._file.write(data)
+        view = memoryview(data)
+        if view.nbytes < _OVERLAP_BYTES:
+            self._digest.update(view)
+            written = self._file.write(view)
+        else:
+            if self._helper is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-hash")
+            hashed = self._helper.submit(self._digest.update, view)
+            written = self._file.write(view)
+            hashed.result()
         self.size += written
         return written
 
@@ -191,6 +210,8 @@ class HashingWriter:
 
     def close(self) -> None:
         self._file.close()
+        if self._helper is not None:
+            self._helper.shutdown()
 
     def hexdigest(self) -> str:
         return self._digest.hexdigest()
