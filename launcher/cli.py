@@ -126,10 +126,10 @@ def _claim(loaded, run_dir: str, resolved: dict, recipe_path: str, allow_schedul
     """Lock the run directory for this experiment, or exit 2 having written nothing."""
     from pathlib import Path
 
+    from launcher.run_status import resume_point, trained_step
     from launcher.rundir import RunDir
     from launcher.rundir.claim import RunDirError, check_run_dir, claim_run_dir, read_record
     from launcher.rundir.identity import Identity
-    from launcher.rundir.progress import resume_point, trained_step
     from launcher.runtime.checkpoint import CheckpointError
 
     run = RunDir(run_dir)
