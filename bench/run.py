@@ -168,10 +168,10 @@ def run_plain(recipe_path: str, overrides: list[str], steps: int, work: Path) ->
     """The hand-written loop: same module, model and micro-batch; no launcher, no engine."""
     import torch
 
+    from launcher.backends.optim import build_optimizer
     from launcher.config.load import load_recipe
+    from launcher.recipe_module import RunContext
     from launcher.runtime.metrics import peak_flops
-    from launcher.runtime.optim import build_optimizer
-    from launcher.runtime.task import RunContext
 
     os.environ["LAUNCHER_CACHE_DIR"] = str(work / "cache")
     if torch.cuda.is_available():

@@ -149,15 +149,17 @@ def _claim(loaded, run_dir: str, resolved: dict, recipe_path: str, allow_schedul
 def _start(loaded, launch_plan, resolved: dict, claim, no_preflight: bool) -> int:
     """Run the job in the claimed run directory; its exit status."""
     import os
-    import signal
 
-    from launcher.engines.process import STOP_STATUSES, execute
+    from launcher.engines.group import STOP_STATUSES
+    from launcher.engines.process import execute
+    from launcher.engines.registry import engine_named
     from launcher.rundir import RunDir
     from launcher.rundir.record import write_run_dir
     from launcher.tracking import job_run_id
 
-    if launch_plan.engine in ("ssh", "pdsh") and not no_preflight:
-        _preflight(launch_plan, launch_plan.master_port)
+    engine = engine_named(launch_plan.engine)
+    if not no_preflight:
+        _preflight(engine.preflight(launch_plan, sys.executable, os.getcwd()))
     for change in claim.changes:
         click.echo(f"launcher: continuing with a changed schedule: {change.render()}", err=True)
     claim.commit()
@@ -171,9 +173,9 @@ def _start(loaded, launch_plan, resolved: dict, claim, no_preflight: bool) -> in
     secrets = {name: loaded.recipe.cluster.env.get(name, os.environ.get(name, ""))
                for name in launch_plan.secret_names}
     status = execute(launch_plan, secrets, started_at=STARTED_AT, keep_fds=(claim.lock_fd,))
-    if launch_plan.engine == "slurm" and status == 128 + signal.SIGUSR1:
-        status = _after_slurm_signal(launch_plan, loaded.recipe.cluster.timeout_requeues, status)
-    elif status != 0 and status not in STOP_STATUSES:  # a failure, not a requested stop
+    if status in STOP_STATUSES:  # a requested stop (Slurm's preemption signal: a requeue)
+        status = engine.after_stop(launch_plan, status, loaded.recipe.cluster.timeout_requeues)
+    elif status != 0:
         _report_failure(launch_plan.run_dir, status, loaded.recipe.cluster.max_restarts)
     click.echo(f"launcher: job finished with exit status {status}", err=True)
     return status
@@ -190,43 +192,13 @@ def _report_failure(run_dir: str, status: int, max_restarts: int) -> None:
     click.echo("launcher: " + failure.render(found, max_restarts).replace("\n", "\nlauncher: "), err=True)
 
 
-def _preflight(launch_plan, master_port: int) -> None:
-    import os
-
-    from launcher.engines.preflight import check_hosts
-
-    problems = check_hosts([n.host for n in launch_plan.nodes], sys.executable, os.getcwd(), master_port)
+def _preflight(problems: list) -> None:
+    """The engine's pre-flight findings (hostfile hosts: ssh, interpreter, port): exit 2 on any."""
     if problems:
         click.echo("error: pre-flight check failed, nothing was started:", err=True)
         for problem in problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-
-
-def _after_slurm_signal(launch_plan, timeout_budget: int, status: int) -> int:
-    """Ranks stopped on Slurm's USR1 with a checkpoint: requeue this job, or explain why not."""
-    import os
-    from pathlib import Path
-
-    from launcher.slurm import jobs, preemption
-
-    job_id = launch_plan.slurm_job_id
-    if os.environ.get("SLURM_ARRAY_JOB_ID"):  # an array task is requeued by its array id
-        job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
-    run_dir = Path(launch_plan.run_dir)
-    lead = int(os.environ.get("LAUNCHER_SLURM_SIGNAL_LEAD", "0") or 0)
-    try:
-        decision = preemption.decide(jobs.time_left_s(job_id), lead, preemption.read_counts(run_dir), timeout_budget)
-        click.echo(f"launcher: {decision.message}", err=True)
-        if not decision.requeue:
-            return status
-        preemption.record(run_dir, decision.cause)
-        jobs.requeue(job_id)
-    except jobs.SlurmError as error:
-        click.echo(f"launcher: could not requeue: {error}", err=True)
-        return status
-    click.echo(f"launcher: job {job_id} requeued; it resumes from the last checkpoint", err=True)
-    return 0
 
 
 @main.command(epilog=_OVERRIDES_HELP)

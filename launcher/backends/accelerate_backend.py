@@ -12,8 +12,8 @@ import os
 
 import torch
 
-from launcher.runtime.optim import build_optimizer, set_lr
-from launcher.runtime.precision import resolve_precision
+from launcher.backends.optim import build_optimizer, set_lr
+from launcher.backends.precision import resolve_precision
 
 _MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 

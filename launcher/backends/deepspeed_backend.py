@@ -12,8 +12,8 @@ import contextlib
 
 import torch
 
-from launcher.runtime.optim import build_optimizer, set_lr
-from launcher.runtime.precision import resolve_precision
+from launcher.backends.optim import build_optimizer, set_lr
+from launcher.backends.precision import resolve_precision
 
 
 def deepspeed_config(recipe, math, precision: str, torch_autocast: bool = False) -> dict:

@@ -1,14 +1,5 @@
-"""Finding a recipe module: a built-in name, a dotted import path, or a .py file.
-
-The protocol a recipe module follows (see launcher/recipes/mlp_regression.py for a whole example):
-    DESCRIPTION: str                       one line for `launcher ls`
-    ModelConfig, DataConfig                frozen dataclasses for the `model:` / `data:` sections
-    build(recipe, ctx) -> Task             called in each worker; imports torch inside
-    tokens_per_sample(recipe) -> int|None  optional, for the plan's arithmetic table
-    IDENTITY_EXEMPT: frozenset[str]        optional, `model.`/`data.` keys a run may change between
-                                           resumes: they change no checkpoint (launcher.rundir.identity)
-Module-level code must not import torch, so that `launcher plan` stays fast.
-"""
+"""Finding a recipe module: a built-in name, a dotted import path, or a .py file, checked
+against the contract in launcher/recipe_module.py (RecipeModule)."""
 
 from __future__ import annotations
 
@@ -18,13 +9,14 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from launcher.recipe_module import REQUIRED
+
 BUILTIN = {
     "mlp_regression": "launcher.recipes.mlp_regression",
     "bert_pretrain": "launcher.recipes.bert_pretrain",
     "gpt_finetune": "launcher.recipes.gpt_finetune",
     "resnet_transfer": "launcher.recipes.resnet_transfer",
 }
-REQUIRED_ATTRIBUTES = ("DESCRIPTION", "ModelConfig", "DataConfig", "build")
 
 
 class ModuleProblem(Exception):
@@ -63,7 +55,7 @@ def import_recipe_module(reference: str) -> ModuleType:
                                     "built-in recipes: " + ", ".join(sorted(BUILTIN))
                                     + "; or a dotted module path on PYTHONPATH, or a .py file") from None
             raise
-    missing = [a for a in REQUIRED_ATTRIBUTES if not hasattr(module, a)]
+    missing = [a for a in REQUIRED if not hasattr(module, a)]
     if missing:
         raise ModuleProblem(f"recipe module `{reference}` lacks {', '.join(missing)}",
                             "a recipe module defines DESCRIPTION, ModelConfig, DataConfig and build(); "

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from launcher.config.errors import Problem, did_you_mean
+from launcher.recipe_module import CheckedConfig
 
 _MISSING = object()
 
@@ -81,9 +82,8 @@ def build_dataclass(cls: type, raw: Any, path: str, out: Collector,
 
 
 def _run_checks(obj: Any, path: str, out: Collector) -> Any:
-    check = getattr(obj, "check", None)
-    if check is not None:
-        for key, message, hint in check():
+    if isinstance(obj, CheckedConfig):
+        for key, message, hint in obj.check():
             out.add(_join(path, key), message, hint)
     return obj
 

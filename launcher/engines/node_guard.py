@@ -10,7 +10,7 @@ SIGKILL after a grace period) when
 - it gets SIGTERM/SIGINT/SIGHUP, or SIGUSR1 (Slurm's pre-timeout signal, relayed by srun); it
   forwards SIGTERM, which torchrun relays to every rank and the ranks turn into a checkpoint.
 torchrun itself would die on SIGUSR1 without telling its ranks, hence the translation.
-Its exit status is torchrun's. Standard library only (node_report is too): it starts before anything heavy.
+Its exit status is torchrun's. Standard library only (what it imports too): it starts before anything heavy.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 
-from launcher.engines.node_report import exit_code
+from launcher.engines.group import exit_code
 from launcher.rundir.layout import RunDir
 
 GRACE_SECONDS = float(os.environ.get("LAUNCHER_GRACE_SECONDS", "60"))

@@ -1,4 +1,4 @@
-"""Which node failed, and which never arrived (faults.md 13).
+"""Which node failed, and which never arrived (docs/faults.md 13).
 
 When one node's process fails while others still run, the launcher names the first and, if the
 failure was a rendezvous timeout, the nodes that never joined: those whose remote shell could not
@@ -14,19 +14,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from launcher.engines.group import exit_code
 from launcher.rundir.layout import RunDir
 
 if TYPE_CHECKING:
-    from launcher.engines.process import GroupView
-    from launcher.plan.launch import LaunchPlan
+    from launcher.engines.commands import LaunchView
+    from launcher.engines.group import GroupView
 
 SSH_CONNECT_FAILED = 255  # ssh's own status when it could not reach or log in to the host
 SETTLE_QUIET_S = 2.0  # the joined nodes time out within moments of each other ...
 SETTLE_MAX_S = 10.0  # ... but a hung connection never ends by itself
-
-
-def exit_code(code: int) -> int:
-    return 128 - code if code < 0 else code  # a child killed by signal N reads as -N
 
 
 def rendezvous_timed_out(run_dir: str) -> bool:
@@ -39,7 +36,7 @@ def rendezvous_timed_out(run_dir: str) -> bool:
     return False
 
 
-def unjoined_hosts(plan: LaunchPlan, codes: list[int | None], host_exits: list[dict[str, int]]) -> dict[str, str]:
+def unjoined_hosts(plan: LaunchView, codes: list[int | None], host_exits: list[dict[str, int]]) -> dict[str, str]:
     """Host -> why it cannot have joined: its connection failed, or it was still starting."""
     missing = {}
     for process, code, reported in zip(plan.processes, codes, host_exits, strict=True):
@@ -56,9 +53,8 @@ def unjoined_hosts(plan: LaunchPlan, codes: list[int | None], host_exits: list[d
     return missing
 
 
-def node_reporter(plan: LaunchPlan) -> Callable[[int, GroupView], None] | None:
-    if len(plan.processes) < 2 and plan.engine != "pdsh":
-        return None  # one torchrun or one srun: they name their own failures
+def node_reporter(plan: LaunchView) -> Callable[[int, GroupView], None]:
+    """The report when one of several node processes (or a pdsh reaching many hosts) fails first."""
 
     def report(first: int, view: GroupView) -> None:
         code = exit_code(view.codes()[first] or 0)
@@ -82,7 +78,7 @@ def node_reporter(plan: LaunchPlan) -> Callable[[int, GroupView], None] | None:
     return report
 
 
-def _join_timeout(plan: LaunchPlan) -> str:
+def _join_timeout(plan: LaunchView) -> str:
     option = "--rdzv-conf=join_timeout="
     return next((a[len(option):] for n in plan.nodes[:1] for a in n.argv if a.startswith(option)), "?")
 

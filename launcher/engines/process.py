@@ -1,182 +1,35 @@
-"""Start the plan's commands and own their lifetime: signals in, exit status out.
-
-Each command gets its own process group so that a signal to the launcher reaches torchrun and,
-through torchrun, every rank; after a grace period anything left is killed. No orphans.
-"""
+"""Run a launch plan on its engine: the processes, the secrets file of remote nodes, the lock."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import re
-import shlex
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from launcher.engines.node_report import exit_code, node_reporter
-from launcher.plan.launch import GUARD_MODULE, LaunchPlan
-
-GRACE_SECONDS = 30.0
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
-# Exit statuses of a job stopped on request (128 + the signal), as opposed to a failed one.
-STOP_STATUSES = frozenset(128 + s for s in _FORWARDED)
+from launcher.engines.commands import LaunchView
+from launcher.engines.group import GRACE_SECONDS, Command, run_group
+from launcher.engines.registry import engine_named
 
 
-def execute(plan: LaunchPlan, secrets: Mapping[str, str] | None = None, grace: float = GRACE_SECONDS,
+def execute(plan: LaunchView, secrets: Mapping[str, str] | None = None, grace: float = GRACE_SECONDS,
             started_at: float | None = None, keep_fds: Sequence[int | None] = ()) -> int:
     """Run the plan; its exit status. keep_fds: descriptors every started process holds open too
     (the run directory's lock, so it stays held while they stop, even if the launcher dies)."""
+    engine = engine_named(plan.engine)
     # The start time travels in the environment (not the plan, which is pure data) so the worker
     # can report launch overhead: `launcher run` to the first optimizer step.
     started = {"LAUNCHER_START_TIME": repr(started_at or time.time())}
-    pdsh = plan.engine == "pdsh"
     fds = tuple(fd for fd in keep_fds if fd is not None)
-    commands = [Command(list(p.argv), {**os.environ, **p.env, **started}, p.keep_stdin, pdsh, fds)
-                for p in plan.processes]
-    stop_remote = _remote_stopper(plan)
+    commands = [Command(list(p.argv), {**os.environ, **p.env, **started}, p.keep_stdin, engine.watches_host_exits,
+                        fds) for p in plan.processes]
     with _secrets_file(plan.secrets_file, secrets or {}):
-        return run_group(commands, grace, stop_remote, node_reporter(plan))
-
-
-@dataclass
-class Command:
-    argv: list[str]
-    env: dict[str, str]
-    keep_stdin: bool = False
-    # pdsh: watch its stderr for the per-host exit codes it reports (one process covers many hosts).
-    pdsh_host_exits: bool = False
-    pass_fds: tuple[int, ...] = ()  # inherited by the process (and kept open by it)
-
-
-@dataclass
-class GroupView:
-    """What a failure report may look at while the other processes are still running."""
-
-    procs: list[subprocess.Popen]
-    host_exits: list[dict[str, int]]  # per command: host -> exit code, as pdsh reported it
-    watchers: dict[int, threading.Thread]  # command index -> its stderr copier
-
-    def codes(self) -> list[int | None]:
-        codes = [p.poll() for p in self.procs]
-        for index, watcher in self.watchers.items():
-            if codes[index] is not None:
-                watcher.join(timeout=2)  # an exited process's last stderr lines are read in full
-        return codes
-
-
-_PDSH_EXIT = re.compile(r"^pdsh@[^:]*: ([^:\s]+): ssh exited with exit code (\d+)")
-
-
-def _copy_pdsh_stderr(stream, host_exits: dict[str, int]) -> None:
-    """Pass pdsh's stderr through unchanged, noting the hosts it reports as failed."""
-    for raw in iter(stream.readline, b""):
-        sys.stderr.buffer.write(raw)
-        sys.stderr.buffer.flush()
-        found = _PDSH_EXIT.match(raw.decode("utf-8", "replace"))
-        if found:
-            host_exits[found.group(1)] = int(found.group(2))
-    stream.close()
-
-
-def run_group(commands: Sequence[Command], grace: float = GRACE_SECONDS,
-              stop_remote: Callable[[], None] | None = None,
-              on_failure: Callable[[int, GroupView], None] | None = None) -> int:
-    """Run all commands; the first failure stops the rest. Returns the job's exit status.
-    on_failure(index of the first failed command, view) runs before anything is stopped."""
-    received: list[int] = []
-
-    def on_signal(signum, _frame):
-        received.append(signum)
-
-    previous = {s: signal.signal(s, on_signal) for s in _FORWARDED}
-    view = GroupView([], [], {})
-    procs = view.procs
-    arm = _parent_death_signal()
-    try:
-        for command in commands:
-            stdin = subprocess.PIPE if command.keep_stdin else subprocess.DEVNULL
-            stderr = subprocess.PIPE if command.pdsh_host_exits else None
-            procs.append(subprocess.Popen(command.argv, env=command.env, stdin=stdin, stderr=stderr,
-                                          start_new_session=True, preexec_fn=arm, pass_fds=command.pass_fds))
-            view.host_exits.append({})
-            if stderr:
-                watcher = threading.Thread(target=_copy_pdsh_stderr, daemon=True,
-                                           args=(procs[-1].stderr, view.host_exits[-1]))
-                watcher.start()
-                view.watchers[len(procs) - 1] = watcher
-        status = _wait(view, received, grace, stop_remote, on_failure)
-    finally:
-        # After a signal or a failure alike: ask remote guards to stop and wait for their checkpoint.
-        if stop_remote and any(p.poll() is None for p in procs):
-            _stop_remote_gracefully(procs, stop_remote, grace)
-        for proc in procs:
-            _stop(proc, signal.SIGTERM, grace)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for watcher in view.watchers.values():
-            watcher.join(timeout=5)
-    return status
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec function: the child gets SIGTERM if the launcher dies without cleaning up (SIGKILL,
-    the OOM killer). torchrun turns SIGTERM into a checkpoint and a clean stop; pdsh dies and its
-    ssh connections close, which the remote guards read as EOF. The children have their own
-    session (no terminal signals) but are never orphans. Resolved here, in the parent: the child
-    between fork and exec runs only the C call (no imports while other threads may hold locks)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    launcher_pid = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def arm() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-        if os.getppid() != launcher_pid:  # the launcher died before the call took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return arm
-
-
-def _remote_stopper(plan: LaunchPlan) -> Callable[[], None] | None:
-    """How to ask remote guards to stop gracefully, so the launcher can wait for their checkpoint."""
-    if plan.engine == "ssh":
-        return None  # closing ssh's stdin reaches the guard as EOF; no extra connection needed
-    if plan.engine == "pdsh":
-        # pdsh does not relay stdin, so ask each host's guard directly, matched by this job's
-        # rendezvous id (hex, from the plan): nothing another job started can match.
-        # Anchored at the interpreter: the launcher host is often a node too, and there the local
-        # ssh clients carry the same words in their command lines; they must not be hit.
-        pattern = f"^[^ ]*python[^ ]* -m {GUARD_MODULE} .*--rdzv-id={plan.rendezvous_id}( |$)"
-        hosts = ",".join(h for p in plan.processes for h in p.hosts)
-        # pdsh joins its command words for the remote shell: pass one quoted string.
-        argv = ["pdsh", "-R", "ssh", "-w", hosts, shlex.join(["pkill", "-TERM", "-f", "--", pattern])]
-        return lambda: subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
-                                      check=False)
-    return None
-
-
-def _stop_remote_gracefully(procs: list[subprocess.Popen], stop_remote: Callable[[], None], grace: float) -> None:
-    try:
-        stop_remote()
-    except (OSError, subprocess.SubprocessError) as exc:
-        print(f"launcher: could not reach the remote guards ({exc}); closing the connections", file=sys.stderr)
-    _wait_all(procs, grace)
-
-
-def _wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        time.sleep(0.1)
+        return run_group(commands, grace, engine.remote_stopper(plan), engine.failure_reporter(plan),
+                         engine.stop_signal)
 
 
 @contextlib.contextmanager
@@ -200,68 +53,3 @@ def _secrets_file(path: str, secrets: Mapping[str, str]):
         target.unlink(missing_ok=True)
         reaper.kill()  # its work is done; no stray process per job
         reaper.wait()
-
-
-def _wait(view: GroupView, received: list[int], grace: float,
-          stop_remote: Callable[[], None] | None, on_failure: Callable[[int, GroupView], None] | None) -> int:
-    procs = view.procs
-    while True:
-        if received:
-            signum = received[0]
-            print(f"launcher: received {signal.Signals(signum).name}, stopping all processes", file=sys.stderr)
-            for proc in procs:
-                if proc.stdin:
-                    _close(proc.stdin)  # ssh: the remote guard reads EOF and stops torchrun gracefully
-                elif not stop_remote:
-                    # torchrun relays INT/TERM/HUP to its ranks; srun relays USR1 to the node guards,
-                    # which turn it into SIGTERM (torchrun itself would die on USR1).
-                    _signal_group(proc, signal.SIGUSR1 if _is_srun(proc) else _for_torchrun(signum))
-            if not stop_remote:  # with a remote stopper, run_group's cleanup asks and waits
-                _wait_all(procs, grace)
-            return 128 + signum
-        codes = [p.poll() for p in procs]
-        failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
-        if failed:
-            if on_failure:
-                on_failure(failed[0], view)
-            return exit_code(codes[failed[0]])
-        if all(c == 0 for c in codes):
-            return 0
-        time.sleep(0.1)
-
-
-def _for_torchrun(signum: int) -> int:
-    return signal.SIGTERM if signum == signal.SIGUSR1 else signum
-
-
-def _is_srun(proc: subprocess.Popen) -> bool:
-    args = proc.args
-    return isinstance(args, list) and bool(args) and os.path.basename(str(args[0])) == "srun"
-
-
-def _close(stream) -> None:
-    try:
-        stream.close()
-    except OSError:
-        pass
-
-
-def _signal_group(proc: subprocess.Popen, signum: int) -> None:
-    try:
-        os.killpg(proc.pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _stop(proc: subprocess.Popen, signum: int, grace: float) -> None:
-    """Terminate the whole group, then kill it after the grace period."""
-    if proc.poll() is None:
-        if proc.stdin:
-            _close(proc.stdin)
-        _signal_group(proc, signum)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    _signal_group(proc, signal.SIGKILL)  # stragglers that left torchrun's control
-    proc.wait()

@@ -6,7 +6,9 @@ factor, rather than silently changing the batch (and with it the meaning of the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from launcher.config.errors import Problem
 
@@ -57,6 +59,15 @@ def batch_math(global_batch: int, micro: int, world_size: int, nodes: int, nproc
         global_batch=global_batch, optimizer_steps=steps, warmup_steps=warmup,
         samples_seen=samples, tokens_per_sample=tokens_per_sample,
         tokens_seen=samples * tokens_per_sample if tokens_per_sample else None)
+
+
+def plan_math(plan_file: Path, world_size: int) -> BatchMath:
+    """The arithmetic the launcher planned (plan.json), for the world the engine started."""
+    math = BatchMath(**json.loads(plan_file.read_text(encoding="utf-8"))["math"])
+    if math.world_size != world_size:
+        raise RuntimeError(f"{plan_file} plans {math.world_size} processes, the engine started {world_size}: "
+                           "the run directory's plan is not this job's")
+    return math
 
 
 def _divisible_hint(global_batch: int, micro: int, world: int) -> str:

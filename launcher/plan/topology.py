@@ -10,13 +10,14 @@ from dataclasses import dataclass
 
 from launcher.config.errors import Problem
 from launcher.config.files import HOSTFILE_LIMIT, UnreadableFile, read_small_text
+from launcher.engines.registry import LOCAL, SLURM, remote_engine
 from launcher.plan.hostfile import apply_filters, parse_hostfile
 from launcher.plan.hostlist import expand_hostlist
 
 
 @dataclass(frozen=True)
 class Topology:
-    engine: str  # "torchrun" (one local node) | "pdsh" | "ssh" (hostfile) | "slurm" (srun in an allocation)
+    engine: str  # the name of the engine that starts it (launcher.engines.registry)
     hosts: tuple[str, ...]  # one entry per node; "localhost" for a single local node
     nproc_per_node: int
     # Per host: the device indices a hostfile filter selected (exported as CUDA_VISIBLE_DEVICES).
@@ -76,7 +77,7 @@ def resolve_topology(request: TopologyRequest, environ: Mapping[str, str] | None
     if nproc == "auto":
         nproc = max(1, count_local_gpus())
     assert isinstance(nproc, int)
-    return Topology("torchrun", ("localhost",), nproc)
+    return Topology(LOCAL, ("localhost",), nproc)
 
 
 def _from_hostfile(request: TopologyRequest, which: Callable[[str], str | None]) -> Topology:
@@ -98,10 +99,7 @@ def _from_hostfile(request: TopologyRequest, which: Callable[[str], str | None])
     if request.nodes and request.nodes != len(hosts):
         raise ValueError([Problem("cluster.nodes", f"{request.nodes} nodes asked for, the hostfile has {len(hosts)}",
                                   "drop --nodes/cluster.nodes or filter hosts with --include/--exclude", source)])
-    if request.remote_shell == "pdsh" and not which("pdsh"):
-        raise ValueError([Problem("cluster.remote_shell", "pdsh is not installed here",
-                                  "install pdsh, or set cluster.remote_shell=ssh")])
-    engine = "pdsh" if request.remote_shell == "pdsh" or (request.remote_shell == "auto" and which("pdsh")) else "ssh"
+    engine = remote_engine(request.remote_shell, which)
     nproc = slots.pop()  # DeepSpeed's meaning: slots = processes on that host (filters narrow them)
     return Topology(engine, tuple(h.name for h in hosts), nproc, tuple(h.slot_ids for h in hosts))
 
@@ -121,4 +119,4 @@ def _from_slurm(request: TopologyRequest, environ: Mapping[str, str]) -> Topolog
         gpus = environ.get("SLURM_GPUS_ON_NODE", "")
         nproc = int(gpus) if gpus.isdigit() and int(gpus) > 0 else max(1, count_local_gpus())
     assert isinstance(nproc, int)
-    return Topology("slurm", tuple(allocated[:nodes]), nproc, (), job)
+    return Topology(SLURM, tuple(allocated[:nodes]), nproc, (), job)

@@ -113,7 +113,7 @@ def tokens_per_sample(recipe) -> int:
 def build(recipe, ctx):
     import torch
 
-    from launcher.runtime.task import Task
+    from launcher.recipe_module import Task
 
     data_cfg: DataConfig = recipe.data
     cache = _cache_directory(data_cfg)

@@ -104,7 +104,7 @@ def tokens_per_sample(recipe) -> int:
 def build(recipe, ctx):
     import torch
 
-    from launcher.runtime.task import Task
+    from launcher.recipe_module import Task
 
     data_cfg: DataConfig = recipe.data
     source = _resolve_model_path(recipe.model.pretrained) if recipe.model.init == "pretrained" else ""
@@ -148,7 +148,6 @@ def build(recipe, ctx):
         collate=collate,
         loss=loss,
         count_targets=lambda batch: int((batch["labels"][:, 1:] != -100).sum()),
-        evaluate=lambda model, batches: {},
         generate_samples=generate_samples,
         report_perplexity=True,
         flops_per_sample=seq * (6 * n_params + 12 * config.n_layer * config.n_embd * seq),

@@ -62,7 +62,7 @@ def build(recipe, ctx):
     import torch
     from torch import nn
 
-    from launcher.runtime.task import Task
+    from launcher.recipe_module import Task
 
     data_cfg: DataConfig = recipe.data
     model_cfg: ModelConfig = recipe.model

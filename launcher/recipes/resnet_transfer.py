@@ -92,7 +92,7 @@ def build(recipe, ctx):
     import torch
 
     from launcher.data.images import load_split
-    from launcher.runtime.task import Task
+    from launcher.recipe_module import Task
 
     cfg: DataConfig = recipe.data
     train_raw, classes = load_split(cfg.source, "train", cfg.seed)
@@ -218,7 +218,7 @@ def build_classifier(cfg: ModelConfig, num_classes: int, backbone_state: dict | 
 def optimizer_groups(model, recipe) -> list[dict]:
     """Head at the scheduled LR; backbone stages at LR x backbone_lr_factor, each starting at its
     unfreeze step (LR 0 before it). Biases and norm weights get no weight decay."""
-    from launcher.runtime.optim import param_groups_of
+    from launcher.backends.optim import param_groups_of
 
     cfg: ModelConfig = recipe.model
     opt = recipe.optimizer

@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
+from launcher.recipe_module import PositionalDataset
+
 
 class GlobalOrder:
     def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
@@ -34,13 +36,14 @@ class GlobalOrder:
 class StreamData:
     """The dataset seen through the global order: item `position` of the stream.
 
-    A recipe dataset that defines `at(index, position)` gets the stream position too, to key
-    per-sample randomness (e.g. MLM masking) to it: each epoch differs, a resume repeats exactly.
+    A PositionalDataset (`at(index, position)`, launcher.recipe_module) gets the stream position
+    too, to key per-sample randomness (e.g. MLM masking) to it: each epoch differs, a resume
+    repeats exactly.
     """
 
     def __init__(self, data, order: GlobalOrder) -> None:
         self.data, self.order = data, order
-        self._at = getattr(data, "at", None)
+        self._at = data.at if isinstance(data, PositionalDataset) else None
 
     def __len__(self) -> int:
         return len(self.data)

@@ -1,4 +1,4 @@
-"""Collective timeouts that name the rank everyone waited for (faults.md 12).
+"""Collective timeouts that name the rank everyone waited for (docs/faults.md 12).
 
 The process group is created with `cluster.collective_timeout`, so a rank that is alive but never
 enters a collective makes its peers' collective fail after that long instead of hanging. The

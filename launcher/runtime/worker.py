@@ -28,27 +28,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)
 
-    from torch.distributed.elastic.multiprocessing.errors import record
-
     from launcher.config.load import load_recipe
     from launcher.rundir.layout import RunDir
-    from launcher.runtime import stuck
-    from launcher.runtime.checkpoint import CheckpointError
     from launcher.runtime.dist import from_environment
-    from launcher.runtime.nonfinite import NonFinite
-    from launcher.runtime.trainer import Stopped, train
 
     env = from_environment()
     loaded = load_recipe(RunDir(args.run_dir).recipe)
-    timeout_s = loaded.recipe.cluster.collective_timeout
     _record_rank(args.run_dir, env, forked=_forked(), torch_preloaded=torch_preloaded)
+    return _run_rank(loaded, args.run_dir, env)
+
+
+def _run_rank(loaded, run_dir: str, env) -> int:
+    """This rank's part of the job, from the process group to the last barrier; its exit status."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    from launcher.runtime import stuck
+    from launcher.runtime.checkpoint import CheckpointError
+    from launcher.runtime.nonfinite import NonFinite
+    from launcher.runtime.trainer import Stopped
+
+    timeout_s = loaded.recipe.cluster.collective_timeout
     clean = False  # a failing rank skips the final barrier: it could wait forever on a stuck peer
     group_ready = False
     try:
-        stuck.init_process_group(env, timeout_s, args.run_dir)
+        stuck.init_process_group(env, timeout_s, run_dir)
         group_ready = True
         # record(): torchrun's failure summary then carries the traceback, not just an exit code.
-        record(train)(loaded, args.run_dir, env)
+        record(_build_and_train)(loaded, run_dir, env)
         clean = True
     except CheckpointError as error:
         print(f"rank {env.rank}: checkpoint error: {error}", file=sys.stderr, flush=True)
@@ -68,6 +74,30 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _shutdown(clean)
     return 0
+
+
+def _build_and_train(loaded, run_dir: str, env) -> None:
+    """Parse, build, train: the plan's batch arithmetic, the backend, the recipe's Task."""
+    import torch
+
+    from launcher.backends import make_backend
+    from launcher.plan.batch import plan_math
+    from launcher.recipe_module import RunContext
+    from launcher.rundir.layout import RunDir
+    from launcher.runtime.dist import barrier
+    from launcher.runtime.startup import StartupClock
+    from launcher.runtime.trainer import train
+
+    recipe = loaded.recipe
+    math = plan_math(RunDir(run_dir).plan, env.world_size)
+    # Same seed everywhere before the model is built: every rank starts from identical weights.
+    torch.manual_seed(recipe.seed)
+    startup = StartupClock()
+    backend = make_backend(recipe, math, env)
+    task = loaded.module.build(recipe, RunContext(env.rank, env.local_rank, env.world_size, backend.device,
+                                                  run_dir, barrier))
+    startup.mark("build_s")
+    train(recipe, task, backend, math, env, run_dir, startup)
 
 
 def _default_signal_handlers() -> None:

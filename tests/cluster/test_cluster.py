@@ -90,7 +90,7 @@ def test_submit_runs_across_two_slurm_nodes(cluster, tmp_path, start_method):
 
 
 def test_preemption_signal_checkpoints_and_requeues_once(cluster, tmp_path):
-    """faults.md 4: USR1 to the batch shell -> ranks agree on a step, one checkpoint, `scontrol requeue`."""
+    """docs/faults.md 4: USR1 to the batch shell -> ranks agree on a step, one checkpoint, `scontrol requeue`."""
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.0", "step_delay: 0.15")
                           .replace("steps: 24", "steps: 30"))
     run_dir = tmp_path / "preempted"
@@ -111,7 +111,7 @@ def test_preemption_signal_checkpoints_and_requeues_once(cluster, tmp_path):
 
 
 def test_time_limit_signal_is_a_timeout_and_spends_the_budget(cluster, tmp_path):
-    """faults.md 4, the other half: Slurm's own USR1 shortly before the time limit. The time left
+    """docs/faults.md 4, the other half: Slurm's own USR1 shortly before the time limit. The time left
     tells it from a preemption; with cluster.timeout_requeues=0 the budget is spent, so the ranks
     commit one checkpoint and the job ends before Slurm would kill it, without a requeue."""
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.0", "step_delay: 0.2")
@@ -238,7 +238,7 @@ def test_hostfile_deepspeed_zero2_over_pdsh(cluster, tmp_path):
 @pytest.mark.parametrize("shell", ["pdsh", "ssh"])
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
 def test_stopped_hostfile_launcher_leaves_no_process_on_any_node(cluster, tmp_path, shell, kill):
-    """faults.md 3 across nodes: the ranks commit one checkpoint, then nothing of the job is left.
+    """docs/faults.md 3 across nodes: the ranks commit one checkpoint, then nothing of the job is left.
     A SIGKILLed launcher runs no cleanup: pdsh gets its parent-death SIGTERM and dies, ssh's stdin
     closes with the launcher; either way each node's guard reads EOF and stops its torchrun."""
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.0", "step_delay: 0.2")
@@ -275,7 +275,7 @@ def test_unreachable_host_fails_preflight_naming_it(cluster, tmp_path):
 
 @pytest.mark.parametrize("shell", ["ssh", "pdsh"])
 def test_node_that_never_arrives_fails_the_job_after_the_join_timeout_naming_it(cluster, tmp_path, shell):
-    """faults.md 13: host2 hangs (its sshd is SIGSTOPped after pre-flight would have passed), so its
+    """docs/faults.md 13: host2 hangs (its sshd is SIGSTOPped after pre-flight would have passed), so its
     node never joins. host1's torchrun gives up after the join timeout and the launcher names host2."""
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("rdzv_timeout: 60", "rdzv_timeout: 15"))
     run_dir = tmp_path / f"lonely-{shell}"

@@ -1,4 +1,4 @@
-"""Faults with real processes and real signals (faults.md items 1, 2, 3, 5, 9, 10, 11, 12, 15)."""
+"""Faults with real processes and real signals (docs/docs/faults.md items 1, 2, 3, 5, 9, 10, 11, 12, 15)."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def test_sigkilled_launcher_leaves_no_orphans_and_the_ranks_still_checkpoint(tmp
 
 
 def test_signals_during_a_save_wait_for_it_and_never_start_a_second_one(tmp_path):
-    """faults.md 5: SIGTERM, then SIGINT, reach the job while the step-5 checkpoint is being written
+    """docs/faults.md 5: SIGTERM, then SIGINT, reach the job while the step-5 checkpoint is being written
     (each save spends 3 s in state_dict). The save finishes, the ranks stop after that same step
     without saving it again, and the committed checkpoint resumes to the uninterrupted result."""
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.1", "step_delay: 0.02"))
@@ -214,7 +214,7 @@ def _attempt_dirs(run_dir: Path) -> set[str]:
 
 
 def test_sigkilled_rank_restarts_from_checkpoint_bitwise_equal(tmp_path):
-    """faults.md 1: rank 1 is SIGKILLed mid-step (step 7); torchrun restarts the group, which resumes
+    """docs/faults.md 1: rank 1 is SIGKILLed mid-step (step 7); torchrun restarts the group, which resumes
     from the step-4 checkpoint, and the final parameters equal an uninterrupted run's bit for bit."""
     recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
     whole = tmp_path / "whole"
@@ -233,7 +233,7 @@ def test_sigkilled_rank_restarts_from_checkpoint_bitwise_equal(tmp_path):
 
 
 def test_rank_that_always_fails_gets_max_restarts_plus_one_attempts_and_a_summary(tmp_path):
-    """faults.md 2: exactly max_restarts+1 attempts, non-zero exit, the first failing host/rank/log named."""
+    """docs/faults.md 2: exactly max_restarts+1 attempts, non-zero exit, the first failing host/rank/log named."""
     recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
     run_dir = tmp_path / "failing"
     result = launch(recipe, run_dir, "cluster.max_restarts=2", "data.fault=raise", "data.fault_rank=1",
@@ -252,7 +252,7 @@ def test_rank_that_always_fails_gets_max_restarts_plus_one_attempts_and_a_summar
 
 
 def test_stuck_rank_aborts_the_job_within_the_collective_timeout_and_is_named(tmp_path):
-    """faults.md 12: rank 1 sleeps inside a step; rank 0's collective times out after 8 s and names it."""
+    """docs/faults.md 12: rank 1 sleeps inside a step; rank 0's collective times out after 8 s and names it."""
     recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
     started = time.monotonic()
     result = launch(recipe, tmp_path / "stuck", "cluster.collective_timeout=8", "data.fault=hang",
@@ -278,7 +278,7 @@ def test_stuck_rank_aborts_the_job_within_the_collective_timeout_and_is_named(tm
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_missing_or_corrupt_rng_state_is_an_error_not_a_silent_change(tmp_path, damage):
-    """faults.md 11: the RNG files are in the manifest; resume refuses a checkpoint without them."""
+    """docs/faults.md 11: the RNG files are in the manifest; resume refuses a checkpoint without them."""
     recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE.replace("steps: 12", "steps: 8"))
     run_dir = tmp_path / "run"
     assert launch(recipe, run_dir, "train.stop_after_steps=4", nproc=2).returncode == 0
@@ -303,7 +303,7 @@ def _per_step_samples(lines_per_rank: list[list[list[int]]], micro_per_step: int
 
 @pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=HEAVY)])
 def test_resume_on_another_world_size_keeps_the_state_data_order_and_lr(tmp_path, strategy):
-    """faults.md 10 with full-state checkpoints (Accelerate DDP, FSDP with FULL_STATE_DICT): written
+    """docs/faults.md 10 with full-state checkpoints (Accelerate DDP, FSDP with FULL_STATE_DICT): written
     by 2 processes, resumed by 1. The optimizer state, step count, LR curve and the global sample
     stream carry over."""
     recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE.replace("dropout: 0.2", "dropout: 0.0"))
@@ -334,7 +334,7 @@ def test_resume_on_another_world_size_keeps_the_state_data_order_and_lr(tmp_path
 
 
 def test_resume_of_a_zero_sharded_checkpoint_on_another_world_size_is_refused_with_the_conversion(tmp_path):
-    """faults.md 10 with sharded state (DeepSpeed ZeRO-2): a clear refusal naming the conversion."""
+    """docs/faults.md 10 with sharded state (DeepSpeed ZeRO-2): a clear refusal naming the conversion."""
     recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
     run_dir = tmp_path / "run"
     zero2 = ["backend.name=deepspeed", "backend.zero_stage=2"]
@@ -355,7 +355,7 @@ FORK = "cluster.start_method=fork"
 
 @pytest.mark.heavy
 def test_forked_ranks_restart_after_a_sigkill_bitwise_equal_to_spawned_ones(tmp_path):
-    """faults.md 1 under fork: the agent forks a new group after rank 1 is SIGKILLed; the result equals
+    """docs/faults.md 1 under fork: the agent forks a new group after rank 1 is SIGKILLed; the result equals
     an uninterrupted run with spawned ranks bit for bit, and every rank really was forked."""
     recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
     whole = tmp_path / "whole"

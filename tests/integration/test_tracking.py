@@ -121,7 +121,7 @@ def _wandb_services_of(run_dir: Path) -> list[int]:
 
 
 def test_tracker_lost_mid_run_loses_no_step_locally_and_training_goes_on(tmp_path):
-    """faults.md 14, W&B gone mid-run: its service process (wandb-core) is SIGKILLed after step 4.
+    """docs/faults.md 14, W&B gone mid-run: its service process (wandb-core) is SIGKILLed after step 4.
     The job warns once, keeps training, exits 0, and metrics.jsonl holds every step."""
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("samples: 96}", "samples: 96, step_delay: 0.1}"))
     run_dir = tmp_path / "run"

@@ -153,7 +153,7 @@ def _save_and_die_at(manager: ckpt.CheckpointManager, step: int, writer, kill_at
 
 
 def test_sigkill_at_every_file_system_call_of_a_real_save_never_breaks_resume(tmp_path):
-    """faults.md 6 and 7 with real kills: a forked process saves a real model and AdamW state with
+    """docs/faults.md 6 and 7 with real kills: a forked process saves a real model and AdamW state with
     torch.save through the commit protocol (keep_last=1, so the old checkpoint is pruned after the
     commit) and is SIGKILLed before its N-th file-system call, for every N. Each time, resume
     finds a committed checkpoint whose tensors are exactly the ones saved at that step, and the

@@ -80,7 +80,7 @@ def test_deepspeed_passthrough_is_checked_by_deepspeed(write_recipe):
 def test_weight_decay_excludes_biases_and_norms():
     import torch
 
-    from launcher.runtime.optim import param_groups
+    from launcher.backends.optim import param_groups
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
     decay, no_decay = param_groups(model, 0.1, decay_norm_and_bias=False)

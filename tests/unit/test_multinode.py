@@ -12,10 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import main
+from launcher.engines.commands import NodeCommand
+from launcher.engines.remote import remote_command
+from launcher.engines.remote_env import forwarded_env
 from launcher.plan.hostfile import apply_filters, parse_hostfile
 from launcher.plan.hostlist import expand_hostlist
-from launcher.plan.launch import NodeCommand, remote_command
-from launcher.plan.remote_env import forwarded_env
 from launcher.slurm.jobs import parse_slurm_duration
 from launcher.slurm.preemption import decide
 from launcher.slurm.sbatch import SbatchRequest, check_request, render_sbatch, sweep_tasks
@@ -87,7 +88,7 @@ HOSTILE_VALUES = ["$(touch {s})", "`touch {s}`", "'; touch {s}; '", "\"; touch {
 
 
 def test_hostile_env_values_and_paths_never_execute(tmp_path):
-    """faults.md 15: the remote command string is run by a real shell; nothing in it may execute."""
+    """docs/faults.md 15: the remote command string is run by a real shell; nothing in it may execute."""
     sentinel = tmp_path / "sentinel"
     odd_dir = tmp_path / "dir with 'quotes' and\nnewline"
     odd_dir.mkdir()
@@ -184,9 +185,9 @@ def test_timeout_told_apart_from_preemption_with_a_budget():
 
 
 def test_first_failing_node_is_named_and_the_ones_still_starting_are_listed():
-    """faults.md 13 at the launcher's seam: node 0 fails (e.g. rendezvous timeout) while node 1 is
+    """docs/faults.md 13 at the launcher's seam: node 0 fails (e.g. rendezvous timeout) while node 1 is
     still connecting; the report sees both, and node 1's process is stopped, not left behind."""
-    from launcher.engines.process import Command, run_group
+    from launcher.engines.group import Command, run_group
 
     seen = []
     started = time.monotonic()
@@ -198,7 +199,7 @@ def test_first_failing_node_is_named_and_the_ones_still_starting_are_listed():
 
 
 def test_pdsh_per_host_exits_are_read_from_its_stderr_and_passed_through(capfd):
-    from launcher.engines.process import Command, run_group
+    from launcher.engines.group import Command, run_group
 
     script = ("echo 'host1: torch...RendezvousTimeoutError' >&2; "
               "echo 'pdsh@login: host2: ssh exited with exit code 255' >&2; "
@@ -217,7 +218,8 @@ def test_pdsh_per_host_exits_are_read_from_its_stderr_and_passed_through(capfd):
 
 
 def _hostfile_plan(engine: str, hosts: list[str], tmp_path):
-    from launcher.plan.launch import LaunchPlan, LocalProcess
+    from launcher.engines.commands import LocalProcess
+    from launcher.plan.launch import LaunchPlan
 
     if engine == "ssh":
         processes = tuple(LocalProcess(("ssh", h), (h,), {}, True) for h in hosts)

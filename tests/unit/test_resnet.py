@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from launcher.backends.optim import build_optimizer, set_lr
 from launcher.config.schema import OptimizerConfig
 from launcher.recipes.resnet_transfer import DataConfig, ModelConfig, build_classifier, optimizer_groups
-from launcher.runtime.optim import build_optimizer, set_lr
 
 
 class _Recipe:
@@ -111,8 +111,8 @@ def test_decoded_cache_is_built_once_and_rebuilt_when_a_file_changes(tmp_path, m
     import os
 
     from launcher.data.images import load_split
+    from launcher.recipe_module import RunContext
     from launcher.recipes.resnet_transfer import _decoded
-    from launcher.runtime.task import RunContext
 
     for split in ("train", "val"):
         _image_tree(tmp_path / "tree" / split, SIZES)

@@ -3,7 +3,8 @@
 ssh and pdsh start remote commands with the remote login environment; whatever the ranks need
 (the interpreter's PATH, NCCL tuning, caches, the tracker's settings) must be named. Anything
 else (the login shell's junk, SSH_AUTH_SOCK, HOME, DISPLAY) stays behind, so a node's job never
-depends on the launching terminal. Secrets are split out: they travel on ssh's stdin, not argv.
+depends on the launching terminal. Secrets are split out: they reach the nodes through a 0600
+file that the node guard reads (engines/remote.py), never argv.
 """
 
 from __future__ import annotations

@@ -1,0 +1,133 @@
+"""What the two hostfile engines (ssh.py, pdsh.py) share: each node runs torchrun behind the node
+guard, through a remote shell that knows nothing of the launching environment, after a pre-flight
+check of every host.
+
+Everything the ranks need travels explicitly: an allowlist of the launcher's variables
+(remote_env.py) and the plan's own; secrets go into a 0600 file on the shared run directory that
+the guard reads (never argv). Every remote command is one string built with shlex.quote.
+
+Pre-flight: each host is asked over ssh (in parallel, with a connect timeout) to run a few lines of
+Python with the launcher's own interpreter path: that proves key-based login, the shared path to
+the interpreter, that the launcher and torch are importable there and, on the first host, that
+the rendezvous port can be bound. A failure names the host and what to fix, before any rank
+starts, instead of a rendezvous timeout fifteen minutes later.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+from launcher.engines.base import EngineBase, NodeRequest
+from launcher.engines.commands import Commands, HostProblem, LaunchView, LocalProcess, NodeCommand
+from launcher.engines.remote_env import forwarded_env
+from launcher.rundir.layout import RunDir
+from launcher.secrets import is_secret_name
+
+GUARD_MODULE = "launcher.engines.node_guard"
+SSH_CONNECT_TIMEOUT_S = 30
+
+
+class RemoteEngine(EngineBase):
+    lists_nodes = True
+
+    def commands(self, request: NodeRequest) -> Commands:
+        plain, secrets = forwarded_env(request.environ, request.forward_env)
+        secret_names = tuple(sorted({*secrets, *(k for k in request.env if is_secret_name(k))}))
+        public = {k: v for k, v in request.env.items() if not is_secret_name(k)}
+        guard = [request.python, "-m", GUARD_MODULE, "--watch-stdin"]
+        if secret_names:
+            guard += ["--secrets-file", secrets_path(request.run_dir)]
+        nodes = []
+        for host, slot_ids in zip(request.hosts, request.slot_ids or [None] * len(request.hosts), strict=True):
+            env = {**plain, **public}
+            if slot_ids is not None:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slot_ids))
+            nodes.append(NodeCommand(host, (*guard, "--", *request.torchrun), env))
+        return Commands(tuple(nodes), self.processes(nodes, request.cwd), secret_names)
+
+    def processes(self, nodes: list[NodeCommand], cwd: str) -> tuple[LocalProcess, ...]:
+        raise NotImplementedError
+
+    def preflight(self, plan: LaunchView, python: str, cwd: str) -> list[HostProblem]:
+        return check_hosts([n.host for n in plan.nodes], python, cwd, plan.master_port)
+
+    def describe_process(self, process: LocalProcess) -> str:
+        return shlex.join([*process.argv[:-1], "<remote command below>"])
+
+
+def secrets_path(run_dir: str) -> str:
+    return str(RunDir(run_dir).secrets)
+
+
+def remote_command(node: NodeCommand, cwd: str) -> str:
+    """The one string a remote shell runs: every piece quoted, user data never interpreted."""
+    exports = [f"{k}={shlex.quote(v)}" for k, v in node.env.items()]
+    return f"cd {shlex.quote(cwd)} && exec env {' '.join([*exports, *map(shlex.quote, node.argv)])}"
+
+
+def ssh_prefix(host: str, *options: str) -> tuple[str, ...]:
+    # `--` ends ssh's options: a host named like `-oProxyCommand=...` can never become one.
+    return ("ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", *options, "--", host)
+
+
+PREFLIGHT_CONNECT_TIMEOUT_S = 10
+
+_CHECK = """
+import importlib.util, json, socket, sys
+port = int(sys.argv[1])
+missing = [m for m in ("launcher", "torch") if importlib.util.find_spec(m) is None]
+out = {"host": socket.gethostname(), "missing": missing}
+if port:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the TCPStore binds: TIME_WAIT is no conflict
+    try:
+        s.bind(("", port))
+        out["port_free"] = True
+    except OSError as e:
+        out["port_free"] = False
+        out["port_error"] = str(e)
+    finally:
+        s.close()
+print(json.dumps(out))
+"""
+
+
+def check_hosts(hosts: list[str], python: str, cwd: str, master_port: int) -> list[HostProblem]:
+    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
+        results = pool.map(lambda item: _check_host(item[1], python, cwd, master_port if item[0] == 0 else 0),
+                           enumerate(hosts))
+        return [problem for found in results for problem in found]
+
+
+def _check_host(host: str, python: str, cwd: str, port: int) -> list[HostProblem]:
+    remote = f"cd {shlex.quote(cwd)} && exec {shlex.quote(python)} -c {shlex.quote(_CHECK)} {port}"
+    argv = [*ssh_prefix(host, "-o", f"ConnectTimeout={PREFLIGHT_CONNECT_TIMEOUT_S}"), remote]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=PREFLIGHT_CONNECT_TIMEOUT_S + 50,
+                              check=False, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return [HostProblem(host, "no answer over ssh within 60 s", "is the host up and reachable?")]
+    if done.returncode == 255:
+        reason = done.stderr.strip().splitlines()[-1:] or ["ssh failed"]
+        return [HostProblem(host, f"ssh cannot connect: {reason[0]}",
+                            f"`ssh {host} true` must work without a prompt (keys, known_hosts, BatchMode)")]
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-2:])
+        return [HostProblem(host, f"the check failed there (exit {done.returncode}): {tail}",
+                            f"{python} and {cwd} must exist on every host (a shared filesystem)")]
+    try:
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return [HostProblem(host, f"unexpected answer: {done.stdout[-200:]!r}",
+                            "check the remote shell's startup files (they must not print)")]
+    problems = []
+    if report.get("missing"):
+        problems.append(HostProblem(host, f"cannot import {', '.join(report['missing'])} with {python}",
+                                    "install the launcher in the same environment on every host"))
+    if port and not report.get("port_free", True):
+        problems.append(HostProblem(host, f"rendezvous port {port} is taken ({report.get('port_error')})",
+                                    "set cluster.master_port to a free port"))
+    return problems

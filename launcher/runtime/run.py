@@ -1,0 +1,34 @@
+"""The Run record: everything the training loop and its helpers read, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from launcher.plan.batch import BatchMath
+from launcher.recipe_module import Task
+from launcher.runtime.checkpoint import CheckpointManager
+from launcher.runtime.dist import DistEnv
+from launcher.runtime.metrics import MetricsLog
+from launcher.runtime.startup import StartupClock
+
+
+@dataclass
+class Run:
+    recipe: Any  # the validated Recipe (launcher.config.schema)
+    task: Task
+    backend: Any  # launcher.backends.base.Backend
+    math: BatchMath  # from the plan: the batch arithmetic is computed once, by the launcher
+    env: DistEnv
+    run_dir: str
+    startup: StartupClock
+    checkpoints: CheckpointManager
+    log: MetricsLog
+    tracker: Any  # launcher.tracking: a W&B tracker on rank 0, a null one elsewhere
+    start_step: int  # where this invocation starts (a resumed checkpoint's step, or 0)
+    end_step: int  # where it stops: train.steps, or earlier with train.stop_after_steps
+    run_id: str  # the tracker's run id, kept in every checkpoint
+
+    @property
+    def main(self) -> bool:
+        return self.env.rank == 0
