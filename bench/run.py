@@ -183,7 +183,7 @@ def run_plain(recipe_path: str, overrides: list[str], steps: int, work: Path) ->
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     (work / "plain").mkdir(exist_ok=True)
-    task = loaded.module.build(recipe, RunContext(0, 0, 1, device, str(work / "plain"), lambda: None))
+    task = loaded.recipe_module.build(recipe, RunContext(0, 0, 1, device, str(work / "plain"), lambda: None))
     model = task.model.to(device)
     if recipe.train.compile and device.type == "cuda":
         model = torch.compile(model)

@@ -34,14 +34,13 @@ def _fail(error: Exception) -> NoReturn:
     sys.exit(EXIT_BAD_INPUT)
 
 
-def _prepare(recipe_path: str, overrides: tuple[str, ...], nproc: int | None, nodes: int | None,
-             hostfile: str | None, run_dir: str | None, include: str = "", exclude: str = ""):
+def _prepare(recipe_path: str, overrides: tuple[str, ...], placement: dict):
     """Recipe + flags -> (loaded recipe, plan, resolved dict). Exits 2 on bad input."""
     from launcher.config.errors import RecipeError
-    from launcher.plan.prepare import prepare
+    from launcher.plan.prepare import Placement, prepare
 
     try:
-        return prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir, include, exclude)
+        return prepare(recipe_path, overrides, Placement(**placement))
     except RecipeError as error:
         _fail(error)
 
@@ -76,7 +75,7 @@ def _with_common(func):
 @main.command(epilog=_OVERRIDES_HELP)
 @_with_common
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_dir, as_json):
+def plan(recipe_path, overrides, as_json, **placement):
     """Print the resolved recipe, the batch arithmetic and every command; start nothing."""
     import json
 
@@ -84,20 +83,21 @@ def plan(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_d
 
     from launcher.plan.launch import render_plan
 
-    _, launch_plan, resolved = _prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir, include, exclude)
+    _, launch_plan, resolved = _prepare(recipe_path, overrides, placement)
     if as_json:
         click.echo(json.dumps({"recipe": resolved, "plan": launch_plan.to_dict()}, indent=2))
     else:
         click.echo(render_plan(launch_plan, yaml.safe_dump(resolved, sort_keys=False)), nl=False)
 
 
+_ALLOW_HELP = "Continue a run whose train.steps, optimizer or scheduler values changed (recorded in run.json)."
+
+
 @main.command(epilog=_OVERRIDES_HELP)
 @_with_common
 @click.option("--no-preflight", is_flag=True, help="Skip the ssh/port checks of hostfile hosts.")
-@click.option("--allow-schedule-change", is_flag=True,
-              help="Continue a run whose train.steps, optimizer or scheduler values changed (recorded in run.json).")
-def run(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_dir, no_preflight,
-        allow_schedule_change):
+@click.option("--allow-schedule-change", is_flag=True, help=_ALLOW_HELP)
+def run(recipe_path, overrides, no_preflight, allow_schedule_change, **placement):
     """Write the run directory, then start the job and wait for it (exit status = the job's).
 
     \b
@@ -105,100 +105,34 @@ def run(recipe_path, overrides, nproc, nodes, hostfile, include, exclude, run_di
     Inside a Slurm allocation (salloc/sbatch): one torchrun per node with srun.
     A run directory belongs to one experiment and one launcher at a time (run.json, .lock).
     """
-    loaded, launch_plan, resolved = _prepare(recipe_path, overrides, nproc, nodes, hostfile, run_dir, include,
-                                             exclude)
-    if loaded.recipe.backend.name == "deepspeed":
-        from launcher.config.errors import RecipeError
+    from launcher.start import check_deepspeed_passthrough, claim_run, start_run
 
-        try:
-            _check_deepspeed_passthrough(recipe_path, loaded.recipe, launch_plan.math)
-        except RecipeError as error:
-            _fail(error)
-    claim = _claim(loaded, launch_plan.run_dir, resolved, recipe_path, allow_schedule_change)
+    loaded, launch_plan, resolved = _prepare(recipe_path, overrides, placement)
+
+    def checked_claim():
+        check_deepspeed_passthrough(recipe_path, loaded.recipe, launch_plan.math)
+        return claim_run(loaded, launch_plan.run_dir, resolved, recipe_path, allow_schedule_change)
+
+    claim = _refusing(checked_claim)
     try:
-        status = _start(loaded, launch_plan, resolved, claim, no_preflight)
+        status = _refusing(lambda: start_run(loaded, launch_plan, resolved, claim, not no_preflight, STARTED_AT))
     finally:
         claim.release()
     sys.exit(status)
 
 
-def _claim(loaded, run_dir: str, resolved: dict, recipe_path: str, allow_schedule_change: bool, kind: str = "run"):
-    """Lock the run directory for this experiment, or exit 2 having written nothing."""
-    from pathlib import Path
-
-    from launcher.run_status import resume_point, trained_step
-    from launcher.rundir import RunDir
-    from launcher.rundir.claim import RunDirError, check_run_dir, claim_run_dir, read_record
-    from launcher.rundir.identity import Identity
+def _refusing(action):
+    """action(), with the problems a user can fix (a recipe, a run directory, a checkpoint, a host
+    that fails pre-flight) turned into `error: ...` and exit 2: nothing was started."""
+    from launcher.config.errors import RecipeError
+    from launcher.rundir.claim import RunDirError
     from launcher.runtime.checkpoint import CheckpointError
+    from launcher.start import PreflightFailed
 
-    run = RunDir(run_dir)
-    identity = Identity.of(resolved, getattr(loaded.module, "IDENTITY_EXEMPT", ()))
     try:
-        record = read_record(run) or {}
-        recorded_dir = (record.get("fixed") or {}).get("checkpoint.dir", loaded.recipe.checkpoint.dir)
-        trained = trained_step(run, [recorded_dir, loaded.recipe.checkpoint.dir])
-        check_run_dir(run, identity, trained, allow_schedule_change, kind)  # whose it is, before anything else
-        if kind == "run":
-            resume_point(run, loaded.recipe, trained)  # its checkpoints can be resumed
-        return claim_run_dir(run, identity, str(Path(recipe_path).resolve()), trained, allow_schedule_change, kind)
-    except (RunDirError, CheckpointError) as error:
+        return action()
+    except (RecipeError, RunDirError, CheckpointError, PreflightFailed) as error:
         _fail(error)
-
-
-def _start(loaded, launch_plan, resolved: dict, claim, no_preflight: bool) -> int:
-    """Run the job in the claimed run directory; its exit status."""
-    import os
-
-    from launcher.engines.group import STOP_STATUSES
-    from launcher.engines.process import execute
-    from launcher.engines.registry import engine_named
-    from launcher.rundir import RunDir
-    from launcher.rundir.record import write_run_dir
-    from launcher.tracking import job_run_id
-
-    engine = engine_named(launch_plan.engine)
-    if not no_preflight:
-        _preflight(engine.preflight(launch_plan, sys.executable, os.getcwd()))
-    for change in claim.changes:
-        click.echo(f"launcher: continuing with a changed schedule: {change.render()}", err=True)
-    claim.commit()
-    write_run_dir(RunDir(launch_plan.run_dir), resolved, launch_plan.to_dict())
-    job_run_id(launch_plan.run_dir)  # one tracker run per job, made before any rank starts
-    math = launch_plan.math
-    click.echo(f"launcher: run dir {launch_plan.run_dir}", err=True)
-    click.echo(f"launcher: {launch_plan.engine}, {len(launch_plan.nodes)} node(s) x {launch_plan.nproc_per_node} "
-               f"process(es); global batch {math.global_batch} = {math.micro} x {math.accumulation} x "
-               f"{math.world_size}; {math.optimizer_steps} steps", err=True)
-    secrets = {name: loaded.recipe.cluster.env.get(name, os.environ.get(name, ""))
-               for name in launch_plan.secret_names}
-    status = execute(launch_plan, secrets, started_at=STARTED_AT, keep_fds=(claim.lock_fd,))
-    if status in STOP_STATUSES:  # a requested stop (Slurm's preemption signal: a requeue)
-        status = engine.after_stop(launch_plan, status, loaded.recipe.cluster.timeout_requeues)
-    elif status != 0:
-        _report_failure(launch_plan.run_dir, status, loaded.recipe.cluster.max_restarts)
-    click.echo(f"launcher: job finished with exit status {status}", err=True)
-    return status
-
-
-def _report_failure(run_dir: str, status: int, max_restarts: int) -> None:
-    from launcher.engines import failure
-
-    found = failure.summarize(run_dir, status)
-    if found is None:
-        click.echo("launcher: the job failed before any rank started; see the output above", err=True)
-        return
-    failure.write(run_dir, found)
-    click.echo("launcher: " + failure.render(found, max_restarts).replace("\n", "\nlauncher: "), err=True)
-
-
-def _preflight(problems: list) -> None:
-    """The engine's pre-flight findings (hostfile hosts: ssh, interpreter, port): exit 2 on any."""
-    if problems:
-        click.echo("error: pre-flight check failed, nothing was started:", err=True)
-        for problem in problems:
-            click.echo(f"  {problem}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
 
 
 @main.command(epilog=_OVERRIDES_HELP)
@@ -219,69 +153,24 @@ def _preflight(problems: list) -> None:
 @click.option("--sbatch", "extra", multiple=True, metavar="--OPTION=VALUE", help="More #SBATCH options.")
 @click.option("--run-dir", help="Run directory (default: <output_dir>/<name>).")
 @click.option("--dry-run", is_flag=True, help="Print the sbatch script; submit nothing.")
-@click.option("--allow-schedule-change", is_flag=True,
-              help="Continue a run whose train.steps, optimizer or scheduler values changed (recorded in run.json).")
-def submit(recipe_path, overrides, nodes, nproc, gpus_per_node, cpus_per_task, time_limit, partition, account,
-           signal_lead, requeue, sweep, extra, run_dir, dry_run, allow_schedule_change):
+@click.option("--allow-schedule-change", is_flag=True, help=_ALLOW_HELP)
+def submit(recipe_path, overrides, dry_run, **options):
     """Submit the recipe to Slurm as a batch job (from a login node); print the job id."""
-    import dataclasses
-    import os
-    from pathlib import Path
+    from launcher.slurm.jobs import SlurmError
+    from launcher.submit import SubmitOptions, plan_submission, queue
 
-    from launcher.config.errors import RecipeError
-    from launcher.plan.prepare import prepare
-    from launcher.rundir import RunDir
-    from launcher.secrets import split_secret_overrides
-    from launcher.slurm import jobs
-    from launcher.slurm.sbatch import SbatchRequest, check_request, render_sbatch, slurm_job_name, sweep_tasks
-
-    # Secrets given as overrides reach the job through the environment sbatch passes on, never the script.
-    public, secret_env = split_secret_overrides(overrides)
-    request = SbatchRequest("", "", run_dir or "", os.getcwd(), sys.executable, nodes, nproc, gpus_per_node,
-                            cpus_per_task, time_limit, partition, account, signal_lead, requeue, tuple(public),
-                            tuple(sweep), tuple(extra), secret_names=tuple(sorted(secret_env)),
-                            allow_schedule_change=allow_schedule_change)
-    problems = check_request(request)
-    if problems:
-        _fail(RecipeError("launcher submit", problems))
-    # Plan the job now, as it will run inside an allocation of `nodes` nodes: bad recipes and
-    # impossible batch arithmetic fail here, not after hours in the queue.
-    fake_allocation = {"SLURM_JOB_ID": "0", "SLURM_JOB_NODELIST": f"node[1-{nodes}]" if nodes > 1 else "node1"}
-    per_node = nproc or gpus_per_node or None
-    loaded = launch_plan = resolved = None
-    tasks = sweep_tasks(tuple(sweep))
-    for task in tasks or [()]:
-        try:
-            loaded, launch_plan, resolved = prepare(recipe_path, (*public, *task), per_node, nodes, None, run_dir,
-                                                    environ=fake_allocation)
-        except RecipeError as error:
-            _fail(error)
-    assert loaded is not None
-    directory = Path(launch_plan.run_dir)
-    request = dataclasses.replace(request, job_name=slurm_job_name(directory.name),
-                                  recipe_path=str(Path(recipe_path).absolute()), run_dir=str(directory),
-                                  nproc_per_node=per_node)
-    problems = check_request(request)
-    if problems:
-        _fail(RecipeError("launcher submit", problems))
-    script = render_sbatch(request)
+    options = SubmitOptions(**options)
+    submission = _refusing(lambda: plan_submission(recipe_path, overrides, options))
     if dry_run:
-        click.echo(script, nl=False)
+        click.echo(submission.script, nl=False)
         return
-    claim = _claim(loaded, str(directory), resolved, recipe_path, allow_schedule_change,
-                   kind="sweep" if tasks else "run")
     try:
-        claim.commit("sweep" if tasks else "run")
-        path = RunDir(directory).sbatch
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(script, encoding="utf-8")
-        job_id = jobs.submit(path, directory, array_tasks=len(tasks), secret_env=secret_env)
-    except jobs.SlurmError as error:
+        path, job_id = _refusing(lambda: queue(recipe_path, submission, options.allow_schedule_change))
+    except SlurmError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
-    finally:
-        claim.release()
-    click.echo(f"launcher: submitted {path} as job {job_id}; follow with `launcher logs {directory} -f`", err=True)
+    click.echo(f"launcher: submitted {path} as job {job_id}; follow with `launcher logs {submission.run_dir} -f`",
+               err=True)
     click.echo(job_id)
 
 
@@ -370,32 +259,20 @@ def validate(recipe_paths):
     """Check recipe files (schema, batch arithmetic for their cluster); exit 2 on any problem."""
     from launcher.config.errors import RecipeError
     from launcher.plan.prepare import prepare
+    from launcher.start import check_deepspeed_passthrough
 
     failed = 0
     for path in recipe_paths:
         try:
             # The whole planning pipeline, so batch arithmetic and hostfiles are checked too.
-            loaded, launch_plan, _ = prepare(path, (), None, None, None, None)
-            _check_deepspeed_passthrough(path, loaded.recipe, launch_plan.math)
+            loaded, launch_plan, _ = prepare(path, ())
+            check_deepspeed_passthrough(path, loaded.recipe, launch_plan.math)
             click.echo(f"ok: {path}")
         except RecipeError as error:
             failed += 1
             click.echo(f"error: {error}", err=True)
     if failed:
         sys.exit(EXIT_BAD_INPUT)
-
-
-def _check_deepspeed_passthrough(path: str, recipe, math) -> None:
-    """Raw DeepSpeed keys are checked with DeepSpeed itself (this imports torch; only validate does)."""
-    if recipe.backend.name != "deepspeed" or not recipe.backend.deepspeed_config:
-        return
-    from launcher.backends.deepspeed_backend import deepspeed_config, passthrough_problems
-    from launcher.config.errors import Problem, RecipeError
-
-    problems = passthrough_problems(deepspeed_config(recipe, math, "fp32"))
-    if problems:
-        raise RecipeError(path, [Problem("backend.deepspeed_config", problems[0],
-                                         "see https://www.deepspeed.ai/docs/config-json/", path)])
 
 
 @main.command(name="ls")

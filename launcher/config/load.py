@@ -18,9 +18,11 @@ from launcher.config.yaml_load import load_yaml
 
 @dataclasses.dataclass(frozen=True)
 class LoadedRecipe:
+    """A recipe file read: the validated Recipe, the recipe module it names, the file's path."""
+
     recipe: Recipe
-    module: ModuleType
-    source: str
+    recipe_module: ModuleType
+    source: str  # the recipe file (recipe_path)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:

@@ -96,7 +96,7 @@ def rank_env(cluster: ClusterConfig, run_dir: str) -> dict[str, str]:
 def _batch_math(loaded: LoadedRecipe, topology: Topology) -> BatchMath:
     """The batch arithmetic for this world size; a RecipeError with every factor when it does not divide."""
     recipe = loaded.recipe
-    tokens = getattr(loaded.module, "tokens_per_sample", None)
+    tokens = getattr(loaded.recipe_module, "tokens_per_sample", None)
     try:
         math = batch_math(recipe.batch.global_, recipe.batch.micro, topology.world_size, topology.nodes,
                           topology.nproc_per_node, recipe.train.steps, recipe.scheduler.warmup_steps,

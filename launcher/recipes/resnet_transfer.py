@@ -108,20 +108,54 @@ def build(recipe, ctx):
         model = model.to(memory_format=torch.channels_last)
     train = Augmented(_limit(train_raw, cfg.train_limit), cfg, train=True)
     evaluation = Augmented(_limit(eval_raw, cfg.eval_limit), cfg, train=False)
-    # The loader hands over uint8 crops: a quarter of float32's bytes to copy to the device, and
-    # no float pass on the host. Normalising there costs the GPU next to nothing.
-    scale = torch.tensor(std, device=ctx.device).mul(255).reciprocal().view(1, 3, 1, 1)
-    shift = torch.tensor(mean, device=ctx.device).div(torch.tensor(std, device=ctx.device)).view(1, 3, 1, 1)
+    normalized = _normalizer(mean, std, ctx.device, channels_last)
+
+    def loss(model, batch):
+        logits = model(normalized(batch["image"]))
+        return torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="sum"), \
+            torch.tensor(len(batch["label"]), device=logits.device)
+
+    def eval_artifacts(tensors, step, run_dir):
+        path = os.path.join(run_dir, "confusion", f"confusion-step{step:08d}.png")
+        draw_confusion(tensors["confusion"], classes, path)
+        return [("confusion_matrix", path)]
+
+    flops = _forward_flops(recipe.model.arch, cfg.image_size)
+    return Task(
+        model=model,
+        train_data=train,
+        eval_data=evaluation,
+        collate=collate,
+        loss=loss,
+        count_targets=lambda batch: len(batch["label"]),
+        evaluate=_evaluator(classes, normalized),
+        eval_artifacts=eval_artifacts,
+        param_groups=optimizer_groups(model, recipe),
+        flops_per_sample=3 * flops,
+        export=_exporter(recipe, classes, mean, std),
+        loader_workers=cfg.workers,
+    )
+
+
+def _normalizer(mean, std, device, channels_last: bool):
+    """The loader hands over uint8 crops: a quarter of float32's bytes to copy to the device, and
+    no float pass on the host. Normalising there costs the GPU next to nothing."""
+    import torch
+
+    scale = torch.tensor(std, device=device).mul(255).reciprocal().view(1, 3, 1, 1)
+    shift = torch.tensor(mean, device=device).div(torch.tensor(std, device=device)).view(1, 3, 1, 1)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def normalized(images):
         """uint8 N x 3 x H x W -> (x / 255 - mean) / std, as float32."""
         return torch.addcmul(-shift, images.contiguous(memory_format=memory_format).float(), scale)
 
-    def loss(model, batch):
-        logits = model(normalized(batch["image"]))
-        return torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="sum"), \
-            torch.tensor(len(batch["label"]), device=logits.device)
+    return normalized
+
+
+def _evaluator(classes: list[str], normalized):
+    """Top-1, top-5 and per-class accuracy, and the confusion matrix (summed over ranks)."""
+    import torch
 
     def evaluate(model, batches):
         n = len(classes)
@@ -141,10 +175,14 @@ def build(recipe, ctx):
         metrics["confusion"] = confusion  # a tensor: summed over ranks, then drawn by eval_artifacts
         return metrics
 
-    def eval_artifacts(tensors, step, run_dir):
-        path = os.path.join(run_dir, "confusion", f"confusion-step{step:08d}.png")
-        draw_confusion(tensors["confusion"], classes, path)
-        return [("confusion_matrix", path)]
+    return evaluate
+
+
+def _exporter(recipe, classes: list[str], mean, std):
+    """A torchvision state dict, the class names and the eval transforms: what `predict` needs."""
+    import torch
+
+    cfg: DataConfig = recipe.data
 
     def export(model, state, directory):
         resnet_state = {k[len("resnet."):]: v for k, v in state.items() if k.startswith("resnet.")}
@@ -156,21 +194,7 @@ def build(recipe, ctx):
             "eval": f"resize({round(cfg.image_size * cfg.eval_resize)}) -> center_crop({cfg.image_size}) "
                     "-> float/255 -> normalize(mean, std)"}, indent=1))
 
-    flops = _forward_flops(recipe.model.arch, cfg.image_size)
-    return Task(
-        model=model,
-        train_data=train,
-        eval_data=evaluation,
-        collate=collate,
-        loss=loss,
-        count_targets=lambda batch: len(batch["label"]),
-        evaluate=evaluate,
-        eval_artifacts=eval_artifacts,
-        param_groups=optimizer_groups(model, recipe),
-        flops_per_sample=3 * flops,
-        export=export,
-        loader_workers=cfg.workers,
-    )
+    return export
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def _build_and_train(loaded, run_dir: str, env) -> None:
     torch.manual_seed(recipe.seed)
     startup = StartupClock()
     backend = make_backend(recipe, math, env)
-    task = loaded.module.build(recipe, RunContext(env.rank, env.local_rank, env.world_size, backend.device,
+    task = loaded.recipe_module.build(recipe, RunContext(env.rank, env.local_rank, env.world_size, backend.device,
                                                   run_dir, barrier))
     startup.mark("build_s")
     train(recipe, task, backend, math, env, run_dir, startup)

@@ -100,8 +100,8 @@ def check_request(request: SbatchRequest) -> list[Problem]:
 
 
 def render_sbatch(request: SbatchRequest) -> str:
-    tasks = sweep_tasks(request.sweeps)
-    log = f"{request.run_dir}/slurm/%A_%a.out" if tasks else f"{request.run_dir}/slurm/%j.out"
+    array = sweep_tasks(request.sweeps)  # one array task per combination (sweep_task i: RUN_DIR/task-i)
+    log = f"{request.run_dir}/slurm/%A_%a.out" if array else f"{request.run_dir}/slurm/%j.out"
     lines = ["#!/bin/bash",
              f"# Written by `launcher submit` for {request.recipe_path}.",
              "# Slurm re-runs this same script on requeue; the run directory is fixed, so the job resumes.",
@@ -120,8 +120,8 @@ def render_sbatch(request: SbatchRequest) -> str:
         # B: only the batch shell (exec'd into `launcher run`) gets it; the launcher relays it.
         lines.append(f"#SBATCH --signal=B:USR1@{request.signal_lead_s}")
     lines.append("#SBATCH --requeue" if request.requeue else "#SBATCH --no-requeue")
-    if tasks:
-        lines.append(f"#SBATCH --array=0-{len(tasks) - 1}")
+    if array:
+        lines.append(f"#SBATCH --array=0-{len(array) - 1}")
     lines += [f"#SBATCH {option}" for option in request.extra]
     lines += [""]
     if request.secret_names:
@@ -130,12 +130,12 @@ def render_sbatch(request: SbatchRequest) -> str:
     lines += ["set -eu", f"cd {shlex.quote(request.workdir)}",
               f"export LAUNCHER_SLURM_SIGNAL_LEAD={request.signal_lead_s}"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in request.environment.items()]
-    if not tasks:
+    if not array:
         lines.append(_exec_line(request, request.run_dir, request.overrides))
     else:
         lines.append('case "$SLURM_ARRAY_TASK_ID" in')
-        for index, sweep in enumerate(tasks):
-            command = _exec_line(request, f"{request.run_dir}/task-{index}", (*request.overrides, *sweep))
+        for index, sweep_task in enumerate(array):
+            command = _exec_line(request, f"{request.run_dir}/task-{index}", (*request.overrides, *sweep_task))
             lines.append(f"  {index}) {command} ;;")
         lines += ['  *) echo "launcher: unknown array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
     return "\n".join(lines) + "\n"

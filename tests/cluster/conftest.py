@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import launcher_env
+from tests.helpers import launcher_env
 
 SCRIPT = Path(__file__).with_name("cluster.sh")
 NODES = 2

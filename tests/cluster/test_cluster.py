@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from launcher.rundir import RunDir
-from tests.integration.helpers import FIXTURES, ROOT, launch, train_records, wait_for_step, write_recipe
+from tests.helpers import FIXTURES, ROOT, launch, train_records, wait_for_step, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import ROOT, launcher_env
+from tests.helpers import ROOT, launcher_env
 
 FIELDS = {"case": str, "mode": str, "steps": int, "samples_per_s": float, "step_time_s": float,
           "device": str, "versions": dict, "time": str, "backend": str, "step_time_vs_plain": float}

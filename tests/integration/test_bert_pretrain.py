@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import ROOT, launch, launcher_env, metrics
+from tests.helpers import ROOT, launch, launcher_env, metrics
 
 pytestmark = pytest.mark.slow  # minutes of real training; CI runs it, `-m "not slow"` skips it
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.helpers import ROOT, launch, launcher_env, train_records
+from tests.helpers import ROOT, launch, launcher_env, train_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # ~2 min: inductor compiles C++ on a cold cache
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.helpers import (
+from tests.helpers import (
     FIXTURES,
     ROOT,
     exported_state,

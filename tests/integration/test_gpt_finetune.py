@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import ROOT, launch, launcher_env, metrics, write_recipe
+from tests.helpers import ROOT, launch, launcher_env, metrics, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # ~4.5 min of real training: `pytest -m heavy`; CI runs it
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.integration.helpers import ROOT, launch, launcher_env, train_records, write_recipe
+from tests.helpers import ROOT, launch, launcher_env, train_records, write_recipe
 
 SECRET = "wandb-secret-0123456789abcdef"
 

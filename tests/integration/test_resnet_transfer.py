@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.helpers import ROOT, launch, metrics
+from tests.helpers import ROOT, launch, metrics
 
 pytestmark = pytest.mark.slow  # minutes of real training; CI runs it, `-m "not slow"` skips it
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import ROOT, launch, launcher_env, metrics, train_records, write_recipe
+from tests.helpers import ROOT, launch, launcher_env, metrics, train_records, write_recipe
 
 RECIPE = """\
 recipe: mlp_regression

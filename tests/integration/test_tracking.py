@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.helpers import FIXTURES, ROOT, launch, launcher_env, metrics, wait_for_step, write_recipe
+from tests.helpers import FIXTURES, ROOT, launch, launcher_env, metrics, wait_for_step, write_recipe
 
 RECIPE = f"""\
 recipe: {FIXTURES / "uneven_recipe.py"}

@@ -13,7 +13,7 @@ import torch
 
 from launcher.config.schema import SchedulerConfig
 from launcher.runtime.schedule import lr_at
-from tests.integration.helpers import (
+from tests.helpers import (
     FIXTURES,
     exported_state,
     launch,

@@ -2,15 +2,12 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from launcher.cli import main
-
-ROOT = Path(__file__).resolve().parents[2]
-
+from tests.helpers import ROOT
 
 SUBCOMMANDS = ["run", "plan", "validate", "ls", "cp", "submit", "status", "logs", "cancel"]
 

@@ -126,7 +126,7 @@ def test_deepspeed_runs_batchnorm_models_in_bf16_through_torch_autocast():
     from launcher.backends.deepspeed_backend import deepspeed_config, needs_torch_autocast, passthrough_problems
     from launcher.config.load import load_recipe
     from launcher.plan.batch import batch_math
-    from tests.integration.helpers import ROOT
+    from tests.helpers import ROOT
 
     assert needs_torch_autocast(torchvision.models.resnet18())
     assert not needs_torch_autocast(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)))

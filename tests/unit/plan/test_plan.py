@@ -11,8 +11,8 @@ from launcher.cli import main
 from launcher.config.errors import Problem
 from launcher.plan.batch import batch_math
 from launcher.plan.hostfile import parse_hostfile
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
 
 

@@ -1,4 +1,5 @@
-"""Run the real `launcher` console script (real torchrun, real engines) and read results back."""
+"""Shared by every test set: the tiny recipe, writing recipe files, running the real `launcher`
+console script (real torchrun, real engines) and reading results back."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 
 
@@ -62,6 +63,16 @@ def wait_for_step(run_dir: Path, step: int, timeout: float = 240,
             output = proc.stdout.read()[-3000:] if proc.stdout else ""
             raise AssertionError(f"the run exited ({proc.returncode}) before step {step}:\n{output}")
         time.sleep(0.1)
+
+
+# The smallest valid recipe (the MLP on generated data), for tests that change one thing of it.
+TINY_RECIPE = """\
+recipe: mlp_regression
+model: {hidden: 8}
+data: {samples: 64}
+batch: {global: 16, micro: 4}
+train: {steps: 5}
+"""
 
 
 def write_recipe(path: Path, text: str) -> Path:

@@ -6,15 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import main
+from tests.helpers import TINY_RECIPE
 
-GOOD = """\
-recipe: mlp_regression
-model: {hidden: 8}
-data: {samples: 64}
-batch: {global: 16, micro: 4}
-train: {steps: 5}
-cluster: {nproc_per_node: 2}
-"""
+GOOD = TINY_RECIPE + "cluster: {nproc_per_node: 2}\n"
 
 # (name, recipe text, overrides, text that must appear in the error)
 CATALOGUE = [
