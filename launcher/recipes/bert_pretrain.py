@@ -37,7 +37,7 @@ SIZES = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium
 
 
 # Keys that change no checkpoint's meaning: a run may continue with other values (run.json).
-IDENTITY_EXEMPT = frozenset({"model.attention", "data.cache_dir"})
+IDENTITY_EXEMPT = frozenset({"model.attention", "data.cache_dir", "data.workers"})
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -85,9 +85,14 @@ class DataConfig:
     eval_fraction: float = 0.02  # documents held out for evaluation
     cache_dir: str = ""  # preprocessing cache; default $LAUNCHER_CACHE_DIR or ~/.cache/launcher
     seed: int = 12345
+    # DataLoader worker processes per rank: masking, pairing and collating off the training thread
+    # (68 us a sample: 17 ms a step at 256 samples, a GPU's whole step at 5,000 seq/s).
+    workers: int = 0
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []
+        if self.workers < 0:
+            out.append(("workers", f"must be >= 0, got {self.workers}", "0 prepares batches in the training thread"))
         if not 16 <= self.max_seq_len <= 4096:
             out.append(("max_seq_len", f"must be in 16..4096, got {self.max_seq_len}", "128 or 512 as in the paper"))
         for key in ("short_seq_prob", "mask_prob"):
@@ -163,6 +168,7 @@ def build(recipe, ctx):
         flops_per_sample=seq * (6 * non_embedding + 12 * config.num_hidden_layers * config.hidden_size * seq),
         tokens_per_sample=seq,
         export=export,
+        loader_workers=data_cfg.workers,
     )
 
 
@@ -191,6 +197,11 @@ def _pretraining_module(bert, nsp_weight: float, compile_loss: bool = False):
 
         def forward(self, input_ids, attention_mask, token_type_ids, next_sentence_label, mlm_positions,
                     mlm_labels, **_):
+            if self.bert.config._attn_implementation == "sdpa":
+                # Given as SDPA's own broadcastable boolean mask (batch, 1, 1, keys): transformers
+                # then uses it as it is, where from the 2D mask it would first test on the host
+                # whether any token is padding (a sync every micro-step).
+                attention_mask = attention_mask[:, None, None, :].bool()
             sequence, pooled = self.bert.bert(input_ids=input_ids, attention_mask=attention_mask,
                                               token_type_ids=token_type_ids, return_dict=False)[:2]
             index = mlm_positions[:, :, None].expand(-1, -1, sequence.size(-1))

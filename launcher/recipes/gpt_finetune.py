@@ -37,7 +37,7 @@ SIZES = {"tiny": (2, 128, 4), "small": (6, 384, 6), "gpt2": (12, 768, 12), "gpt2
 
 # Keys that change no checkpoint's meaning: a run may continue with other values (run.json).
 IDENTITY_EXEMPT = frozenset({"model.attention", "data.cache_dir", "data.sample_prompts", "data.max_new_tokens",
-                             "data.temperature", "data.top_k", "data.top_p"})
+                             "data.temperature", "data.top_k", "data.top_p", "data.workers"})
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -77,6 +77,7 @@ class DataConfig:
     max_seq_len: int = 128
     cache_dir: str = ""
     seed: int = 12345
+    workers: int = 0  # DataLoader worker processes per rank: batches built off the training thread
     # generation samples at every evaluation
     sample_prompts: list[str] = field(default_factory=lambda: ["It was", "She said"])
     max_new_tokens: int = 32
@@ -92,6 +93,8 @@ class DataConfig:
             out.append(("eval_fraction", "must be in (0, 0.5)", "e.g. 0.02"))
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             out.append(("temperature", "temperature > 0, top_p in (0, 1], top_k >= 0", "0.8, 0.95, 50"))
+        if self.workers < 0:
+            out.append(("workers", f"must be >= 0, got {self.workers}", "0 builds batches in the training thread"))
         if not 0 <= self.seed < 2**63:  # seeds torch's generator for the samples
             out.append(("seed", f"must be in 0..2**63-1, got {self.seed}", "any whole number like 12345"))
         return out
@@ -123,8 +126,7 @@ def build(recipe, ctx):
     compile_loss = recipe.train.compile and ctx.device.type == "cuda"
 
     def loss(model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return shifted_loss_sum(logits, batch["labels"], compile_loss)
+        return causal_lm_loss(model, batch, compile_loss)
 
     def generate_samples(model):
         return generate(_unwrap(model), tokenizer, data_cfg, ctx.device)
@@ -153,7 +155,21 @@ def build(recipe, ctx):
         flops_per_sample=seq * (6 * n_params + 12 * config.n_layer * config.n_embd * seq),
         tokens_per_sample=seq,
         export=export,
+        loader_workers=data_cfg.workers,
     )
+
+
+def causal_lm_loss(model, batch: dict, compile_chunks: bool = False):
+    import torch
+
+    """(sum of the next-token losses, their count). No attention mask: every row is packed text or
+    right-padded, so the causal mask alone is exact for every token that carries a label (padding
+    comes after them and has none), and SDPA runs with is_causal=True (see causal_sdpa). No KV
+    cache is built in training. The mask of ones (made on the device: no copy) only keeps
+    transformers from looking for padding on the host to warn about; causal_sdpa reads no mask."""
+    ids = batch["input_ids"]
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+    return shifted_loss_sum(logits, batch["labels"], compile_chunks)
 
 
 def shifted_loss_sum(logits, labels, compile_chunks: bool = False):
@@ -183,6 +199,24 @@ def _resolve_model_path(pretrained: str) -> str:
     return pretrained  # a local save_pretrained directory, or a hub name when online
 
 
+CAUSAL_SDPA = "launcher_causal_sdpa"
+
+
+def causal_sdpa() -> str:
+    """transformers' own SDPA attention under a name of ours. transformers builds no mask for an
+    attention it does not know (and so reads no mask on the host, and detects no packing), so
+    SDPA gets attn_mask=None and is_causal=True whenever query and keys have the same length:
+    training and prefill run the causal kernels (flash attention on GPUs), eager and compiled
+    alike; decoding one token attends to the whole cache. Exact wherever any padding comes after
+    the tokens that are scored, as in our packed blocks and right-padded rows, and generation
+    here runs one unpadded prompt at a time."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    AttentionInterface.register(CAUSAL_SDPA, sdpa_attention_forward)
+    return CAUSAL_SDPA
+
+
 def _build_model(cfg: ModelConfig, source: str, tokenizer, max_seq_len: int):
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
@@ -198,6 +232,8 @@ def _build_model(cfg: ModelConfig, source: str, tokenizer, max_seq_len: int):
                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         config._attn_implementation = cfg.attention
         model = GPT2LMHeadModel(config)
+    if cfg.attention == "sdpa" and not getattr(model.config, "sliding_window", None):
+        model.set_attn_implementation(causal_sdpa())
     if cfg.freeze_embeddings:
         for parameter in model.get_input_embeddings().parameters():
             parameter.requires_grad_(False)
@@ -391,9 +427,10 @@ class Blocks:
 
 
 def collate(samples: list[dict]) -> dict:
+    """Token ids and labels; the attention mask stays behind (the loss needs none, see causal_sdpa)."""
     import torch
 
-    return {key: torch.stack([s[key] for s in samples]).long() for key in samples[0]}
+    return {key: torch.stack([s[key] for s in samples]).long() for key in ("input_ids", "labels")}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -112,8 +112,10 @@ def build(recipe, ctx):
 
     def loss(model, batch):
         logits = model(normalized(batch["image"]))
+        # The count is filled on the device (a kernel): torch.tensor(n, device=...) would copy it from
+        # the host and wait for the GPU, every micro-step.
         return torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="sum"), \
-            torch.tensor(len(batch["label"]), device=logits.device)
+            torch.full((), len(batch["label"]), device=logits.device)
 
     def eval_artifacts(tensors, step, run_dir):
         path = os.path.join(run_dir, "confusion", f"confusion-step{step:08d}.png")
