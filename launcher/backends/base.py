@@ -16,6 +16,7 @@ class Backend(Protocol):
     name: str
     device: Any  # torch.device
     model: Any  # the wrapped module: call it for forward passes
+    precision: str  # fp32 | bf16 | fp16, resolved (recipe precision `auto` decided for this device)
     last_step_skipped: bool  # train.on_nonfinite=skip: step() skipped its update (non-finite norm)
 
     def prepare(self, model: Any, groups: list[dict]) -> None: ...

@@ -15,6 +15,8 @@ def on_device(value: float, device):
 
 
 def to_device(batch, device):
+    if device.type == "cpu":
+        return batch  # the loader's tensors are on the host already
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):

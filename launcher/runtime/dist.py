@@ -29,11 +29,19 @@ def from_environment(env: dict[str, str] | None = None) -> DistEnv:
 
 
 def all_reduce_sum(tensor):
-    import torch.distributed as dist
+    """Summed over every rank, in place; alone, a process has its sum already (no collective)."""
+    if has_peers():
+        import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def has_peers() -> bool:
+    """A process group of more than this one process."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def barrier() -> None:

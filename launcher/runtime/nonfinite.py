@@ -1,8 +1,10 @@
 """What a NaN or an infinity in the loss or the gradient norm does to a run (train.on_nonfinite).
 
-- stop (the default): every step adds "was this step finite?" to a flag on the device, with no
-  host sync. The flag is read where the loop syncs anyway (each log step, in the same all-reduce as
-  the loss) and before anything is evaluated, saved or exported. A non-finite step ends the run
+- stop (the default): every step adds its gradient norm to a sum on the device, with no host
+  sync, as the trainer adds its loss to the log interval's sum: a NaN or an infinity makes a sum
+  non-finite, and it stays so (one addition a step, fewer than testing each value). The sums are
+  read where the loop syncs anyway (each log step, in the same all-reduce as the loss) and before
+  anything is evaluated, saved or exported. A non-finite step ends the run
   there with a clear error, so no checkpoint or export ever holds non-finite weights: the last
   committed checkpoint is the last finite state.
 - skip: the backend checks the gradient norm before each update (one host sync per step) and
@@ -29,11 +31,11 @@ class NonFiniteGuard:
     def __init__(self, policy: str, max_skips: int, device, start_step: int) -> None:
         self.policy, self.max_skips = policy, max_skips
         self.skipped = 0
-        self._flag = torch.zeros((), dtype=torch.float64, device=device)  # > 0: a non-finite step
+        self._sum = torch.zeros((), dtype=torch.float64, device=device)  # non-finite: a non-finite step
         self._host_bad = False  # a gradient norm the backend already has on the host (DeepSpeed)
         self._checked_until = start_step
 
-    def after_step(self, step: int, grad_norm, step_loss, backend) -> bool:
+    def after_step(self, step: int, grad_norm, backend) -> bool:
         """Note the step; True when its loss counts (its update was applied)."""
         if self.policy == "skip":
             if backend.last_step_skipped:
@@ -44,18 +46,19 @@ class NonFiniteGuard:
                                     + _hint())
                 return False
             return True
-        self._flag += (~torch.isfinite(step_loss)).double()
         if grad_norm is None:  # the engine computed none; a non-finite update shows in the next loss
             return True
-        if grad_norm.device == self._flag.device:
-            self._flag += (~torch.isfinite(grad_norm)).double()
+        if grad_norm.device == self._sum.device:
+            self._sum += grad_norm
         else:
             self._host_bad = self._host_bad or not math.isfinite(float(grad_norm))
         return True
 
-    def flag(self):
-        """A device scalar > 0 when a step since the run (re)started was not finite; no sync."""
-        return self._flag + 1.0 if self._host_bad else self._flag
+    def flag(self, interval_loss):
+        """A device scalar > 0 when a gradient norm since the last check, or the interval's loss,
+        was not finite; no sync."""
+        bad = (~torch.isfinite(self._sum + interval_loss)).double()
+        return bad + 1.0 if self._host_bad else bad
 
     def check(self, step: int, flag_value: float, checkpoints: Path) -> None:
         """Raise NonFinite when the (all-reduced) flag says a step was not finite."""
@@ -65,10 +68,11 @@ class NonFiniteGuard:
                             f"{step}; stopped without saving or exporting (train.on_nonfinite=stop). "
                             f"{_last_checkpoint(checkpoints)}" + _hint())
         self._checked_until = step
+        self._sum.zero_()  # the next check covers the steps from here (the sum never grows unbounded)
 
-    def check_agreed(self, step: int, checkpoints: Path) -> None:
+    def check_agreed(self, step: int, checkpoints: Path, interval_loss) -> None:
         """check() with the flag all-reduced first: every rank stops at the same step, or none does."""
-        self.check(step, all_reduce_sum(self.flag().clone()).item(), checkpoints)
+        self.check(step, all_reduce_sum(self.flag(interval_loss)).item(), checkpoints)
 
 
 def _last_checkpoint(root: Path) -> str:

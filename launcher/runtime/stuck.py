@@ -94,10 +94,28 @@ def stall_dump_after(timeout_s: int) -> float:
     return max(1.0, 0.9 * timeout_s)
 
 
+_armed_at: float | None = None  # when faulthandler's countdown was last (re)started
+
+
 def arm_stall_dump(seconds: float) -> None:
-    """(Re)start the countdown; each call replaces the previous one."""
+    """Called at every step: a step that then runs on too long leaves every thread's stack in the log.
+
+    faulthandler's countdown runs on a thread of its own that needs no GIL, so it fires even when
+    the main thread hangs inside C code. Restarting it starts and joins that thread (0.1-0.9 ms),
+    too much for every step, so it is restarted only once half of it has passed: a step is dumped
+    after running between seconds/2 and seconds, always before the collective timeout, and a step
+    costs one clock read."""
+    global _armed_at
+    now = time.monotonic()
+    if _armed_at is not None and now - _armed_at < seconds / 2:
+        return
     faulthandler.dump_traceback_later(seconds, repeat=False, file=sys.stderr, exit=False)
+    _armed_at = now
 
 
 def disarm_stall_dump() -> None:
-    faulthandler.cancel_dump_traceback_later()
+    """Before evaluation and saving, which run on their own clocks, and at the end."""
+    global _armed_at
+    if _armed_at is not None:
+        faulthandler.cancel_dump_traceback_later()
+        _armed_at = None

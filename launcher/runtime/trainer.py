@@ -122,9 +122,9 @@ def _loop(run: Run) -> None:
             run.log.write({"step": done, **run.startup.report()})
         if done % recipe.train.log_every == 0 or done == run.end_step:
             _log_interval(run, done, lr, grad_norm, interval, guard)
-        disarm_stall_dump()  # evaluation and saving below run on their own clocks
-        _evaluate_and_save(run, done, guard)
-        _stop_if_signalled(run, done, stop, guard)
+        synchronised = _evaluate_and_save(run, done, guard, interval)
+        _stop_if_signalled(run, done, stop, guard, interval, synchronised)
+    stop.finish()  # the last step's agreement, in flight: the run is over either way
     if run.end_step == recipe.train.steps:
         _export(run)
 
@@ -146,15 +146,17 @@ def _loader(run: Run):
 
 
 class Interval:
-    """The loss, its target count and the time between two log steps, on the device until read."""
+    """Between two log steps: the summed loss (on the device until read), its target count (known
+    on the host: count_targets), the steps and the time."""
 
     def __init__(self, device) -> None:
         self.loss = torch.zeros((), device=device, dtype=torch.float64)
-        self.count = torch.zeros((), device=device, dtype=torch.float64)
+        self.count = 0.0
         self.start, self.steps = time.perf_counter(), 0
 
     def reset(self) -> None:
-        self.loss.zero_(), self.count.zero_()
+        self.loss.zero_()
+        self.count = 0.0
         self.start, self.steps = time.perf_counter(), 0
 
 
@@ -164,23 +166,27 @@ def _train_step(run: Run, micro_batches: list, lr: float, step: int, interval: I
     device = backend.device
     # Normalise by the targets of the whole global batch (all ranks, all micro-steps), so
     # uneven micro-batches give exactly the gradient of one big batch. Backends average
-    # gradients over ranks, hence the factor world_size.
-    count = on_device(float(sum(task.count_targets(b) for b in micro_batches)), device)
-    all_reduce_sum(count)
-    scale = run.env.world_size / count
-    step_loss = torch.zeros((), device=device, dtype=torch.float64)
-    step_count = torch.zeros((), device=device, dtype=torch.float64)
+    # gradients over ranks, hence the factor world_size. Alone, the count is known on the host.
+    targets = float(sum(task.count_targets(b) for b in micro_batches))
+    if run.env.world_size == 1:
+        scale = 1.0 / targets
+    else:
+        scale = run.env.world_size / all_reduce_sum(on_device(targets, device))
+    # The losses go straight into the interval's sum, unless the step may yet be skipped.
+    skipping = guard.policy == "skip"
+    loss_of_step = torch.zeros_like(interval.loss) if skipping else interval.loss
     for k, batch in enumerate(micro_batches):
         batch = to_device(batch, device)
         with backend.autocast():
-            loss_sum, targets = task.loss(backend.model, batch)
-        backend.backward(loss_sum * scale.to(loss_sum.dtype), last=k == run.math.accumulation - 1)
-        step_loss += loss_sum.detach().double()
-        step_count += targets.double()
+            loss_sum, _ = task.loss(backend.model, batch)
+        backend.backward(loss_sum * (scale if isinstance(scale, float) else scale.to(loss_sum.dtype)),
+                         last=k == run.math.accumulation - 1)
+        loss_of_step += loss_sum.detach()
     grad_norm = backend.step(lr, step)
-    if guard.after_step(step + 1, grad_norm, step_loss, backend):
-        interval.loss += step_loss
-        interval.count += step_count
+    if guard.after_step(step + 1, grad_norm, backend):
+        if skipping:
+            interval.loss += loss_of_step
+        interval.count += targets
     interval.steps += 1
     return grad_norm
 
@@ -189,7 +195,8 @@ def _log_interval(run: Run, done: int, lr: float, grad_norm, interval: Interval,
     """The log step: one all-reduce of the interval's loss, then metrics.jsonl, tracker, console."""
     task, math, device = run.task, run.math, run.backend.device
     elapsed = time.perf_counter() - interval.start
-    totals = all_reduce_sum(torch.stack([interval.loss, interval.count, guard.flag()])).tolist()
+    counts = on_device(interval.count, device)
+    totals = all_reduce_sum(torch.stack([interval.loss, counts, guard.flag(interval.loss)])).tolist()
     samples_per_s = interval.steps * math.global_batch / elapsed
     record = {
         "step": done, "loss": totals[0] / totals[1] if totals[1] else float("nan"), "lr": lr,
@@ -199,7 +206,7 @@ def _log_interval(run: Run, done: int, lr: float, grad_norm, interval: Interval,
     }
     if task.tokens_per_sample:
         record["tokens_per_s"] = samples_per_s * task.tokens_per_sample
-    peak = peak_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    peak = peak_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else None, run.backend.precision)
     if task.flops_per_sample and peak:
         record["mfu"] = samples_per_s * task.flops_per_sample / (peak * run.env.world_size)
     if device.type == "cuda":
@@ -224,23 +231,29 @@ def _save_due(run: Run, done: int) -> bool:
     return bool(every and done % every == 0) or done == run.end_step
 
 
-def _evaluate_and_save(run: Run, done: int, guard: NonFiniteGuard) -> None:
+def _evaluate_and_save(run: Run, done: int, guard: NonFiniteGuard, interval: Interval) -> bool:
+    """Evaluate and save when due; True when either happened (the ranks synchronised)."""
     evaluating, saving = _eval_due(run, done), _save_due(run, done)
     if evaluating or saving:
-        guard.check_agreed(done, run.checkpoints.root)  # nothing non-finite is evaluated, saved or exported
+        disarm_stall_dump()  # evaluation and saving run on their own clocks
+        guard.check_agreed(done, run.checkpoints.root, interval.loss)  # nothing non-finite is evaluated or saved
     if evaluating:
         evaluate_and_log(run, done)
     if saving:
         save(run, done)
+    return evaluating or saving
 
 
-def _stop_if_signalled(run: Run, done: int, stop: StopRequest, guard: NonFiniteGuard) -> None:
-    """All ranks agree whether one was signalled; if so, they stop here with a checkpoint."""
-    signum = stop.agreed()
+def _stop_if_signalled(run: Run, done: int, stop: StopRequest, guard: NonFiniteGuard, interval: Interval,
+                       synchronised: bool) -> None:
+    """All ranks agree whether one was signalled (by the step before, or by now after a save); if
+    so, they stop here with a checkpoint."""
+    signum = stop.agreed(now=synchronised)
     if signum is None:
         return
     if not _save_due(run, done):  # never a second save of the same step
-        guard.check_agreed(done, run.checkpoints.root)
+        disarm_stall_dump()
+        guard.check_agreed(done, run.checkpoints.root, interval.loss)
         save(run, done)
     if run.main:
         emit(f"stopped by {signal.Signals(signum).name} after step {done}: checkpoint committed; "

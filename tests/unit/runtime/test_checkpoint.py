@@ -129,8 +129,10 @@ _FILE_SYSTEM_CALLS = {"write_record", "write_end_of_file", "write", "flush", "fs
                       "mkdir", "unlink", "rmdir", "open", "close", "truncate"}
 
 
-def _save_and_die_at(manager: ckpt.CheckpointManager, step: int, writer, kill_at: int) -> None:
-    """In a forked child: save, and SIGKILL itself just before its kill_at-th file-system call."""
+def _save_and_die_at(manager: ckpt.CheckpointManager, step: int, writer, kill_at: int,
+                     tally: Path | None = None) -> None:
+    """In a forked child: save, and SIGKILL itself just before its kill_at-th file-system call
+    (with `tally`, a save that is never killed writes its number of calls there)."""
     import os
     import signal
     import sys
@@ -147,6 +149,8 @@ def _save_and_die_at(manager: ckpt.CheckpointManager, step: int, writer, kill_at
         sys.setprofile(watch)
         manager.save(step, {"step": step}, writer)
         sys.setprofile(None)
+        if tally is not None:
+            tally.write_text(str(calls[0]))
     except BaseException:  # noqa: BLE001 - a forked child must never return into pytest
         os._exit(1)
     os._exit(0)
@@ -155,9 +159,10 @@ def _save_and_die_at(manager: ckpt.CheckpointManager, step: int, writer, kill_at
 def test_sigkill_at_every_file_system_call_of_a_real_save_never_breaks_resume(tmp_path):
     """docs/faults.md 6 and 7 with real kills: a forked process saves a real model and AdamW state with
     torch.save through the commit protocol (keep_last=1, so the old checkpoint is pruned after the
-    commit) and is SIGKILLed before its N-th file-system call, for every N. Each time, resume
-    finds a committed checkpoint whose tensors are exactly the ones saved at that step, and the
-    next save commits."""
+    commit) and is SIGKILLed before its N-th file-system call: every N of the commit and the pruning
+    (the last 60 calls) and of the start, every 6th among torch.save's record writes between. Each
+    time, resume finds a committed checkpoint whose tensors are exactly the ones saved at that step,
+    and the next save commits."""
     import os
     import signal
 
@@ -178,10 +183,10 @@ def test_sigkill_at_every_file_system_call_of_a_real_save_never_breaks_resume(tm
 
     expected = {1: train_one_step()}
     expected[2] = train_one_step()  # the state the killed save was writing
+    total = _calls_of_a_save(tmp_path, writer, model, expected)
+    points = sorted({*range(1, 31), *range(31, total - 60, 6), *range(max(1, total - 60), total + 2)})
     resumed_at = []
-    kill_at = 0
-    while True:
-        kill_at += 1
+    for kill_at in points:
         root = tmp_path / f"kill-{kill_at:03d}"
         manager = ckpt.CheckpointManager(str(root), 1, rank=0, barrier=lambda: None)
         model.load_state_dict(expected[1])
@@ -192,7 +197,7 @@ def test_sigkill_at_every_file_system_call_of_a_real_save_never_breaks_resume(tm
             _save_and_die_at(manager, 2, writer, kill_at)
         _, status = os.waitpid(pid, 0)
         if not os.WIFSIGNALED(status):  # the save made fewer calls than kill_at: every point was tried
-            assert os.WEXITSTATUS(status) == 0
+            assert os.WEXITSTATUS(status) == 0 and kill_at > total
             break
         assert os.WTERMSIG(status) == signal.SIGKILL
         found = ckpt.find_resume_dir(root, "auto")
@@ -204,9 +209,27 @@ def test_sigkill_at_every_file_system_call_of_a_real_save_never_breaks_resume(tm
         manager.save(2, {"step": 2}, writer)  # the next save cleans up after the dead one and commits
         assert ckpt.verify(ckpt.find_resume_dir(root, "auto")) == {"step": 2}
         assert not list(root.glob(".tmp-*"))
-    print(f"{len(resumed_at)} kill points; resumed at step 1: {resumed_at.count(1)}, at step 2: {resumed_at.count(2)}")
-    assert len(resumed_at) >= 50  # distinct kill points, each resumed
+    print(f"{len(resumed_at)} kill points of {total} calls; resumed at step 1: {resumed_at.count(1)}, "
+          f"at step 2: {resumed_at.count(2)}")
+    assert len(resumed_at) >= 100  # distinct kill points, each resumed
     assert resumed_at.count(1) >= 40 and resumed_at[-1] == 2  # killed while pruning: the new one is committed
+
+
+def _calls_of_a_save(tmp_path: Path, writer, model, expected: dict) -> int:
+    """How many file-system calls a whole save makes (a child counts them, unkilled)."""
+    import os
+
+    root, tally = tmp_path / "count", tmp_path / "calls"
+    manager = ckpt.CheckpointManager(str(root), 1, rank=0, barrier=lambda: None)
+    model.load_state_dict(expected[1])
+    manager.save(1, {"step": 1}, writer)
+    model.load_state_dict(expected[2])
+    pid = os.fork()
+    if pid == 0:
+        _save_and_die_at(manager, 2, writer, 10**9, tally)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    return int(tally.read_text())
 
 
 def _real_checkpoint(root: Path, step: int = 1) -> Path:

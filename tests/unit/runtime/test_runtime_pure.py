@@ -155,3 +155,58 @@ def test_stall_dump_fires_before_the_collective_timeout():
     from launcher.runtime.stuck import stall_dump_after
 
     assert stall_dump_after(1800) == 1620 and stall_dump_after(8) < 8 and stall_dump_after(1) == 1
+
+
+def test_the_stall_watch_costs_a_clock_read_per_step_not_a_thread(monkeypatch):
+    import faulthandler
+
+    from launcher.runtime import stuck
+
+    started = []
+    monkeypatch.setattr(faulthandler, "dump_traceback_later", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(faulthandler, "cancel_dump_traceback_later", lambda: None)
+    monkeypatch.setattr(stuck, "_armed_at", None)
+    clock = [1000.0]
+    monkeypatch.setattr(stuck.time, "monotonic", lambda: clock[0])
+    for _ in range(10_000):  # 10,000 steps of 10 ms against a 60 s watch
+        stuck.arm_stall_dump(60.0)
+        clock[0] += 0.01
+    assert len(started) == 4  # restarted every 30 s of steps (at 0, 30, 60, 90 s), not 10,000 times
+    stuck.disarm_stall_dump()
+    stuck.arm_stall_dump(60.0)
+    assert len(started) == 5  # after evaluation or a save, the next step starts a fresh countdown
+
+
+_STUCK_STEP = """
+import time
+from launcher.runtime import stuck
+for _ in range(3):  # steps of 0.3 s: one countdown of 2 s, started once
+    stuck.arm_stall_dump(2.0)
+    time.sleep(0.3)
+stuck.arm_stall_dump(2.0)
+time.sleep(4)  # this step hangs (line 8)
+print("still alive", flush=True)
+"""
+
+
+def test_a_step_that_hangs_still_leaves_its_stack_before_the_timeout():
+    import subprocess
+    import sys
+    import time
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _STUCK_STEP], capture_output=True, text=True, timeout=60)
+    assert "Timeout (0:00:02)!" in done.stderr and 'File "<string>", line 8 in <module>' in done.stderr, done.stderr
+    assert "still alive" in done.stdout and time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("name,precision,expected", [
+    ("NVIDIA H100 80GB HBM3", "bf16", 989.4e12), ("NVIDIA H100 PCIe", "bf16", 756.5e12),
+    ("NVIDIA H100 NVL", "bf16", 835.5e12), ("NVIDIA H200", "bf16", 989.4e12), ("NVIDIA H200 NVL", "fp16", 835.5e12),
+    ("NVIDIA H100 80GB HBM3", "fp32", 66.9e12), ("NVIDIA A100-SXM4-80GB", "bf16", 312e12),
+    ("NVIDIA GH200 480GB", "bf16", 989.4e12), ("Tesla T4", "bf16", None), (None, "bf16", None),
+])
+def test_mfu_peaks_name_the_sku_and_the_precision(name, precision, expected):
+    from launcher.runtime.metrics import peak_flops
+
+    assert peak_flops(name, precision) == expected
