@@ -77,15 +77,15 @@ def _with_common(func):
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(recipe_path, overrides, as_json, **placement):
     """Print the resolved recipe, the batch arithmetic and every command; start nothing."""
-    import json
 
     import yaml
 
     from launcher.plan.launch import render_plan
+    from launcher.rundir.record import plan_json
 
     _, launch_plan, resolved = _prepare(recipe_path, overrides, placement)
     if as_json:
-        click.echo(json.dumps({"recipe": resolved, "plan": launch_plan.to_dict()}, indent=2))
+        click.echo(plan_json({"recipe": resolved, "plan": launch_plan.to_dict()}), nl=False)
     else:
         click.echo(render_plan(launch_plan, yaml.safe_dump(resolved, sort_keys=False)), nl=False)
 

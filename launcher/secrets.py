@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -11,6 +12,7 @@ _SECRET_WORD = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|CO
 REDACTED = "<redacted>"
 
 
+@functools.lru_cache(maxsize=4096)  # the same few names, once per node of a plan of thousands
 def is_secret_name(name: str) -> bool:
     return any(_SECRET_WORD.search(word) for word in re.split(r"[_\-.]+", name))
 

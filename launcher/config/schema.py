@@ -212,9 +212,10 @@ class ClusterConfig:
     # Slurm: how many times a job that hit its time limit is requeued (preemptions always requeue).
     timeout_requeues: int = 3
     # How torchrun starts the ranks. spawn: a fresh interpreter each, which imports torch again.
-    # fork: forked from torchrun's agent, which has torch imported already (about 1.4 s less to the
-    # first step on a 2-core CPU; torch's --run-path --start-method=fork). Not yet measured on a GPU.
-    start_method: Literal["spawn", "fork"] = "spawn"
+    # fork: forked from torchrun's agent, which has torch and torch._dynamo imported already
+    # (seconds less to the first step; torch's --run-path --start-method=fork). auto: fork on one
+    # node of this machine without a GPU, spawn elsewhere (not yet measured on GPU hosts).
+    start_method: Literal["auto", "spawn", "fork"] = "auto"
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []

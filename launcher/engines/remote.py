@@ -15,6 +15,7 @@ starts, instead of a rendezvous timeout fifteen minutes later.
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import subprocess
@@ -64,8 +65,18 @@ def secrets_path(run_dir: str) -> str:
 
 def remote_command(node: NodeCommand, cwd: str) -> str:
     """The one string a remote shell runs: every piece quoted, user data never interpreted."""
-    exports = [f"{k}={shlex.quote(v)}" for k, v in node.env.items()]
-    return f"cd {shlex.quote(cwd)} && exec env {' '.join([*exports, *map(shlex.quote, node.argv)])}"
+    exports = _quoted_exports(tuple(node.env.items()))
+    return f"cd {shlex.quote(cwd)} && exec env {exports} {_quoted(node.argv)}"
+
+
+@functools.lru_cache(maxsize=64)  # every node of a job has the same command (and nearly the same env)
+def _quoted(words: tuple[str, ...]) -> str:
+    return " ".join(map(shlex.quote, words))
+
+
+@functools.lru_cache(maxsize=64)
+def _quoted_exports(items: tuple[tuple[str, str], ...]) -> str:
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in items)
 
 
 def ssh_prefix(host: str, *options: str) -> tuple[str, ...]:

@@ -52,13 +52,17 @@ class LaunchPlan:
         return secrets_path(self.run_dir) if self.secret_names else ""
 
     def to_dict(self, redact: bool = True) -> dict:
-        data = asdict(self)
-        data["nodes"] = [{"host": n.host, "argv": list(n.argv), "env": redact_env(n.env) if redact else dict(n.env)}
-                         for n in self.nodes]
-        data["processes"] = [{"argv": list(p.argv), "hosts": list(p.hosts),
-                              "env": redact_env(p.env) if redact else dict(p.env), "keep_stdin": p.keep_stdin}
-                             for p in self.processes]
-        return data
+        """Plain data for JSON, field by field (dataclasses.asdict deep-copies every node's argv and
+        env first: most of `plan --json`'s time with thousands of hosts)."""
+        def env(values: dict[str, str]) -> dict[str, str]:
+            return redact_env(values) if redact else dict(values)
+
+        return {"run_dir": self.run_dir, "engine": self.engine,
+                "nodes": [{"host": n.host, "argv": list(n.argv), "env": env(n.env)} for n in self.nodes],
+                "processes": [{"argv": list(p.argv), "hosts": list(p.hosts), "env": env(p.env),
+                               "keep_stdin": p.keep_stdin} for p in self.processes],
+                "nproc_per_node": self.nproc_per_node, "rendezvous": self.rendezvous, "math": asdict(self.math),
+                "secret_names": list(self.secret_names), "slurm_job_id": self.slurm_job_id}
 
 
 def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: str,
@@ -69,23 +73,36 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
     standalone = engine.standalone and topology.nodes == 1
     master = topology.hosts[0]
     port = rendezvous_port(cluster.master_port, topology.slurm_job_id, _rdzv_id(run_dir))
-    torchrun = torchrun_argv(python, topology, cluster, master, port, run_dir, standalone)
+    method = start_method(cluster.start_method, standalone)
+    torchrun = torchrun_argv(python, topology, cluster, master, port, run_dir, standalone, method)
     commands = engine.commands(NodeRequest(topology.hosts, topology.slot_ids, tuple(torchrun),
-                                           rank_env(cluster, run_dir), environ, tuple(cluster.forward_env), python,
-                                           cwd, run_dir))
+                                           rank_env(cluster, run_dir, method), environ, tuple(cluster.forward_env),
+                                           python, cwd, run_dir))
     return LaunchPlan(run_dir, engine.name, commands.nodes, commands.processes, topology.nproc_per_node,
                       "standalone" if standalone else f"c10d://{master}:{port}", math, commands.secret_names,
                       topology.slurm_job_id)
 
 
-def rank_env(cluster: ClusterConfig, run_dir: str) -> dict[str, str]:
+def start_method(configured: str, one_local_node: bool) -> str:
+    """How torchrun starts the ranks. `auto` forks them from its agent (torch and torch._dynamo
+    imported once: seconds less to the first step) on a single node of this machine without a
+    GPU, and spawns fresh interpreters elsewhere: forking beside CUDA has not been measured on
+    GPU hosts yet, and the nodes of a hostfile or Slurm job are not this machine."""
+    if configured != "auto":
+        return configured
+    from launcher.plan.topology import count_local_gpus
+
+    return "fork" if one_local_node and count_local_gpus() == 0 else "spawn"
+
+
+def rank_env(cluster: ClusterConfig, run_dir: str, method: str) -> dict[str, str]:
     """What every rank's environment gets from the plan, on every engine."""
     env = {"LAUNCHER_RUN_DIR": run_dir, "PYTHONUNBUFFERED": "1", **cluster.env}
     if cluster.max_restarts:
         # Restarted workers must not share the rendezvous store: stale keys of the dead attempt
         # send them to ports nobody listens on (pytorch/pytorch#135712).
         env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
-    if cluster.start_method == "fork":
+    if method == "fork":
         # torchrun's agent asks torch whether a GPU is there before it forks the ranks; answered by
         # the CUDA runtime, that initialises CUDA in the agent and no forked rank could use it.
         # NVML answers without it.
@@ -134,9 +151,13 @@ def worker_entry(start_method: str) -> list[str]:
     return ["-m", WORKER_MODULE]
 
 
+AGENT_PRELOADS = ("torch._dynamo",)  # imported by the agent before it forks the ranks (runtime/agent.py)
+
+
 def torchrun_argv(python: str, topology: Topology, cluster: ClusterConfig, master: str, port: int, run_dir: str,
-                  standalone: bool) -> list[str]:
-    argv = [python, "-m", "torch.distributed.run"]
+                  standalone: bool, method: str) -> list[str]:
+    argv = [python, "-m", "torch.distributed.run"] if method != "fork" else \
+        [python, "-m", "launcher.runtime.agent", *AGENT_PRELOADS, "--"]
     if standalone:
         # --standalone picks a free port itself: two local jobs never collide.
         argv += ["--standalone", "--nnodes=1"]
@@ -152,7 +173,7 @@ def torchrun_argv(python: str, topology: Topology, cluster: ClusterConfig, maste
         "--tee=3",
         "--local-ranks-filter=0",
         "--log-line-prefix-template=[rank${rank}]: ",
-        *worker_entry(cluster.start_method), "--run-dir", run_dir,
+        *worker_entry(method), "--run-dir", run_dir,
     ]
     return argv
 

@@ -29,8 +29,15 @@ def write_run_dir(run: RunDir, resolved: dict, plan: dict) -> None:
     import yaml
 
     write_atomic(run.recipe, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-    write_atomic(run.plan, json.dumps(plan, indent=2) + "\n")
+    write_atomic(run.plan, plan_json(plan))
     write_atomic(run.environment, json.dumps(environment_record(), indent=2) + "\n")
+
+
+def plan_json(data: dict) -> str:
+    """A plan (or {"recipe", "plan"}) as JSON: indented for people when it is small; compact (json's
+    C encoder, about 10x faster than its indenting one) for thousands of nodes, read with a tool."""
+    small = len(data.get("plan", data)["nodes"]) <= 64
+    return json.dumps(data, indent=2 if small else None) + "\n"
 
 
 def environment_record() -> dict:

@@ -6,16 +6,31 @@ import json
 import sys
 from pathlib import Path
 
-# Dense bf16 peak FLOP/s per device, for MFU. Unknown devices report no MFU rather than a guess.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+# Dense peak FLOP/s per device and precision (NVIDIA's datasheets; the "with sparsity" figures
+# halved), for MFU. fp32 is the plain fp32 rate: torch does not use TF32 for matmuls by default.
+# Matched against torch.cuda.get_device_name() in this order, the specific SKUs first: an
+# "NVIDIA H100 PCIe" is not an SXM H100. Unknown devices report no MFU rather than a guess.
+_SXM_HOPPER = {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12}
+_NVL_HOPPER = {"bf16": 835.5e12, "fp16": 835.5e12, "fp32": 60e12}
+PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 PCIe", {"bf16": 756.5e12, "fp16": 756.5e12, "fp32": 51.2e12}),
+    ("H100 NVL", _NVL_HOPPER),
+    ("H200 NVL", _NVL_HOPPER),
+    ("GH200", _SXM_HOPPER),
+    ("H100", _SXM_HOPPER),  # SXM5 ("NVIDIA H100 80GB HBM3")
+    ("H200", _SXM_HOPPER),  # SXM
+    ("A100", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}),  # SXM4 and PCIe alike
+    ("L40S", {"bf16": 362.05e12, "fp16": 362.05e12, "fp32": 91.6e12}),
+    ("A10G", {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12}),
+)
 
 
-def peak_flops(device_name: str | None) -> float | None:
+def peak_flops(device_name: str | None, precision: str = "bf16") -> float | None:
     if not device_name:
         return None
-    for key, value in PEAK_FLOPS.items():
+    for key, peaks in PEAK_FLOPS:
         if key in device_name:
-            return value
+            return peaks.get(precision)
     return None
 
 
