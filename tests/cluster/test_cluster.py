@@ -91,8 +91,10 @@ def test_submit_runs_across_two_slurm_nodes(cluster, tmp_path, start_method):
 
 def test_preemption_signal_checkpoints_and_requeues_once(cluster, tmp_path):
     """docs/faults.md 4: USR1 to the batch shell -> ranks agree on a step, one checkpoint, `scontrol requeue`."""
+    # 80 steps of 0.15 s leave ~11 s after step 6 for the signal to travel launcher -> srun -> node
+    # guards -> torchrun -> ranks on a loaded CI machine; with 30 steps CI once finished first.
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.0", "step_delay: 0.15")
-                          .replace("steps: 24", "steps: 30"))
+                          .replace("steps: 24", "steps: 80"))
     run_dir = tmp_path / "preempted"
     job_id = _submit(cluster, recipe, run_dir)
     wait_for_step(run_dir, 6, timeout=120)
@@ -141,7 +143,7 @@ def test_cancelled_job_commits_a_checkpoint_and_a_resubmission_resumes_it_exactl
     and the data order equals an uninterrupted run's (nothing lost, nothing seen twice)."""
     # No periodic checkpoint: one at the stop step can only come from the SIGTERM.
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.0", "step_delay: 0.15")
-                          .replace("steps: 24", "steps: 30").replace("every_steps: 4", "every_steps: 0"))
+                          .replace("steps: 24", "steps: 80").replace("every_steps: 4", "every_steps: 0"))
     run_dir = tmp_path / "cancelled"
     job_id = _submit(cluster, recipe, run_dir)
     wait_for_step(run_dir, 6, timeout=120)
@@ -150,14 +152,14 @@ def test_cancelled_job_commits_a_checkpoint_and_a_resubmission_resumes_it_exactl
     assert done.returncode == 0 and f"cancelled job {job_id}" in done.stderr, done.stderr
     assert _wait_job(cluster, job_id) == "CANCELLED"
     stopped_at = max(r["step"] for r in train_records(run_dir))
-    assert 6 <= stopped_at < 30
+    assert 6 <= stopped_at < 80
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped_at:08d}"
     assert not (run_dir / "slurm" / "requeues.json").exists()  # a cancel is not a preemption
     assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True).stdout == b""
 
     again = _submit(cluster, recipe, run_dir)
     assert again != job_id and _wait_job(cluster, again) == "COMPLETED"
-    assert [r["step"] for r in train_records(run_dir)] == list(range(1, 31))  # each step logged once
+    assert [r["step"] for r in train_records(run_dir)] == list(range(1, 81))  # each step logged once
     local = tmp_path / "local"
     assert launch(recipe, local, nproc=2).returncode == 0
     assert _ids(run_dir, 0) == _ids(local, 0) and _ids(run_dir, 1) == _ids(local, 1)
@@ -168,7 +170,7 @@ def test_sweep_runs_one_array_task_per_value_and_a_task_dir_cancels_only_its_tas
     RUN_DIR/task-i. `launcher cancel RUN_DIR/task-1` stops that task only (with a checkpoint at its
     stop step) while task 0 trains to the end; `launcher status` reports the task or the array."""
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.0", "step_delay: 0.1")
-                          .replace("steps: 24", "steps: 40"))
+                          .replace("steps: 24", "steps: 100"))
     run_dir = tmp_path / "sweep"
     done = subprocess.run(["launcher", "submit", str(recipe), "--nodes", "1", "--nproc", "2", "--time", "10",
                            "--sweep", "optimizer.lr=0.1,0.02", "--run-dir", str(run_dir)], cwd=ROOT,
@@ -188,10 +190,10 @@ def test_sweep_runs_one_array_task_per_value_and_a_task_dir_cancels_only_its_tas
         task_dir = run_dir / f"task-{index}"
         assert yaml.safe_load((task_dir / "recipe.yaml").read_text())["optimizer"]["lr"] == lr
         learned[lr] = [r["loss"] for r in train_records(task_dir)]
-    assert len(learned[0.1]) == 40, tasks  # task 0 was not touched
-    assert (run_dir / "task-0" / "checkpoints" / "latest").read_text().strip() == "step-00000040"
+    assert len(learned[0.1]) == 100, tasks  # task 0 was not touched
+    assert (run_dir / "task-0" / "checkpoints" / "latest").read_text().strip() == "step-00000100"
     stopped_at = len(learned[0.02])
-    assert 4 <= stopped_at < 40, tasks
+    assert 4 <= stopped_at < 100, tasks
     assert (run_dir / "task-1" / "checkpoints" / "latest").read_text().strip() == f"step-{stopped_at:08d}"
     assert learned[0.1][:4] != learned[0.02][:4]  # each task got its own value
     assert (run_dir / "slurm" / f"{array_id}_0.out").exists() and (run_dir / "slurm" / f"{array_id}_1.out").exists()
