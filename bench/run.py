@@ -6,6 +6,8 @@ same model and batch, in one session. One JSON line per (case, mode) into bench/
     python bench/run.py --cases gpt2 bert    # a subset
     python bench/run.py --profile 5          # also a torch.profiler window of 5 launcher steps per
                                              # case: profile-<case>-<time>.txt/.json next to the lines
+    python bench/run.py --cpu                # the CPU proxy benchmark (bench/cpu.py): host overhead per
+                                             # step, syncs, attention paths, loaders, launch; no GPU
 
 A case that fails, or that no longer fits in --deadline, gets a line with its `error` (a failed
 plain loop: its own `plain` error line, the launcher's figures kept) and the others still run (the
@@ -211,7 +213,7 @@ def run_plain(recipe_path: str, overrides: list[str], steps: int, work: Path) ->
         times.append(time.perf_counter() - start)
     step_time = sum(times[WARMUP_STEPS:]) / len(times[WARMUP_STEPS:])
     samples_per_s = micro / step_time
-    peak = peak_flops(device_name() if device.type == "cuda" else None)
+    peak = peak_flops(device_name() if device.type == "cuda" else None, "bf16")  # the loop's autocast dtype
     result = {"samples_per_s": samples_per_s,
               "tokens_per_s": samples_per_s * task.tokens_per_sample if task.tokens_per_sample else None,
               "mfu": samples_per_s * task.flops_per_sample / peak if peak and task.flops_per_sample else None,
@@ -246,9 +248,21 @@ def keep_profile(profile_dir: Path, out_dir: Path, stem: str) -> None:
             (out_dir / f"{stem}{suffix}").write_text(source.read_text())
 
 
+def run_cpu_benchmark(args) -> int:
+    from bench import cpu
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    meta = {"device": "cpu", "cpus": os.cpu_count(), "versions": versions(), "time": stamp}
+    out_file = cpu.run_cpu(args.tiny, Path(args.out), Path(args.work) / "cpu", generate_text, generate_images, meta)
+    problems = cpu.check_schema(out_file)
+    print(f"wrote {out_file}" + "".join(f"\n  schema: {p}" for p in problems))
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke mode")
+    parser.add_argument("--cpu", action="store_true", help="the CPU proxy benchmark (bench/cpu.py)")
     parser.add_argument("--cases", nargs="*", help="subset of cases")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="directory for the JSON lines")
     parser.add_argument("--work", default="/tmp/launcher-bench", help="scratch directory for data and runs")
@@ -258,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"wall time for all cases (default {GPU_DEADLINE_S} on GPU, none with --tiny); "
                              "cases that no longer fit are recorded as skipped")
     args = parser.parse_args(argv)
+    if args.cpu:
+        return run_cpu_benchmark(args)
     cases = TINY_CASES if args.tiny else GPU_CASES
     chosen = args.cases or list(cases)
     unknown = [c for c in chosen if c not in cases]
