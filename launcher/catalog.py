@@ -8,7 +8,12 @@ from pathlib import Path
 
 from launcher.config.modules import BUILTIN
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# The package's view of the repository's recipes/ and hostfiles/: symlinks in a source checkout
+# (and an editable install), real files in a wheel (package data), so `launcher ls` and
+# `launcher run mlp-tiny` work however the launcher was installed.
+SHIPPED_DIR = Path(__file__).resolve().parent / "_shipped"
+RECIPE_DIR = (SHIPPED_DIR / "recipes").resolve()
+HOSTFILE_DIR = (SHIPPED_DIR / "hostfiles").resolve()
 
 
 def builtin_modules() -> list[tuple[str, str]]:
