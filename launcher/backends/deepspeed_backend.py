@@ -9,11 +9,14 @@ the accumulation boundary.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 
 import torch
 
 from launcher.backends.optim import build_optimizer, set_lr
 from launcher.backends.precision import resolve_precision
+from launcher.runtime.quiet import without_build_banner
 
 
 def deepspeed_config(recipe, math, precision: str, torch_autocast: bool = False) -> dict:
@@ -109,6 +112,20 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _announce_op_build() -> None:
+    """On CPU, DeepSpeed's first run on a machine JIT-compiles its shared-memory collective op
+    (about a minute, silently): say so, and where it is kept."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # private; a torch without it says nothing
+
+        directory = _get_build_directory("deepspeed_shm_comm", verbose=False)
+    except (ImportError, OSError, RuntimeError):
+        return
+    if not os.path.exists(os.path.join(directory, "deepspeed_shm_comm.so")):
+        print(f"launcher: building DeepSpeed's shm_comm CPU op once (about a minute; needs g++ and ninja); "
+              f"cached in {directory} (TORCH_EXTENSIONS_DIR)", file=sys.stderr, flush=True)
+
+
 class DeepSpeedBackend:
     name = "deepspeed"
 
@@ -118,7 +135,10 @@ class DeepSpeedBackend:
         self.recipe, self.math = recipe, math
         self.precision = resolve_precision(recipe.precision)
         cuda = torch.cuda.is_available()
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        if not cuda and dist_env.rank == 0:
+            _announce_op_build()
+        with without_build_banner():
+            deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
         if cuda:
             torch.cuda.set_device(dist_env.local_rank)
         self.device = torch.device("cuda", dist_env.local_rank) if cuda else torch.device("cpu")

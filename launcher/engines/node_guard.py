@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 
+from launcher.engines import threads
 from launcher.engines.group import exit_code
 from launcher.rundir.layout import RunDir
 
@@ -47,6 +48,7 @@ def main(argv: list[str]) -> int:
     if secrets_file:
         env.update(_read_secrets(secrets_file))
     env.update(_agent_error_file(env.get("LAUNCHER_RUN_DIR", "")))
+    env = threads.with_thread_default(env, threads.nproc_from_torchrun(command))  # this node's cores
     child = subprocess.Popen(command, env=env, start_new_session=True)
     stop = threading.Event()
 

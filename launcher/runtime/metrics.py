@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 # Dense peak FLOP/s per device and precision (NVIDIA's datasheets; the "with sparsity" figures
@@ -66,7 +67,37 @@ class MetricsLog:
             handle.write(json.dumps(record, allow_nan=True) + "\n")
 
 
-def console_line(record: dict, total_steps: int) -> str:
+class Progress:
+    """Elapsed time and an ETA for rank 0's step line. The ETA comes from the measured step time
+    (evaluation and saving excluded), smoothed over log intervals so one slow interval does not
+    make it jump."""
+
+    def __init__(self, end_step: int, started: float | None = None) -> None:
+        self.end_step = end_step
+        self.started = time.time() if started is None else started
+        self._step_time: float | None = None
+
+    def text(self, step: int, step_time_s: float, now: float | None = None) -> str:
+        smoothed = self._step_time
+        self._step_time = step_time_s if smoothed is None else 0.7 * smoothed + 0.3 * step_time_s
+        elapsed = (time.time() if now is None else now) - self.started
+        parts = [f"elapsed {duration(elapsed)}"]
+        if step < self.end_step:
+            parts.append(f"eta {duration((self.end_step - step) * self._step_time)}")
+        return " | ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    """12s, 4m05s, 3h07m: short and sortable by eye."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def console_line(record: dict, total_steps: int, progress: str = "") -> str:
     parts = [f"step {record['step']}/{total_steps}"]
     formats = {"loss": "{:.4f}", "lr": "{:.3e}", "grad_norm": "{:.3f}", "samples_per_s": "{:.1f}",
                "tokens_per_s": "{:.0f}", "mfu": "{:.1%}", "step_time_s": None, "samples": None}
@@ -76,6 +107,8 @@ def console_line(record: dict, total_steps: int) -> str:
         fmt = formats.get(key, "{:.4g}")
         if fmt:
             parts.append(f"{key} " + fmt.format(value))
+    if progress:
+        parts.append(progress)
     return " | ".join(parts)
 
 

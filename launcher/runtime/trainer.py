@@ -8,6 +8,7 @@ recipe's Task and hands them over, with the batch arithmetic the launcher planne
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from launcher.runtime import checkpoint as ckpt
 from launcher.runtime.device import on_device, to_device
 from launcher.runtime.dist import DistEnv, all_reduce_sum, barrier
 from launcher.runtime.evaluation import evaluate_and_log
-from launcher.runtime.metrics import MetricsLog, console_line, emit, peak_flops
+from launcher.runtime.metrics import MetricsLog, Progress, console_line, emit, peak_flops
 from launcher.runtime.nonfinite import NonFiniteGuard
 from launcher.runtime.profiling import StepProfiler, profile_window
 from launcher.runtime.resume import restore, save
@@ -110,6 +111,7 @@ def _loop(run: Run) -> None:
     if recipe.train.eval_at_start and run.start_step == 0:
         evaluate_and_log(run, 0)
     stall_s = stall_dump_after(recipe.cluster.collective_timeout)
+    progress = Progress(run.end_step, float(os.environ.get("LAUNCHER_WORKER_START_TIME", time.time())))
     for step in range(run.start_step, run.end_step):
         arm_stall_dump(stall_s)  # a step that never ends leaves this rank's stacks in its log
         micro_batches = [next(batches) for _ in range(run.math.accumulation)]
@@ -121,12 +123,18 @@ def _loop(run: Run) -> None:
             run.startup.mark("first_step_s")  # includes the first batch and torch.compile's compilation
             run.log.write({"step": done, **run.startup.report()})
         if done % recipe.train.log_every == 0 or done == run.end_step:
-            _log_interval(run, done, lr, grad_norm, interval, guard)
+            _log_interval(run, done, lr, grad_norm, interval, guard, progress)
+        paused = time.perf_counter()
         synchronised = _evaluate_and_save(run, done, guard, interval)
+        if synchronised:  # step time and throughput are training's own: evaluation and saving excluded
+            interval.start += time.perf_counter() - paused
         _stop_if_signalled(run, done, stop, guard, interval, synchronised)
     stop.finish()  # the last step's agreement, in flight: the run is over either way
     if run.end_step == recipe.train.steps:
         _export(run)
+    elif run.main:
+        emit(f"stopped early after step {run.end_step} of {recipe.train.steps} (train.stop_after_steps="
+             f"{recipe.train.stop_after_steps}): checkpoint committed; run the same command to continue")
 
 
 def _loader(run: Run):
@@ -191,7 +199,8 @@ def _train_step(run: Run, micro_batches: list, lr: float, step: int, interval: I
     return grad_norm
 
 
-def _log_interval(run: Run, done: int, lr: float, grad_norm, interval: Interval, guard: NonFiniteGuard) -> None:
+def _log_interval(run: Run, done: int, lr: float, grad_norm, interval: Interval, guard: NonFiniteGuard,
+                  progress: Progress) -> None:
     """The log step: one all-reduce of the interval's loss, then metrics.jsonl, tracker, console."""
     task, math, device = run.task, run.math, run.backend.device
     elapsed = time.perf_counter() - interval.start
@@ -216,7 +225,7 @@ def _log_interval(run: Run, done: int, lr: float, grad_norm, interval: Interval,
     run.log.write(record)
     run.tracker.log(record, done)
     if run.main:
-        emit(console_line(record, run.recipe.train.steps))
+        emit(console_line(record, run.recipe.train.steps, progress.text(done, record["step_time_s"])))
     guard.check(done, totals[2], run.checkpoints.root)  # after the line: a NaN is seen where it happened
     interval.reset()
 

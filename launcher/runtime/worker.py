@@ -70,7 +70,8 @@ def _run_rank(loaded, run_dir: str, env) -> int:
         if group_ready and env.world_size > 1 and stuck.is_collective_timeout(error):
             print(stuck.describe(env, timeout_s, stuck.missing_ranks(env)), file=sys.stderr, flush=True)
             return 4  # no barrier on the way out: a peer is stuck
-        raise
+        _report_exception(error, run_dir, env.rank)
+        return 1  # torchrun's error file (record() above) has the exception and its traceback
     finally:
         _shutdown(clean)
     return 0
@@ -85,10 +86,12 @@ def _build_and_train(loaded, run_dir: str, env) -> None:
     from launcher.recipe_module import RunContext
     from launcher.rundir.layout import RunDir
     from launcher.runtime.dist import barrier
+    from launcher.runtime.quiet import quiet_third_parties
     from launcher.runtime.startup import StartupClock
     from launcher.runtime.trainer import train
 
     recipe = loaded.recipe
+    quiet_third_parties(torch.cuda.is_available(), RunDir(run_dir).rank_records / f"rank-{env.rank}-quieted.log")
     math = plan_math(RunDir(run_dir).plan, env.world_size)
     # Same seed everywhere before the model is built: every rank starts from identical weights.
     torch.manual_seed(recipe.seed)
@@ -98,6 +101,29 @@ def _build_and_train(loaded, run_dir: str, env) -> None:
                                                   run_dir, barrier))
     startup.mark("build_s")
     train(recipe, task, backend, math, env, run_dir, startup)
+
+
+def _report_exception(error: BaseException, run_dir: str, rank: int) -> None:
+    """A failing rank's traceback: whole in logs/ranks/rank-N-traceback.txt, its innermost frames on
+    stderr (the rank's log, and for rank 0 the console, where the launcher's summary follows)."""
+    import traceback
+
+    from launcher.rundir.layout import RunDir
+    from launcher.runtime.quiet import verbose
+
+    full = "".join(traceback.format_exception(error))
+    path = RunDir(run_dir).rank_records / f"rank-{rank}-traceback.txt"
+    try:
+        path.write_text(full, encoding="utf-8")
+    except OSError:
+        verbose_text = True
+    else:
+        verbose_text = verbose()
+    if verbose_text:
+        sys.stderr.write(full)
+    else:
+        sys.stderr.write("".join(traceback.format_exception(error, limit=-3)) + f"(the full traceback: {path})\n")
+    sys.stderr.flush()
 
 
 def _default_signal_handlers() -> None:

@@ -62,6 +62,7 @@ def controlled_environment(monkeypatch, **extra: str) -> None:
     for name, value in {**base, **extra}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr("launcher.plan.topology.shutil.which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr("launcher.engines.threads.os.sched_getaffinity", lambda _pid: set(range(16)))  # 16 cores
 
 
 SLURM = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[01-02,07],cpu5", "SLURM_JOB_NUM_NODES": "4"}
