@@ -39,6 +39,9 @@ def _prepare(recipe_path: str, overrides: tuple[str, ...], placement: dict):
     from launcher.config.errors import RecipeError
     from launcher.plan.prepare import Placement, prepare
 
+    master_addr = placement.pop("master_addr", None)
+    if master_addr:  # a recipe key like any other: recorded in recipe.yaml, checked by the schema
+        overrides = (*overrides, f"cluster.master_addr={master_addr}")
     try:
         return prepare(recipe_path, overrides, Placement(**placement))
     except RecipeError as error:
@@ -63,6 +66,8 @@ _common = [
     click.option("--include", default="", help="Hostfile filter, DeepSpeed syntax: `host1:0,1@host2` keeps these."),
     click.option("--exclude", default="", help="Hostfile filter, DeepSpeed syntax: `host1:0@host3` drops these."),
     click.option("--run-dir", help="Run directory (default: <output_dir>/<name>; reused to resume)."),
+    click.option("--master-addr", help="Rendezvous host the nodes dial (default: the first node's name; "
+                                       "cluster.master_addr)."),
 ]
 
 
@@ -97,7 +102,9 @@ _ALLOW_HELP = "Continue a run whose train.steps, optimizer or scheduler values c
 @_with_common
 @click.option("--no-preflight", is_flag=True, help="Skip the ssh/port checks of hostfile hosts.")
 @click.option("--allow-schedule-change", is_flag=True, help=_ALLOW_HELP)
-def run(recipe_path, overrides, no_preflight, allow_schedule_change, **placement):
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show third-party notices the console holds back (LAUNCHER_VERBOSE=1; always in the rank logs).")
+def run(recipe_path, overrides, no_preflight, allow_schedule_change, verbose, **placement):
     """Write the run directory, then start the job and wait for it (exit status = the job's).
 
     \b
@@ -105,8 +112,12 @@ def run(recipe_path, overrides, no_preflight, allow_schedule_change, **placement
     Inside a Slurm allocation (salloc/sbatch): one torchrun per node with srun.
     A run directory belongs to one experiment and one launcher at a time (run.json, .lock).
     """
+    import os
+
     from launcher.start import check_deepspeed_passthrough, claim_run, start_run
 
+    if verbose:
+        os.environ["LAUNCHER_VERBOSE"] = "1"  # every rank's environment, on every engine (LAUNCHER_*)
     loaded, launch_plan, resolved = _prepare(recipe_path, overrides, placement)
 
     def checked_claim():
@@ -217,14 +228,25 @@ def status(target):
 
 @main.command()
 @click.argument("target", metavar="RUN_DIR|JOB_ID")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
-def logs(target, follow):
-    """Print the Slurm output of a submitted job."""
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the Slurm job ends.")
+@click.option("--rank", default=0, show_default=True, type=click.IntRange(min=0),
+              help="A `launcher run` run: whose log (the node's local rank).")
+def logs(target, follow, rank):
+    """Print the Slurm output of a submitted job; for a run started with `launcher run`, one
+    rank's own log files (every launch and restart, oldest first)."""
     import time
+    from pathlib import Path
 
+    from launcher import run_status
     from launcher.slurm import jobs
 
-    job_id, run_dir = _job(target)
+    try:
+        job_id, run_dir = jobs.resolve_job(target)
+    except jobs.SlurmError as error:
+        if not run_status.is_run_dir(Path(target)):
+            _fail(error)
+        _print_rank_logs(Path(target), rank)
+        return
     offsets: dict = {}
     while True:
         for path in jobs.log_files(job_id, run_dir):
@@ -235,6 +257,43 @@ def logs(target, follow):
         if not follow or jobs.job_state(job_id).get("JobState") not in jobs.ACTIVE_STATES:
             return
         time.sleep(1)
+
+
+def _print_rank_logs(run_dir, rank: int) -> None:
+    from launcher.run_logs import rank_log_files
+
+    files = rank_log_files(run_dir, rank)
+    if not files:
+        _fail(ValueError(f"{run_dir}: no log of rank {rank} yet (logs/torchrun/)\n"
+                         "      HINT: a run that never started its ranks has none; see `launcher status`"))
+    for title, path in files:
+        click.echo(f"==> {title} ({path}) <==")
+        click.echo(path.read_text(encoding="utf-8", errors="replace"), nl=False)
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Where to write the PNG (default: RUN_DIR/report.png).")
+def report(run_dir, output):
+    """Plot a run's loss, evaluation metrics, learning rate and throughput over its steps into a
+    PNG, resumes and restarts marked."""
+    from pathlib import Path
+
+    from launcher.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.metrics.is_file():
+        _fail(ValueError(f"{run_dir}: no metrics.jsonl\n      HINT: give a run directory that has logged a step"))
+    try:
+        from launcher.report import draw, read_history
+    except ImportError as error:  # matplotlib comes with the tracking extra
+        _fail(ValueError(f"launcher report needs matplotlib ({error})\n      HINT: pip install matplotlib"))
+    history = read_history(run.metrics)
+    if not history.train and not history.evals:
+        _fail(ValueError(f"{run.metrics}: no step logged yet\n      HINT: wait for the first log step"))
+    path = draw(history, Path(run_dir).resolve().name, Path(output) if output else run.report)
+    click.echo(f"wrote {path}")
 
 
 @main.command()

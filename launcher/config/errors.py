@@ -28,6 +28,9 @@ class RecipeError(Exception):
 
     source: str
     problems: list[Problem] = field(default_factory=list)
+    # The parsed recipe (overrides applied) when the file was a mapping: lets the planner add the
+    # batch arithmetic's problems to the schema's in the same report.
+    raw: dict | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         count = len(self.problems)

@@ -61,7 +61,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         special = {"model": lambda value, key: value, "data": lambda value, key: value}
     recipe = build_dataclass(Recipe, raw, "", out, special)
     if out.problems:
-        raise RecipeError(source, out.problems)
+        raise RecipeError(source, out.problems, raw)
     recipe = dataclasses.replace(recipe, recipe=resolve_reference(recipe.recipe, recipe_dir))
     return LoadedRecipe(recipe, module, source)
 

@@ -7,6 +7,7 @@ validate.py does types, unknown keys and hints.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -177,6 +178,9 @@ class CheckpointConfig:
         return out
 
 
+TRACKING_BACKENDS = ("wandb", "tensorboard")
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     mode: Literal["auto", "online", "offline", "disabled"] = "disabled"
@@ -188,11 +192,24 @@ class TrackingConfig:
     notes: str = ""
     init_timeout: float = 30.0  # seconds to reach the server before falling back to offline
     log_model: bool = False  # upload the exported model as an artifact at the end
+    # Where rank 0 logs: W&B (when `mode` is not disabled) and/or TensorBoard event files in
+    # <run_dir>/tensorboard (always, when listed; for clusters without a way to W&B).
+    backends: list[str] = field(default_factory=lambda: ["wandb"])
 
     def check(self) -> list[tuple[str, str, str]]:
+        out = []
         if self.init_timeout <= 0:
-            return [("init_timeout", "must be > 0", "seconds, e.g. 30")]
-        return []
+            out.append(("init_timeout", "must be > 0", "seconds, e.g. 30"))
+        for name in self.backends:
+            if name not in TRACKING_BACKENDS:
+                out.append(("backends", f"unknown tracker `{name}`", f"use any of {', '.join(TRACKING_BACKENDS)}"))
+        if len(set(self.backends)) != len(self.backends):
+            out.append(("backends", "lists a tracker twice", "list each once"))
+        return out
+
+
+_HOST_ADDRESS = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})|\[?[0-9A-Fa-f:.]+\]?")  # a name, IPv4 or IPv6
+_INTERFACES = re.compile(r"[\^=]?[A-Za-z0-9_.:\-]+(?:,[A-Za-z0-9_.:\-]+)*")
 
 
 @dataclass(frozen=True)
@@ -216,9 +233,21 @@ class ClusterConfig:
     # (seconds less to the first step; torch's --run-path --start-method=fork). auto: fork on one
     # node of this machine without a GPU, spawn elsewhere (not yet measured on GPU hosts).
     start_method: Literal["auto", "spawn", "fork"] = "auto"
+    # The rendezvous host the nodes dial: by default the first node's name as the hostfile or Slurm
+    # gives it. Set it where names resolve to the wrong network (an IP or the name on the fast one).
+    master_addr: str = ""
+    # The network interface(s) NCCL and gloo use (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME), e.g. `ib0`
+    # or `eth0,eth1`; NCCL's exclusions (`^docker0,lo`) go to NCCL only, gloo has no such syntax.
+    network_interface: str = ""
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []
+        if self.master_addr and not _HOST_ADDRESS.fullmatch(self.master_addr):
+            out.append(("master_addr", f"`{self.master_addr}` is not a host name or IP address",
+                        "e.g. node001-ib or 10.1.0.11"))
+        if self.network_interface and not _INTERFACES.fullmatch(self.network_interface):
+            out.append(("network_interface", f"`{self.network_interface}` is not a list of interface names",
+                        "e.g. ib0, eth0,eth1 or ^docker0,lo"))
         if self.nodes <= 0:
             out.append(("nodes", f"must be > 0, got {self.nodes}", "number of machines"))
         if isinstance(self.nproc_per_node, int) and self.nproc_per_node <= 0:

@@ -10,6 +10,7 @@ from pathlib import Path
 from launcher.config.errors import Problem, RecipeError
 from launcher.config.load import LoadedRecipe
 from launcher.config.schema import ClusterConfig
+from launcher.engines import threads
 from launcher.engines.base import NodeRequest
 from launcher.engines.commands import LocalProcess, NodeCommand
 from launcher.engines.registry import engine_named
@@ -71,16 +72,31 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
     math = _batch_math(loaded, topology)
     engine = engine_named(topology.engine)
     standalone = engine.standalone and topology.nodes == 1
-    master = topology.hosts[0]
+    master = cluster.master_addr or topology.hosts[0]
     port = rendezvous_port(cluster.master_port, topology.slurm_job_id, _rdzv_id(run_dir))
+    if topology.slurm_job_id and port != cluster.master_port and _is_this_host(topology.hosts[0]):
+        # Inside the job, on its first node (where `launcher run` runs and the store will listen):
+        # another job whose id ends in the same 4 digits may hold the port on a shared node.
+        port = first_free_port(port)
     method = start_method(cluster.start_method, standalone)
     torchrun = torchrun_argv(python, topology, cluster, master, port, run_dir, standalone, method)
-    commands = engine.commands(NodeRequest(topology.hosts, topology.slot_ids, tuple(torchrun),
-                                           rank_env(cluster, run_dir, method), environ, tuple(cluster.forward_env),
-                                           python, cwd, run_dir))
+    env = rank_env(cluster, run_dir, method, environ, topology.nproc_per_node if standalone else 0)
+    commands = engine.commands(NodeRequest(topology.hosts, topology.slot_ids, tuple(torchrun), env, environ,
+                                           tuple(cluster.forward_env), python, cwd, run_dir))
     return LaunchPlan(run_dir, engine.name, commands.nodes, commands.processes, topology.nproc_per_node,
                       "standalone" if standalone else f"c10d://{master}:{port}", math, commands.secret_names,
                       topology.slurm_job_id)
+
+
+def interface_env(interfaces: str) -> dict[str, str]:
+    """cluster.network_interface for NCCL and gloo. NCCL reads prefixes, `^` (exclude) and `=`
+    (exact); gloo takes plain names only, so an exclusion list is NCCL's alone."""
+    if not interfaces:
+        return {}
+    env = {"NCCL_SOCKET_IFNAME": interfaces}
+    if interfaces[0] not in "^=":
+        env["GLOO_SOCKET_IFNAME"] = interfaces
+    return env
 
 
 def start_method(configured: str, one_local_node: bool) -> str:
@@ -95,9 +111,15 @@ def start_method(configured: str, one_local_node: bool) -> str:
     return "fork" if one_local_node and count_local_gpus() == 0 else "spawn"
 
 
-def rank_env(cluster: ClusterConfig, run_dir: str, method: str) -> dict[str, str]:
-    """What every rank's environment gets from the plan, on every engine."""
+def rank_env(cluster: ClusterConfig, run_dir: str, method: str, environ: Mapping[str, str],
+             local_ranks: int) -> dict[str, str]:
+    """What every rank's environment gets from the plan, on every engine. local_ranks: the ranks
+    of this machine when it is the job's one node (0 otherwise)."""
     env = {"LAUNCHER_RUN_DIR": run_dir, "PYTHONUNBUFFERED": "1", **cluster.env}
+    env.update(interface_env(cluster.network_interface))
+    if local_ranks and not environ.get(threads.VARIABLE):
+        # This machine's cores; on other nodes the node guard decides (engines/threads.py).
+        env = threads.with_thread_default(env, local_ranks)
     if cluster.max_restarts:
         # Restarted workers must not share the rendezvous store: stale keys of the dead attempt
         # send them to ports nobody listens on (pytorch/pytorch#135712).
@@ -131,8 +153,9 @@ def _batch_math(loaded: LoadedRecipe, topology: Topology) -> BatchMath:
 def rendezvous_port(configured: int, slurm_job_id: str, run_id: str = "") -> int:
     """The default port is never used as such, so two jobs whose first node is shared do not meet
     in one rendezvous store: inside a Slurm job it becomes 15000 + the job id's last 4 digits (as
-    Lightning does); for a hostfile job, a port in 20000-29999 derived from the run directory
-    (the pre-flight check then makes sure it is free). A port the recipe sets is used as given."""
+    Lightning does; build_plan moves on to the next free port when another job holds it there);
+    for a hostfile job, a port in 20000-29999 derived from the run directory (the pre-flight check
+    then makes sure it is free). A port the recipe sets is used as given."""
     if configured != DEFAULT_MASTER_PORT:
         return configured
     if slurm_job_id and slurm_job_id.isdigit():
@@ -140,6 +163,29 @@ def rendezvous_port(configured: int, slurm_job_id: str, run_id: str = "") -> int
     if run_id:
         return 20000 + int(run_id, 16) % 10000
     return configured
+
+
+def _is_this_host(host: str) -> bool:
+    import socket
+
+    name = socket.gethostname()
+    return host in (name, name.split(".")[0], "localhost")
+
+
+def first_free_port(start: int, tries: int = 64) -> int:
+    """The first port from `start` on that a rendezvous store could listen on here; `start` itself
+    when none of them is (the store's own error then names it)."""
+    import socket
+
+    for port in range(start, min(start + tries, 65536)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the store binds: TIME_WAIT is free
+            try:
+                probe.bind(("", port))
+            except OSError:
+                continue
+            return port
+    return start
 
 
 def worker_entry(start_method: str) -> list[str]:
@@ -156,8 +202,7 @@ AGENT_PRELOADS = ("torch._dynamo",)  # imported by the agent before it forks the
 
 def torchrun_argv(python: str, topology: Topology, cluster: ClusterConfig, master: str, port: int, run_dir: str,
                   standalone: bool, method: str) -> list[str]:
-    argv = [python, "-m", "torch.distributed.run"] if method != "fork" else \
-        [python, "-m", "launcher.runtime.agent", *AGENT_PRELOADS, "--"]
+    argv = [python, "-m", "launcher.runtime.agent", *(AGENT_PRELOADS if method == "fork" else ()), "--"]
     if standalone:
         # --standalone picks a free port itself: two local jobs never collide.
         argv += ["--standalone", "--nnodes=1"]

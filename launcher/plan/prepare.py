@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.catalog import is_shipped
-from launcher.config.errors import RecipeError
+from launcher.config.errors import Problem, RecipeError
 from launcher.config.load import LoadedRecipe, load_recipe, recipe_to_dict
 from launcher.plan.launch import LaunchPlan, build_plan
 from launcher.plan.topology import TopologyRequest, resolve_topology
@@ -32,7 +32,12 @@ class Placement:
 def prepare(recipe_path: str, overrides: tuple[str, ...], placement: Placement = Placement(),
             environ: Mapping[str, str] | None = None) -> tuple[LoadedRecipe, LaunchPlan, dict]:
     """Raises RecipeError listing every problem; starts nothing."""
-    loaded = load_recipe(recipe_path, overrides)
+    try:
+        loaded = load_recipe(recipe_path, overrides)
+    except RecipeError as error:
+        # One report: the batch arithmetic too, as far as the values it needs are valid.
+        error.problems += batch_problems_of_raw(error.raw, placement, environ)
+        raise
     recipe = loaded.recipe
     cluster = recipe.cluster
     try:
@@ -50,3 +55,34 @@ def prepare(recipe_path: str, overrides: tuple[str, ...], placement: Placement =
     resolved = recipe_to_dict(recipe)
     resolved["cluster"]["env"] = redact_env(resolved["cluster"]["env"])
     return loaded, plan, resolved
+
+
+def batch_problems_of_raw(raw: dict | None, placement: Placement, environ: Mapping[str, str] | None) -> list:
+    """The batch arithmetic's problem for a recipe that failed validation elsewhere: judged from
+    the raw values when batch.global, batch.micro and the placement are themselves valid."""
+    from launcher.config.schema import BatchConfig, ClusterConfig
+    from launcher.plan.batch import batch_math
+
+    def section(name: str) -> dict:
+        value = (raw or {}).get(name)
+        return value if isinstance(value, dict) else {}
+
+    batch, cluster = section("batch"), section("cluster")
+    global_batch, micro = batch.get("global", BatchConfig.global_), batch.get("micro", BatchConfig.micro)
+    nodes = placement.nodes or cluster.get("nodes", ClusterConfig.nodes)
+    nproc = placement.nproc or cluster.get("nproc_per_node", ClusterConfig.nproc_per_node)
+    hostfile = placement.hostfile or cluster.get("hostfile") or None
+    numbers = (global_batch, micro, nodes)
+    if not all(type(v) is int and v > 0 for v in numbers) or not isinstance(nproc, (int, str)):
+        return []  # the schema's report names these values already
+    try:
+        topology = resolve_topology(TopologyRequest(nodes if nodes != 1 else None, nproc, hostfile, placement.include,
+                                                    placement.exclude, str(cluster.get("remote_shell", "auto"))),
+                                    environ)
+        batch_math(global_batch, micro, topology.world_size, topology.nodes, topology.nproc_per_node, 1, 0, None)
+    except ValueError as exc:  # a Problem from the arithmetic; a list of them from the placement
+        problem = exc.args[0]
+        return [problem] if isinstance(problem, Problem) else []
+    except (TypeError, OSError):  # an unusable placement: its own report, once the recipe is valid
+        return []
+    return []

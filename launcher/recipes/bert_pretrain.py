@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from launcher.data.paths import path_problems
+
 # Bump when pair construction or the cache layout changes: old caches are then never reused.
 PREPROCESS_VERSION = 2
 DESCRIPTION = "BERT pretraining, masked LM + next sentence prediction (transformers BertForPreTraining)"
@@ -104,6 +106,8 @@ class DataConfig:
             out.append(("vocab_size", "must be >= 200", "e.g. 8192 for a small corpus, 30522 as BERT"))
         if self.max_predictions <= 0 or self.dupe_factor <= 0:
             out.append(("max_predictions", "max_predictions and dupe_factor must be > 0", "20 and 2"))
+        # Found before launch, not in the ranks:
+        out += path_problems(corpus=self.corpus, negatives=self.negatives, tokenizer=self.tokenizer)
         return out
 
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from launcher.data.paths import path_problems
 from launcher.rundir.layout import RunDir
 
 # Bump when packing or the cache layout changes: old caches are then never reused.
@@ -97,6 +98,7 @@ class DataConfig:
             out.append(("workers", f"must be >= 0, got {self.workers}", "0 builds batches in the training thread"))
         if not 0 <= self.seed < 2**63:  # seeds torch's generator for the samples
             out.append(("seed", f"must be in 0..2**63-1, got {self.seed}", "any whole number like 12345"))
+        out += path_problems(corpus=self.corpus, eval_corpus=self.eval_corpus)  # found before launch
         return out
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from launcher.data.paths import path_problems
 from launcher.rundir.layout import RunDir
 
 DESCRIPTION = "ResNet transfer learning (torchvision): fine-tune, feature extraction, discriminative LRs"
@@ -81,6 +82,7 @@ class DataConfig:
                         "256 for image_size 224"))
         if not 0.05 <= self.crop_scale <= 1:
             out.append(("crop_scale", "must be in [0.05, 1]", "0.08 as torchvision, larger for small images"))
+        out += path_problems(source=self.source)  # found before launch, not in the ranks
         return out
 
 
