@@ -133,10 +133,54 @@ class SkipLoggedSteps:
         self.tracker.finish(exit_code)
 
 
+class Trackers:
+    """Every configured tracker gets every call (W&B and TensorBoard side by side)."""
+
+    def __init__(self, trackers: list) -> None:
+        self.trackers = trackers
+        self.mode = "+".join(t.mode for t in trackers)
+
+    def log(self, record: dict, step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log(record, step)
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log_table(name, columns, rows, step)
+
+    def log_image(self, name: str, path: str, step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log_image(name, path, step)
+
+    def log_model(self, directory: str, name: str) -> None:
+        for tracker in self.trackers:
+            tracker.log_model(directory, name)
+
+    def finish(self, exit_code: int = 0) -> None:
+        for tracker in self.trackers:
+            tracker.finish(exit_code)
+
+
 def make_tracker(cfg, run_dir: str, run_id: str, run_name: str, config: dict, is_main: bool):
-    """cfg: the recipe's TrackingConfig. Returns a tracker; only rank 0 ever gets a real one."""
-    if not is_main or cfg.mode == "disabled":
+    """cfg: the recipe's TrackingConfig. Returns a tracker; only rank 0 ever gets a real one.
+    W&B runs when it is among tracking.backends and tracking.mode is not `disabled`; TensorBoard
+    whenever it is among them."""
+    if not is_main:
         return NullTracker()
+    trackers = []
+    if "wandb" in cfg.backends and cfg.mode != "disabled":
+        trackers.append(_wandb_tracker(cfg, run_dir, run_id, run_name, config))
+    if "tensorboard" in cfg.backends:
+        from launcher.tracking_tensorboard import TensorBoardTracker
+
+        trackers.append(TensorBoardTracker(RunDir(run_dir).tensorboard))
+    trackers = [t for t in trackers if not isinstance(t, NullTracker)]
+    if not trackers:
+        return NullTracker()
+    return trackers[0] if len(trackers) == 1 else Trackers(trackers)
+
+
+def _wandb_tracker(cfg, run_dir: str, run_id: str, run_name: str, config: dict):
     mode = cfg.mode
     if mode == "auto":
         mode = "online" if has_wandb_credentials() else "offline"

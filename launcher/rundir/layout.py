@@ -7,6 +7,8 @@
     environment.json   host, versions, git sha, environment (secrets redacted)
     tracking.json      the tracker's run id, one per run directory
     metrics.jsonl      one JSON object per logged step (rank 0)
+    tensorboard/       TensorBoard event files (tracking.backends: [tensorboard])
+    report.png         `launcher report`: the run's curves
     samples.jsonl      generated samples (language models)
     logs/              torchrun/ (per-attempt, per-rank logs), ranks/ (where each rank runs),
                        nodes/ (torchrun agents' own errors), failure.json (the failure summary),
@@ -82,6 +84,14 @@ class RunDir:
     @property
     def torchrun_logs(self) -> Path:
         return self.logs / "torchrun"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.png"
 
     @property
     def rank_records(self) -> Path:

@@ -1,0 +1,86 @@
+"""`launcher report RUN_DIR`: one PNG of a run's curves, from its metrics.jsonl.
+
+Four panels over the global step: training and evaluation loss, the other evaluation metrics,
+the learning rate, and throughput. metrics.jsonl holds one history across resumes and restarts
+(a resumed run drops the records after its checkpoint); each start writes a startup record at its
+first step, and those steps are marked on every panel. Shared with any later plot (a sweep's
+overlaid curves): `read_history` and `draw` know nothing of the command line. matplotlib is
+imported here only, with the file-only Agg backend (no display on a cluster node).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_NOT_EVAL = {"step", "startup", "launch_to_first_step_s", "launch_overhead_s"}
+
+
+@dataclass
+class History:
+    train: list[dict] = field(default_factory=list)  # records with a training loss
+    evals: list[dict] = field(default_factory=list)  # evaluation records
+    starts: list[int] = field(default_factory=list)  # first step of each start after the first
+
+
+def read_history(metrics_file: Path) -> History:
+    history = History()
+    for line in metrics_file.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if not isinstance(record, dict) or "step" not in record:
+            continue
+        if "startup" in record:
+            if record["step"] > 1:
+                history.starts.append(int(record["step"]) - 1)  # resumed after this step
+        elif "loss" in record:
+            history.train.append(record)
+        elif any(_number(v) for k, v in record.items() if k not in _NOT_EVAL):
+            history.evals.append(record)
+    return history
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def draw(history: History, title: str, output: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    loss, metrics, lr, speed = axes.flat
+    _curve(loss, history.train, "loss", "train loss")
+    _curve(loss, history.evals, "eval_loss", "eval loss", marker="o")
+    eval_keys = sorted({k for r in history.evals for k, v in r.items()
+                        if k not in _NOT_EVAL and k != "eval_loss" and _number(v)})
+    for key in eval_keys:
+        _curve(metrics, history.evals, key, key, marker="o")
+    _curve(lr, history.train, "lr", "learning rate")
+    _curve(speed, history.train, "samples_per_s", "samples/s")
+    for axis, name in zip(axes.flat, ("loss", "evaluation", "learning rate", "throughput"), strict=True):
+        axis.set_title(name)
+        axis.set_xlabel("step")
+        for step in history.starts:
+            axis.axvline(step, color="grey", linestyle="--", linewidth=1)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize="small")
+        else:
+            axis.text(0.5, 0.5, "nothing logged", ha="center", va="center", transform=axis.transAxes)
+    starts = f"; resumed after step {', '.join(map(str, history.starts))} (dashed)" if history.starts else ""
+    figure.suptitle(title + starts)
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+    return output
+
+
+def _curve(axis, records: list[dict], key: str, label: str, marker: str | None = None) -> None:
+    points = [(r["step"], r[key]) for r in records if _number(r.get(key))]
+    if points:
+        steps, values = zip(*points, strict=True)
+        axis.plot(steps, values, label=label, marker=marker, markersize=3)
