@@ -188,14 +188,7 @@ def test_sigkill_at_every_file_system_call_of_a_real_save_never_breaks_resume(tm
     resumed_at = []
     for kill_at in points:
         root = tmp_path / f"kill-{kill_at:03d}"
-        manager = ckpt.CheckpointManager(str(root), 1, rank=0, barrier=lambda: None)
-        model.load_state_dict(expected[1])
-        manager.save(1, {"step": 1}, writer)
-        model.load_state_dict(expected[2])
-        pid = os.fork()
-        if pid == 0:
-            _save_and_die_at(manager, 2, writer, kill_at)
-        _, status = os.waitpid(pid, 0)
+        manager, status = _second_save_in_a_child(root, writer, model, expected, kill_at)
         if not os.WIFSIGNALED(status):  # the save made fewer calls than kill_at: every point was tried
             assert os.WEXITSTATUS(status) == 0 and kill_at > total
             break
@@ -219,17 +212,25 @@ def _calls_of_a_save(tmp_path: Path, writer, model, expected: dict) -> int:
     """How many file-system calls a whole save makes (a child counts them, unkilled)."""
     import os
 
-    root, tally = tmp_path / "count", tmp_path / "calls"
+    tally = tmp_path / "calls"
+    _, status = _second_save_in_a_child(tmp_path / "count", writer, model, expected, 10**9, tally)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    return int(tally.read_text())
+
+
+def _second_save_in_a_child(root: Path, writer, model, expected: dict, kill_at: int, tally: Path | None = None):
+    """Step 1 committed here; step 2 saved by a forked child that dies at its kill_at-th
+    file-system call (counting them into `tally`). (manager, the child's wait status)."""
+    import os
+
     manager = ckpt.CheckpointManager(str(root), 1, rank=0, barrier=lambda: None)
     model.load_state_dict(expected[1])
     manager.save(1, {"step": 1}, writer)
     model.load_state_dict(expected[2])
     pid = os.fork()
     if pid == 0:
-        _save_and_die_at(manager, 2, writer, 10**9, tally)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    return int(tally.read_text())
+        _save_and_die_at(manager, 2, writer, kill_at, tally)
+    return manager, os.waitpid(pid, 0)[1]
 
 
 def _real_checkpoint(root: Path, step: int = 1) -> Path:
