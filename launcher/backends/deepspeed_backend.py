@@ -16,7 +16,7 @@ import torch
 
 from launcher.backends.optim import build_optimizer, set_lr
 from launcher.backends.precision import resolve_precision
-from launcher.runtime.quiet import without_build_banner
+from launcher.quiet import without_build_banner
 
 
 def deepspeed_config(recipe, math, precision: str, torch_autocast: bool = False) -> dict:

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
         importlib.import_module(module)
     from torch.distributed.run import main as torchrun
 
-    from launcher.runtime.quiet import verbose
+    from launcher.quiet import verbose
 
     if verbose():
         torchrun(argv[split + 1:])

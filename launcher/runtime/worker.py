@@ -83,10 +83,10 @@ def _build_and_train(loaded, run_dir: str, env) -> None:
 
     from launcher.backends import make_backend
     from launcher.plan.batch import plan_math
+    from launcher.quiet import quiet_third_parties
     from launcher.recipe_module import RunContext
     from launcher.rundir.layout import RunDir
     from launcher.runtime.dist import barrier
-    from launcher.runtime.quiet import quiet_third_parties
     from launcher.runtime.startup import StartupClock
     from launcher.runtime.trainer import train
 
@@ -108,8 +108,8 @@ def _report_exception(error: BaseException, run_dir: str, rank: int) -> None:
     stderr (the rank's log, and for rank 0 the console, where the launcher's summary follows)."""
     import traceback
 
+    from launcher.quiet import verbose
     from launcher.rundir.layout import RunDir
-    from launcher.runtime.quiet import verbose
 
     full = "".join(traceback.format_exception(error))
     path = RunDir(run_dir).rank_records / f"rank-{rank}-traceback.txt"
