@@ -122,11 +122,20 @@ class TrainConfig:
     # finite), or skip that update (Accelerate; one host sync per step) up to max_nonfinite_skips.
     on_nonfinite: Literal["stop", "skip"] = "stop"
     max_nonfinite_skips: int = 10
+    # A rank whose own data + forward time per step is this much above the median rank's, for
+    # straggler_intervals log intervals in a row, is named on the console (0 intervals: never).
+    straggler_slowdown: float = 0.3
+    straggler_intervals: int = 3
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []
         if self.max_nonfinite_skips < 0:
             out.append(("max_nonfinite_skips", "must be >= 0", "skipped updates allowed before the run stops"))
+        if not self.straggler_slowdown > 0:
+            out.append(("straggler_slowdown", f"must be > 0, got {self.straggler_slowdown}",
+                        "0.3: 30% slower than the median rank"))
+        if self.straggler_intervals < 0:
+            out.append(("straggler_intervals", "must be >= 0", "log intervals in a row; 0 turns the check off"))
         if self.profile_steps < 0:
             out.append(("profile_steps", f"must be >= 0, got {self.profile_steps}",
                         "0 turns the profiler off; 5-10 steps make a readable trace"))

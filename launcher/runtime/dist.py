@@ -37,6 +37,32 @@ def all_reduce_sum(tensor):
     return tensor
 
 
+def gather_rows(tensor) -> list[list[float]]:
+    """Every rank's copy of a small 1-D tensor, on the host, in rank order (alone: its own)."""
+    if not has_peers():
+        return [tensor.tolist()]
+    import torch
+    import torch.distributed as dist
+
+    rows = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, tensor)
+    return torch.stack(rows).tolist()
+
+
+def gather_hosts() -> list[str]:
+    """Each rank's host name, in rank order (one collective, at the start of training)."""
+    import socket
+
+    host = socket.gethostname()
+    if not has_peers():
+        return [host]
+    import torch.distributed as dist
+
+    hosts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(hosts, host)
+    return [str(h) for h in hosts]
+
+
 def has_peers() -> bool:
     """A process group of more than this one process."""
     import torch.distributed as dist

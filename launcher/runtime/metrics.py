@@ -67,6 +67,10 @@ class MetricsLog:
             handle.write(json.dumps(record, allow_nan=True) + "\n")
 
 
+_RANK_TIMINGS = ("data_s_max", "data_s_median", "data_s_min", "compute_s_max", "compute_s_median", "compute_s_min",
+                 "slowest_rank")
+
+
 class Progress:
     """Elapsed time and an ETA for rank 0's step line. The ETA comes from the measured step time
     (evaluation and saving excluded), smoothed over log intervals so one slow interval does not
@@ -100,7 +104,9 @@ def duration(seconds: float) -> str:
 def console_line(record: dict, total_steps: int, progress: str = "") -> str:
     parts = [f"step {record['step']}/{total_steps}"]
     formats = {"loss": "{:.4f}", "lr": "{:.3e}", "grad_norm": "{:.3f}", "samples_per_s": "{:.1f}",
-               "tokens_per_s": "{:.0f}", "mfu": "{:.1%}", "step_time_s": None, "samples": None}
+               "tokens_per_s": "{:.0f}", "mfu": "{:.1%}", "step_time_s": None, "samples": None,
+               # the ranks' own timings: metrics.jsonl and the trackers; a straggler gets its own line
+               **dict.fromkeys(_RANK_TIMINGS)}
     for key, value in record.items():
         if key == "step" or not isinstance(value, (int, float)):
             continue  # a NaN is shown: a run going non-finite must be seen

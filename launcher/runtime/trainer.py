@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,11 +22,13 @@ from launcher.recipe_module import Task
 from launcher.rundir.layout import RunDir
 from launcher.runtime import checkpoint as ckpt
 from launcher.runtime.device import on_device, to_device
-from launcher.runtime.dist import DistEnv, all_reduce_sum, barrier
+from launcher.runtime.dist import DistEnv, all_reduce_sum, barrier, gather_hosts, gather_rows
 from launcher.runtime.evaluation import evaluate_and_log
 from launcher.runtime.metrics import MetricsLog, Progress, console_line, emit, peak_flops
 from launcher.runtime.nonfinite import NonFiniteGuard
 from launcher.runtime.profiling import StepProfiler, profile_window
+from launcher.runtime.rank_timing import RankTiming, Straggler, StragglerWatch
+from launcher.runtime.rank_timing import summary as rank_summary
 from launcher.runtime.resume import restore, save
 from launcher.runtime.run import Run
 from launcher.runtime.sampling import GlobalOrder, StepBatches, StreamData
@@ -111,10 +114,12 @@ def _loop(run: Run) -> None:
     if recipe.train.eval_at_start and run.start_step == 0:
         evaluate_and_log(run, 0)
     stall_s = stall_dump_after(recipe.cluster.collective_timeout)
-    progress = Progress(run.end_step, float(os.environ.get("LAUNCHER_WORKER_START_TIME", time.time())))
+    watch = _watch(run)
     for step in range(run.start_step, run.end_step):
         arm_stall_dump(stall_s)  # a step that never ends leaves this rank's stacks in its log
+        waiting = time.perf_counter()
         micro_batches = [next(batches) for _ in range(run.math.accumulation)]
+        interval.timing.waited_for_data(time.perf_counter() - waiting)
         lr = lr_at(step, recipe.optimizer.lr, recipe.train.steps, recipe.scheduler)
         grad_norm = _train_step(run, micro_batches, lr, step, interval, guard)
         profiler.step()
@@ -123,7 +128,7 @@ def _loop(run: Run) -> None:
             run.startup.mark("first_step_s")  # includes the first batch and torch.compile's compilation
             run.log.write({"step": done, **run.startup.report()})
         if done % recipe.train.log_every == 0 or done == run.end_step:
-            _log_interval(run, done, lr, grad_norm, interval, guard, progress)
+            _log_interval(run, done, lr, grad_norm, interval, guard, watch)
         paused = time.perf_counter()
         synchronised = _evaluate_and_save(run, done, guard, interval)
         if synchronised:  # step time and throughput are training's own: evaluation and saving excluded
@@ -135,6 +140,22 @@ def _loop(run: Run) -> None:
     elif run.main:
         emit(f"stopped early after step {run.end_step} of {recipe.train.steps} (train.stop_after_steps="
              f"{recipe.train.stop_after_steps}): checkpoint committed; run the same command to continue")
+
+
+@dataclass
+class Watch:
+    """What the log steps keep between them: progress for the ETA, the ranks' hosts, stragglers."""
+
+    progress: Progress
+    hosts: list[str]
+    stragglers: StragglerWatch
+
+
+def _watch(run: Run) -> Watch:
+    train = run.recipe.train
+    hosts = gather_hosts()  # every rank calls it: one collective before the first step
+    return Watch(Progress(run.end_step, float(os.environ.get("LAUNCHER_WORKER_START_TIME", time.time()))), hosts,
+                 StragglerWatch(train.straggler_slowdown, train.straggler_intervals, hosts))
 
 
 def _loader(run: Run):
@@ -161,6 +182,7 @@ class Interval:
         self.loss = torch.zeros((), device=device, dtype=torch.float64)
         self.count = 0.0
         self.start, self.steps = time.perf_counter(), 0
+        self.timing = RankTiming(device)  # this rank's own data and forward time
 
     def reset(self) -> None:
         self.loss.zero_()
@@ -185,7 +207,7 @@ def _train_step(run: Run, micro_batches: list, lr: float, step: int, interval: I
     loss_of_step = torch.zeros_like(interval.loss) if skipping else interval.loss
     for k, batch in enumerate(micro_batches):
         batch = to_device(batch, device)
-        with backend.autocast():
+        with backend.autocast(), interval.timing.forward():
             loss_sum, _ = task.loss(backend.model, batch)
         backend.backward(loss_sum * (scale if isinstance(scale, float) else scale.to(loss_sum.dtype)),
                          last=k == run.math.accumulation - 1)
@@ -200,12 +222,15 @@ def _train_step(run: Run, micro_batches: list, lr: float, step: int, interval: I
 
 
 def _log_interval(run: Run, done: int, lr: float, grad_norm, interval: Interval, guard: NonFiniteGuard,
-                  progress: Progress) -> None:
-    """The log step: one all-reduce of the interval's loss, then metrics.jsonl, tracker, console."""
+                  watch: Watch) -> None:
+    """The log step: one all_gather of every rank's loss sum, non-finite flag, target count and own
+    timings, then metrics.jsonl, tracker, console."""
     task, math, device = run.task, run.math, run.backend.device
     elapsed = time.perf_counter() - interval.start
-    counts = on_device(interval.count, device)
-    totals = all_reduce_sum(torch.stack([interval.loss, counts, guard.flag(interval.loss)])).tolist()
+    host_values = on_device([interval.count, *interval.timing.take()], device)
+    rows = gather_rows(torch.cat([interval.loss.reshape(1), guard.flag(interval.loss).reshape(1), host_values]))
+    totals = [sum(row[i] for row in rows) for i in (0, 2, 1)]  # loss, count, flag: summed in rank order
+    per_rank = [(row[3], row[4]) for row in rows]
     samples_per_s = interval.steps * math.global_batch / elapsed
     record = {
         "step": done, "loss": totals[0] / totals[1] if totals[1] else float("nan"), "lr": lr,
@@ -222,12 +247,24 @@ def _log_interval(run: Run, done: int, lr: float, grad_norm, interval: Interval,
         record["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     if guard.skipped:
         record["skipped_steps"] = guard.skipped
+    if run.env.world_size > 1:
+        record.update(rank_summary(per_rank, interval.steps, watch.hosts))
     run.log.write(record)
     run.tracker.log(record, done)
     if run.main:
-        emit(console_line(record, run.recipe.train.steps, progress.text(done, record["step_time_s"])))
+        emit(console_line(record, run.recipe.train.steps, watch.progress.text(done, record["step_time_s"])))
+    _report_stragglers(run, done, watch.stragglers.check(per_rank, interval.steps))
     guard.check(done, totals[2], run.checkpoints.root)  # after the line: a NaN is seen where it happened
     interval.reset()
+
+
+def _report_stragglers(run: Run, done: int, stragglers: list[Straggler]) -> None:
+    """One line on the console, a record in metrics.jsonl and the trackers, per straggler found."""
+    for straggler in stragglers:
+        run.log.write({"step": done, "straggler": straggler.record()})
+        run.tracker.log({"straggler_rank": straggler.rank, "straggler_slowdown": straggler.slowdown}, done)
+        if run.main:
+            emit(straggler.line(run.recipe.train.straggler_intervals))
 
 
 def _eval_due(run: Run, done: int) -> bool:
