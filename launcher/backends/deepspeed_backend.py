@@ -9,7 +9,9 @@ the accumulation boundary.
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
+import pickle
 import sys
 
 import torch
@@ -74,7 +76,18 @@ def deepspeed_checkpoint_classes() -> list[type]:
 
 def load_weights_only(path: str, map_location=None):
     """torch.load restricted to tensors, containers and deepspeed_checkpoint_classes()."""
-    with torch.serialization.safe_globals(deepspeed_checkpoint_classes()):
+    classes = deepspeed_checkpoint_classes()
+    # Python 3.11.0-3.11.3 (Debian 12's 3.11.2) pickle an enum member as getattr(EnumClass, "NAME"),
+    # which weights_only refuses. The unpickler's getattr here only looks up a member of the enums
+    # allowed above; any other getattr in a file still fails the load.
+    enums = tuple(c for c in classes if isinstance(c, type) and issubclass(c, enum.Enum))
+
+    def enum_member(owner, name: str):
+        if owner not in enums or name not in owner.__members__:
+            raise pickle.UnpicklingError(f"getattr({owner!r}, {name!r}) is not an enum member allowed in a checkpoint")
+        return owner[name]
+
+    with torch.serialization.safe_globals([*classes, (enum_member, "builtins.getattr")]):
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
