@@ -352,6 +352,7 @@ def test_resume_of_a_zero_sharded_checkpoint_on_another_world_size_is_refused_wi
 # cluster.start_method=fork: the ranks are forked from torchrun's agent (torch already imported).
 # The same faults, the same guarantees. Opt-in set (heavy), with the Slurm run in the cluster set.
 FORK = "cluster.start_method=fork"
+SPAWN = "cluster.start_method=spawn"  # the default on one CPU node is fork (auto): spawn is asked for
 
 
 @pytest.mark.heavy
@@ -360,7 +361,7 @@ def test_forked_ranks_restart_after_a_sigkill_bitwise_equal_to_spawned_ones(tmp_
     an uninterrupted run with spawned ranks bit for bit, and every rank really was forked."""
     recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
     whole = tmp_path / "whole"
-    assert launch(recipe, whole, nproc=2).returncode == 0
+    assert launch(recipe, whole, SPAWN, nproc=2).returncode == 0
     crashed = tmp_path / "crashed"
     result = launch(recipe, crashed, FORK, "cluster.max_restarts=1", "data.fault=sigkill", "data.fault_rank=1",
                     "data.fault_after_batches=13", nproc=2)
