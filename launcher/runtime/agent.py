@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import socket
 import sys
 
@@ -31,7 +32,18 @@ _REPEATS = (("torch.distributed.elastic.multiprocessing.api", "failed (exitcode"
             ("torch.distributed.elastic.multiprocessing.api", "Closing process"))
 
 
+def _survive_usr1() -> None:
+    """Slurm delivers a step's signals to every process of the step: USR1 (preemption, time limit)
+    reaches this agent too, whose default action for it is to die, leaving its ranks to stop
+    alone after the job has ended. The node guard turns USR1 into SIGTERM for this agent, which
+    then stops the ranks and waits for their checkpoint; so the agent itself lets USR1 pass. A
+    handler, not SIG_IGN: spawned ranks start with default actions again, forked ones install
+    their own."""
+    signal.signal(signal.SIGUSR1, lambda *_: None)
+
+
 def main(argv: list[str]) -> int:
+    _survive_usr1()
     split = argv.index("--")
     for module in argv[:split]:
         importlib.import_module(module)
