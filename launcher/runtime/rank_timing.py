@@ -85,11 +85,16 @@ class Straggler:
                 "data_s": self.data_s, "compute_s": self.compute_s}
 
 
-def summary(per_rank: list[tuple[float, float]], steps: int, hosts: list[str]) -> dict:
-    """Per-step data and compute seconds over the ranks (max, median, min) and the slowest rank."""
+def _per_step(per_rank: list[tuple[float, float]], steps: int) -> tuple[list[float], list[float], list[float]]:
+    """Each rank's data, compute and data + compute seconds per step, from its interval sums."""
     data = [d / steps for d, _ in per_rank]
     compute = [c / steps for _, c in per_rank]
-    total = [d + c for d, c in zip(data, compute, strict=True)]
+    return data, compute, [d + c for d, c in zip(data, compute, strict=True)]
+
+
+def summary(per_rank: list[tuple[float, float]], steps: int, hosts: list[str]) -> dict:
+    """Per-step data and compute seconds over the ranks (max, median, min) and the slowest rank."""
+    data, compute, total = _per_step(per_rank, steps)
     slowest = max(range(len(total)), key=total.__getitem__)
     return {"data_s_max": max(data), "data_s_median": statistics.median(data), "data_s_min": min(data),
             "compute_s_max": max(compute), "compute_s_median": statistics.median(compute),
@@ -106,9 +111,7 @@ class StragglerWatch:
     def check(self, per_rank: list[tuple[float, float]], steps: int) -> list[Straggler]:
         if not self.intervals or len(per_rank) < 2:
             return []
-        data = [d / steps for d, _ in per_rank]
-        compute = [c / steps for _, c in per_rank]
-        total = [d + c for d, c in zip(data, compute, strict=True)]
+        data, compute, total = _per_step(per_rank, steps)
         median, median_data, median_compute = (statistics.median(v) for v in (total, data, compute))
         found = []
         for rank, own in enumerate(total):
