@@ -14,20 +14,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import FIXTURES, ROOT, launch, launcher_env, wait_for_step, write_recipe
+from tests.helpers import ROOT, launch, launcher_env, wait_for_step, write_recipe
+from tests.integration.test_faults import FAULT_RECIPE  # the same 12-step, 2-rank fault recipe
 
 # Ours: the launcher's own lines, rank 0's step and eval lines, and its stop notices.
 OURS = re.compile(r"^(launcher: |torchrun: |\[rank0\]: (step \d+/\d+ \||stopped ))")
-
-FAULTY = f"""\
-recipe: {FIXTURES / "uneven_recipe.py"}
-model: {{hidden: 16, dropout: 0.2}}
-data: {{samples: 96, step_delay: 0.0}}
-optimizer: {{lr: 1e-2}}
-batch: {{global: 16, micro: 4}}
-train: {{steps: 12, log_every: 1}}
-checkpoint: {{every_steps: 4}}
-"""
 
 
 def _env() -> dict[str, str]:
@@ -59,7 +50,7 @@ def test_a_healthy_zero3_run_shows_our_lines_only_and_keeps_the_rest_in_the_rank
 
 
 def test_a_failing_rank_is_told_once_with_the_cause_at_the_end(tmp_path):
-    recipe = write_recipe(tmp_path / "r.yaml", FAULTY)
+    recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
     run_dir = tmp_path / "failing"
     result = launch(recipe, run_dir, "data.fault=raise", "data.fault_rank=0", "data.fault_after_batches=5", nproc=2,
                     env=_env(), timeout=300)
@@ -76,7 +67,7 @@ def test_a_failing_rank_is_told_once_with_the_cause_at_the_end(tmp_path):
 
 
 def test_a_stop_on_a_signal_ends_without_a_traceback(tmp_path):
-    recipe = write_recipe(tmp_path / "r.yaml", FAULTY.replace("step_delay: 0.0", "step_delay: 0.2")
+    recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE.replace("step_delay: 0.0", "step_delay: 0.2")
                           .replace("steps: 12", "steps: 200"))
     run_dir = tmp_path / "stopped"
     proc = subprocess.Popen(["launcher", "run", str(recipe), "--nproc", "2", "--run-dir", str(run_dir)], cwd=ROOT,
