@@ -116,7 +116,7 @@ def plain_loop(kind: str, backend: str, steps: int) -> float:
 
     recipe = load_recipe(ROOT / "recipes" / "mlp-tiny.yaml", [*MLP, *BACKENDS[backend], f"train.steps={steps}"]).recipe
     env = from_environment()
-    math = batch_math(1, 1, 1, 1, 1, steps, 1, None)
+    math = batch_math(1, 1, (1,), steps, 1, None)
     torch.manual_seed(0)
     if kind == "backend":
         from launcher.backends import make_backend
@@ -201,7 +201,7 @@ def recipe_task(case: str, data: dict[str, Path], work: Path, extra: tuple[str, 
     os.environ["LAUNCHER_CACHE_DIR"] = str(work / "cache")
     loaded = load_recipe(ROOT / "recipes" / recipe_file, [*overrides, *extra, "tracking.mode=disabled"])
     recipe = loaded.recipe
-    math = batch_math(recipe.batch.global_, recipe.batch.micro, 1, 1, 1, recipe.train.steps, 0, None)
+    math = batch_math(recipe.batch.global_, recipe.batch.micro, (1,), recipe.train.steps, 0, None)
     torch.manual_seed(0)
     backend = make_backend(recipe, math, from_environment())
     (work / case).mkdir(exist_ok=True)

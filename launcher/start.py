@@ -64,7 +64,7 @@ def start_run(loaded: LoadedRecipe, launch_plan: LaunchPlan, resolved: dict, cla
     job_run_id(launch_plan.run_dir)  # one tracker run per job, made before any rank starts
     math = launch_plan.math
     _say(f"run dir {launch_plan.run_dir}")
-    _say(f"{launch_plan.engine}, {len(launch_plan.nodes)} node(s) x {launch_plan.nproc_per_node} process(es); "
+    _say(f"{launch_plan.engine}, {launch_plan.layout}; "
          f"global batch {math.global_batch} = {math.micro} x {math.accumulation} x {math.world_size}; "
          f"{math.optimizer_steps} steps")
     cluster = loaded.recipe.cluster

@@ -25,7 +25,7 @@ class NodeRequest:
 
     hosts: tuple[str, ...]
     slot_ids: tuple[tuple[int, ...] | None, ...]  # per host: the devices a hostfile filter kept
-    torchrun: tuple[str, ...]  # the same torchrun command on every node
+    torchrun: tuple[tuple[str, ...], ...]  # per host: its torchrun command (they differ in --nproc-per-node only)
     env: dict[str, str]  # what every rank gets (the run dir, cluster.env, ...)
     environ: Mapping[str, str]  # the launching shell's environment (remote engines forward some)
     forward_env: tuple[str, ...]  # more names to forward (cluster.forward_env)

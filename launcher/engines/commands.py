@@ -59,6 +59,9 @@ class LaunchView(Protocol):
     def rendezvous_id(self) -> str: ...
 
     @property
+    def master_addr(self) -> str: ...
+
+    @property
     def master_port(self) -> int: ...
 
     @property

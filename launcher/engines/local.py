@@ -13,8 +13,8 @@ class LocalEngine(EngineBase):
     standalone = True
 
     def commands(self, request: NodeRequest) -> Commands:
-        node = NodeCommand("localhost", request.torchrun, request.env)
-        return Commands((node,), (LocalProcess(request.torchrun, ("localhost",), request.env),))
+        node = NodeCommand("localhost", request.torchrun[0], request.env)
+        return Commands((node,), (LocalProcess(request.torchrun[0], ("localhost",), request.env),))
 
     def stop_signal(self, signum: int) -> int:
         # torchrun relays INT, TERM and HUP to its ranks, which checkpoint; USR1 would kill it.

@@ -8,9 +8,12 @@ the guard reads (never argv). Every remote command is one string built with shle
 
 Pre-flight: each host is asked over ssh (in parallel, with a connect timeout) to run a few lines of
 Python with the launcher's own interpreter path: that proves key-based login, the shared path to
-the interpreter, that the launcher and torch are importable there and, on the first host, that
-the rendezvous port can be bound. A failure names the host and what to fix, before any rank
-starts, instead of a rendezvous timeout fifteen minutes later.
+the interpreter, that the launcher and torch are importable there, on the first host that the
+rendezvous port can be bound and, on every host, that the rendezvous address resolves and a TCP
+connection to its port gets an answer (a refusal counts: nothing listens yet, but the host is
+reachable; a cut route, a firewall that drops, or a name that resolves to the wrong network do
+not). A failure names the host and what to fix, before any rank starts, instead of a rendezvous
+timeout fifteen minutes later.
 """
 
 from __future__ import annotations
@@ -42,18 +45,19 @@ class RemoteEngine(EngineBase):
         if secret_names:
             guard += ["--secrets-file", secrets_path(request.run_dir)]
         nodes = []
-        for host, slot_ids in zip(request.hosts, request.slot_ids or [None] * len(request.hosts), strict=True):
+        slot_ids = request.slot_ids or (None,) * len(request.hosts)
+        for host, devices, torchrun in zip(request.hosts, slot_ids, request.torchrun, strict=True):
             env = {**plain, **public}
-            if slot_ids is not None:
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slot_ids))
-            nodes.append(NodeCommand(host, (*guard, "--", *request.torchrun), env))
+            if devices is not None:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
+            nodes.append(NodeCommand(host, (*guard, "--", *torchrun), env))
         return Commands(tuple(nodes), self.processes(nodes, request.cwd), secret_names)
 
     def processes(self, nodes: list[NodeCommand], cwd: str) -> tuple[LocalProcess, ...]:
         raise NotImplementedError
 
     def preflight(self, plan: LaunchView, python: str, cwd: str) -> list[HostProblem]:
-        return check_hosts([n.host for n in plan.nodes], python, cwd, plan.master_port)
+        return check_hosts([n.host for n in plan.nodes], python, cwd, plan.master_port, plan.master_addr)
 
     def describe_process(self, process: LocalProcess) -> str:
         return shlex.join([*process.argv[:-1], "<remote command below>"])
@@ -85,12 +89,33 @@ def ssh_prefix(host: str, *options: str) -> tuple[str, ...]:
 
 
 PREFLIGHT_CONNECT_TIMEOUT_S = 10
+RENDEZVOUS_PROBE_TIMEOUT_S = 5
 
 _CHECK = """
 import importlib.util, json, socket, sys
-port = int(sys.argv[1])
+port, master, master_port, timeout = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 missing = [m for m in ("launcher", "torch") if importlib.util.find_spec(m) is None]
 out = {"host": socket.gethostname(), "missing": missing}
+if master:
+    try:
+        address = socket.getaddrinfo(master, master_port, type=socket.SOCK_STREAM)[0][4]
+        out["master_ip"] = address[0]
+    except OSError as e:
+        out["unreachable"] = "cannot resolve " + master + ": " + str(e)
+    else:
+        probe = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+        probe.settimeout(timeout)
+        try:
+            probe.connect(address)
+        except ConnectionRefusedError:
+            pass  # the host answered: nothing listens before the job starts
+        except socket.timeout:
+            out["unreachable"] = "no answer from %s (%s) port %d within %g s" % (
+                master, address[0], master_port, timeout)
+        except OSError as e:
+            out["unreachable"] = "%s (%s) port %d: %s" % (master, address[0], master_port, e.strerror or e)
+        finally:
+            probe.close()
 if port:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the TCPStore binds: TIME_WAIT is no conflict
@@ -106,15 +131,18 @@ print(json.dumps(out))
 """
 
 
-def check_hosts(hosts: list[str], python: str, cwd: str, master_port: int) -> list[HostProblem]:
+def check_hosts(hosts: list[str], python: str, cwd: str, master_port: int, master: str = "") -> list[HostProblem]:
+    """`master`: the rendezvous address every host must reach at `master_port` ("" skips that)."""
     with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
-        results = pool.map(lambda item: _check_host(item[1], python, cwd, master_port if item[0] == 0 else 0),
-                           enumerate(hosts))
+        results = pool.map(lambda item: _check_host(item[1], python, cwd, master_port if item[0] == 0 else 0,
+                                                    master, master_port), enumerate(hosts))
         return [problem for found in results for problem in found]
 
 
-def _check_host(host: str, python: str, cwd: str, port: int) -> list[HostProblem]:
-    remote = f"cd {shlex.quote(cwd)} && exec {shlex.quote(python)} -c {shlex.quote(_CHECK)} {port}"
+def _check_host(host: str, python: str, cwd: str, port: int, master: str = "",
+                master_port: int = 0) -> list[HostProblem]:
+    args = shlex.join([str(port), master, str(master_port), str(RENDEZVOUS_PROBE_TIMEOUT_S)])
+    remote = f"cd {shlex.quote(cwd)} && exec {shlex.quote(python)} -c {shlex.quote(_CHECK)} {args}"
     argv = [*ssh_prefix(host, "-o", f"ConnectTimeout={PREFLIGHT_CONNECT_TIMEOUT_S}"), remote]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=PREFLIGHT_CONNECT_TIMEOUT_S + 50,
@@ -138,6 +166,11 @@ def _check_host(host: str, python: str, cwd: str, port: int) -> list[HostProblem
     if report.get("missing"):
         problems.append(HostProblem(host, f"cannot import {', '.join(report['missing'])} with {python}",
                                     "install the launcher in the same environment on every host"))
+    if report.get("unreachable"):
+        problems.append(HostProblem(host, f"cannot reach the rendezvous: {report['unreachable']}",
+                                    "every node must reach the first host's rendezvous port: check routes and "
+                                    "firewalls, or set cluster.master_addr (--master-addr) to an address of that "
+                                    "host on a network every node shares"))
     if port and not report.get("port_free", True):
         problems.append(HostProblem(host, f"rendezvous port {port} is taken ({report.get('port_error')})",
                                     "set cluster.master_port to a free port"))

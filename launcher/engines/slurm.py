@@ -22,7 +22,7 @@ class SlurmEngine(EngineBase):
     lists_nodes = True
 
     def commands(self, request: NodeRequest) -> Commands:
-        guarded = (request.python, "-m", GUARD_MODULE, "--", *request.torchrun)
+        guarded = (request.python, "-m", GUARD_MODULE, "--", *request.torchrun[0])
         nodes = tuple(NodeCommand(host, guarded, request.env) for host in request.hosts)
         return Commands(nodes, (LocalProcess(srun_argv(request.hosts, guarded), request.hosts, request.env),))
 

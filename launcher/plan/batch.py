@@ -42,16 +42,27 @@ class BatchMath:
         ]
 
 
-def batch_math(global_batch: int, micro: int, world_size: int, nodes: int, nproc: int,
+def layout_text(procs_by_node: tuple[int, ...]) -> str:
+    """`2 nodes x 4 processes`, or `2 nodes with 2+1 processes` when nodes differ."""
+    nodes = len(procs_by_node)
+    where = f"{nodes} node{'s' if nodes > 1 else ''}"
+    if len(set(procs_by_node)) > 1:
+        return f"{where} with {'+'.join(map(str, procs_by_node))} processes"
+    nproc = procs_by_node[0]
+    return f"{where} x {nproc} process{'es' if nproc > 1 else ''}"
+
+
+def batch_math(global_batch: int, micro: int, procs_by_node: tuple[int, ...],
                steps: int, warmup: int, tokens_per_sample: int | None) -> BatchMath:
-    """Raise ValueError(Problem) when global is not micro x accumulation x world."""
+    """Raise ValueError(Problem) when global is not micro x accumulation x world. Only the world
+    size (the sum over nodes) enters the arithmetic: nodes may run different process counts."""
+    world_size = sum(procs_by_node)
     per_step = micro * world_size
     if global_batch % per_step:
         raise ValueError(Problem(
             "batch.global",
             f"{global_batch} is not divisible by batch.micro x world size = {micro} x "
-            f"({nodes} node{'s' if nodes > 1 else ''} x {nproc} process{'es' if nproc > 1 else ''}) "
-            f"= {per_step}; {global_batch} / {per_step} = {global_batch / per_step:g}",
+            f"({layout_text(procs_by_node)}) = {per_step}; {global_batch} / {per_step} = {global_batch / per_step:g}",
             _divisible_hint(global_batch, micro, world_size)))
     samples = steps * global_batch
     return BatchMath(

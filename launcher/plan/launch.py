@@ -15,7 +15,7 @@ from launcher.engines.base import NodeRequest
 from launcher.engines.commands import LocalProcess, NodeCommand
 from launcher.engines.registry import engine_named
 from launcher.engines.remote import secrets_path
-from launcher.plan.batch import BatchMath, batch_math, deepspeed_batch_problems
+from launcher.plan.batch import BatchMath, batch_math, deepspeed_batch_problems, layout_text
 from launcher.plan.topology import Topology
 from launcher.rundir.layout import RunDir
 from launcher.secrets import redact_env
@@ -31,7 +31,7 @@ class LaunchPlan:
     engine: str  # the engine's name (launcher.engines.registry)
     nodes: tuple[NodeCommand, ...]
     processes: tuple[LocalProcess, ...]
-    nproc_per_node: int
+    procs_by_node: tuple[int, ...]  # processes each node starts, in node order
     rendezvous: str
     math: BatchMath
     # Secret variables (values never in the plan) the remote ranks need; written at launch to a
@@ -40,8 +40,20 @@ class LaunchPlan:
     slurm_job_id: str = ""
 
     @property
+    def layout(self) -> str:
+        """`2 nodes x 4 processes`, or `2 nodes with 2+1 processes`."""
+        return layout_text(self.procs_by_node)
+
+    @property
     def rendezvous_id(self) -> str:
         return _rdzv_id(self.run_dir)
+
+    @property
+    def master_addr(self) -> str:
+        """The rendezvous host ("" for a single local node)."""
+        if not self.rendezvous.startswith("c10d://"):
+            return ""
+        return self.rendezvous.removeprefix("c10d://").rsplit(":", 1)[0]
 
     @property
     def master_port(self) -> int:
@@ -62,7 +74,7 @@ class LaunchPlan:
                 "nodes": [{"host": n.host, "argv": list(n.argv), "env": env(n.env)} for n in self.nodes],
                 "processes": [{"argv": list(p.argv), "hosts": list(p.hosts), "env": env(p.env),
                                "keep_stdin": p.keep_stdin} for p in self.processes],
-                "nproc_per_node": self.nproc_per_node, "rendezvous": self.rendezvous, "math": asdict(self.math),
+                "procs_by_node": list(self.procs_by_node), "rendezvous": self.rendezvous, "math": asdict(self.math),
                 "secret_names": list(self.secret_names), "slurm_job_id": self.slurm_job_id}
 
 
@@ -79,11 +91,13 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
         # another job whose id ends in the same 4 digits may hold the port on a shared node.
         port = first_free_port(port)
     method = start_method(cluster.start_method, standalone)
-    torchrun = torchrun_argv(python, topology, cluster, master, port, run_dir, standalone, method)
+    torchrun = {nproc: tuple(torchrun_argv(python, topology, cluster, master, port, run_dir, standalone, method, nproc))
+                for nproc in set(topology.procs_by_node)}
     env = rank_env(cluster, run_dir, method, environ, topology.nproc_per_node if standalone else 0)
-    commands = engine.commands(NodeRequest(topology.hosts, topology.slot_ids, tuple(torchrun), env, environ,
+    commands = engine.commands(NodeRequest(topology.hosts, topology.slot_ids,
+                                           tuple(torchrun[n] for n in topology.procs_by_node), env, environ,
                                            tuple(cluster.forward_env), python, cwd, run_dir))
-    return LaunchPlan(run_dir, engine.name, commands.nodes, commands.processes, topology.nproc_per_node,
+    return LaunchPlan(run_dir, engine.name, commands.nodes, commands.processes, topology.procs_by_node,
                       "standalone" if standalone else f"c10d://{master}:{port}", math, commands.secret_names,
                       topology.slurm_job_id)
 
@@ -137,8 +151,8 @@ def _batch_math(loaded: LoadedRecipe, topology: Topology) -> BatchMath:
     recipe = loaded.recipe
     tokens = getattr(loaded.recipe_module, "tokens_per_sample", None)
     try:
-        math = batch_math(recipe.batch.global_, recipe.batch.micro, topology.world_size, topology.nodes,
-                          topology.nproc_per_node, recipe.train.steps, recipe.scheduler.warmup_steps,
+        math = batch_math(recipe.batch.global_, recipe.batch.micro, topology.procs_by_node,
+                          recipe.train.steps, recipe.scheduler.warmup_steps,
                           tokens(recipe) if tokens else None)
     except ValueError as exc:
         problem: Problem = exc.args[0]
@@ -201,7 +215,9 @@ AGENT_PRELOADS = ("torch._dynamo",)  # imported by the agent before it forks the
 
 
 def torchrun_argv(python: str, topology: Topology, cluster: ClusterConfig, master: str, port: int, run_dir: str,
-                  standalone: bool, method: str) -> list[str]:
+                  standalone: bool, method: str, nproc: int) -> list[str]:
+    """One node's torchrun command; `nproc` is that node's process count (nodes may differ: each
+    agent tells the rendezvous its own, and torchrun numbers the ranks node after node)."""
     argv = [python, "-m", "launcher.runtime.agent", *(AGENT_PRELOADS if method == "fork" else ()), "--"]
     if standalone:
         # --standalone picks a free port itself: two local jobs never collide.
@@ -211,7 +227,7 @@ def torchrun_argv(python: str, topology: Topology, cluster: ClusterConfig, maste
         argv += [f"--nnodes={topology.nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={master}:{port}",
                  f"--rdzv-id={_rdzv_id(run_dir)}", f"--rdzv-conf=join_timeout={cluster.rdzv_timeout}"]
     argv += [
-        f"--nproc-per-node={topology.nproc_per_node}",
+        f"--nproc-per-node={nproc}",
         f"--max-restarts={cluster.max_restarts}",
         # Per-rank stdout/stderr files under the run directory; console shows local rank 0 only.
         f"--log-dir={RunDir(run_dir).torchrun_logs}",
@@ -234,8 +250,8 @@ def render_plan(plan: LaunchPlan, resolved_yaml: str) -> str:
     rows = plan.math.rows()
     width = max(len(k) for k, _ in rows)
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
-    lines += ["", f"# launch: engine={plan.engine}, {len(plan.nodes)} node(s) x {plan.nproc_per_node} "
-              f"process(es), rendezvous {plan.rendezvous}", f"# run dir: {plan.run_dir}"]
+    lines += ["", f"# launch: engine={plan.engine}, {plan.layout}, rendezvous {plan.rendezvous}",
+              f"# run dir: {plan.run_dir}"]
     if plan.slurm_job_id:
         lines.append(f"# slurm job: {plan.slurm_job_id}")
     if plan.secret_names:

@@ -79,7 +79,7 @@ def batch_problems_of_raw(raw: dict | None, placement: Placement, environ: Mappi
         topology = resolve_topology(TopologyRequest(nodes if nodes != 1 else None, nproc, hostfile, placement.include,
                                                     placement.exclude, str(cluster.get("remote_shell", "auto"))),
                                     environ)
-        batch_math(global_batch, micro, topology.world_size, topology.nodes, topology.nproc_per_node, 1, 0, None)
+        batch_math(global_batch, micro, topology.procs_by_node, 1, 0, None)
     except ValueError as exc:  # a Problem from the arithmetic; a list of them from the placement
         problem = exc.args[0]
         return [problem] if isinstance(problem, Problem) else []

@@ -19,18 +19,25 @@ from launcher.plan.hostlist import expand_hostlist
 class Topology:
     engine: str  # the name of the engine that starts it (launcher.engines.registry)
     hosts: tuple[str, ...]  # one entry per node; "localhost" for a single local node
-    nproc_per_node: int
+    nproc_per_node: int  # processes on each node; with uneven hostfile hosts, on the first one
     # Per host: the device indices a hostfile filter selected (exported as CUDA_VISIBLE_DEVICES).
     slot_ids: tuple[tuple[int, ...] | None, ...] = ()
     slurm_job_id: str = ""
+    # Per host, when hostfile hosts keep different slot counts (a filter that leaves out one
+    # failing GPU): torchrun's agents each start their own count and number the ranks in turn.
+    uneven_procs: tuple[int, ...] = ()
 
     @property
     def nodes(self) -> int:
         return len(self.hosts)
 
     @property
+    def procs_by_node(self) -> tuple[int, ...]:
+        return self.uneven_procs or (self.nproc_per_node,) * self.nodes
+
+    @property
     def world_size(self) -> int:
-        return self.nodes * self.nproc_per_node
+        return sum(self.procs_by_node)
 
 
 def count_local_gpus() -> int:
@@ -91,17 +98,14 @@ def _from_hostfile(request: TopologyRequest, which: Callable[[str], str | None])
         hosts, problems = apply_filters(hosts, request.include, request.exclude, source)
     if problems:
         raise ValueError(problems)
-    slots = {h.slots for h in hosts}
-    if len(slots) != 1:
-        listing = ", ".join(f"{h.name}={h.slots}" for h in hosts)
-        raise ValueError([Problem("hostfile", f"hosts have different slot counts ({listing})",
-                                  "give every host the same slots=N so the batch arithmetic is one product", source)])
     if request.nodes and request.nodes != len(hosts):
         raise ValueError([Problem("cluster.nodes", f"{request.nodes} nodes asked for, the hostfile has {len(hosts)}",
                                   "drop --nodes/cluster.nodes or filter hosts with --include/--exclude", source)])
     engine = remote_engine(request.remote_shell, which)
-    nproc = slots.pop()  # DeepSpeed's meaning: slots = processes on that host (filters narrow them)
-    return Topology(engine, tuple(h.name for h in hosts), nproc, tuple(h.slot_ids for h in hosts))
+    slots = tuple(h.slots for h in hosts)  # DeepSpeed's meaning: processes on that host (filters narrow them)
+    uneven = slots if len(set(slots)) > 1 else ()
+    return Topology(engine, tuple(h.name for h in hosts), slots[0], tuple(h.slot_ids for h in hosts),
+                    uneven_procs=uneven)
 
 
 def _from_slurm(request: TopologyRequest, environ: Mapping[str, str]) -> Topology:

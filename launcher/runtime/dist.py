@@ -13,6 +13,7 @@ class DistEnv:
     world_size: int
     local_world_size: int
     attempt: int = 0  # torchrun's restart count (cluster.max_restarts): 0 on the first attempt
+    nodes: int = 1  # torchrun's agents (nodes may run different process counts)
 
 
 def from_environment(env: dict[str, str] | None = None) -> DistEnv:
@@ -25,7 +26,8 @@ def from_environment(env: dict[str, str] | None = None) -> DistEnv:
     if not 0 <= rank < world:
         raise RuntimeError(f"rank {rank} is outside world size {world}: the engine's environment is inconsistent")
     attempt = int(env.get("TORCHELASTIC_RESTART_COUNT") or 0)
-    return DistEnv(rank, local_rank, world, local_world, attempt)
+    nodes = int(env.get("GROUP_WORLD_SIZE") or env.get("SLURM_NNODES") or max(1, world // max(1, local_world)))
+    return DistEnv(rank, local_rank, world, local_world, attempt, nodes)
 
 
 def all_reduce_sum(tensor):

@@ -32,6 +32,12 @@ class Cluster:
         env["PATH"] = values["PATH_PREFIX"] + os.pathsep + env["PATH"]
         return env
 
+    @property
+    def subnet(self) -> str:
+        """The nodes' /24 (cluster.sh's NET): node K is SUBNET.K, this machine SUBNET.254."""
+        return next(line.split("=", 1)[1].strip() for line in SCRIPT.read_text().splitlines()
+                    if line.startswith("NET="))
+
     def hostfile(self, path: Path, slots: int = 1) -> Path:
         path.write_text("".join(f"host{k} slots={slots}\n" for k in range(1, self.nodes + 1)))
         return path

@@ -275,6 +275,45 @@ def test_unreachable_host_fails_preflight_naming_it(cluster, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_preflight_names_a_node_whose_route_to_the_rendezvous_host_is_cut(cluster, tmp_path):
+    """host2 still answers ssh from the launcher, but has no route to host1, the rendezvous host:
+    without the check, host1 would wait out the join timeout for a node that can never arrive."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
+    route = ["ip", "-n", "lc2", "route", "add", "unreachable", f"{cluster.subnet}.1/32"]
+    subprocess.run(route, check=True)
+    try:
+        proc = _hostfile_run(cluster, recipe, tmp_path / "never", cluster.hostfile(tmp_path / "hosts"))
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        subprocess.run([*route[:4], "del", *route[5:]], check=True)
+    assert proc.returncode == 2, output[-3000:]
+    problem = next(line for line in output.splitlines() if "cannot reach the rendezvous" in line)
+    assert problem.lstrip().startswith("host2:") and f"{cluster.subnet}.1" in problem, output
+    assert "host1: cannot reach" not in output and not (tmp_path / "never").exists()
+
+
+def test_hostfile_hosts_with_uneven_slot_counts_run_two_plus_one_processes(cluster, tmp_path):
+    """One host keeps 2 slots, the other 1 (as when a failing GPU is left out): each torchrun
+    starts its own count, the world is 3, and the losses are a local 3-process run's."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("global: 16, micro: 4", "global: 12, micro: 4"))
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("host1 slots=2\nhost2 slots=2\n")
+    run_dir = tmp_path / "uneven"
+    proc = _hostfile_run(cluster, recipe, run_dir, hostfile, "--exclude", "host2:1", "cluster.remote_shell=ssh")
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    assert "2 nodes with 2+1 processes" in output
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["procs_by_node"] == [2, 1] and plan["math"]["world_size"] == 3
+    ranks = _ranks(run_dir)
+    assert sorted(ranks[r]["host"] for r in range(3)) == ["node1", "node1", "node2"], ranks
+    losses = [r["loss"] for r in train_records(run_dir)]
+    assert len(losses) == 24 and _learned(losses)
+    local = tmp_path / "local"
+    assert launch(recipe, local, nproc=3).returncode == 0
+    assert losses == pytest.approx([r["loss"] for r in train_records(local)], rel=1e-5)
+
+
 @pytest.mark.parametrize("shell", ["ssh", "pdsh"])
 def test_node_that_never_arrives_fails_the_job_after_the_join_timeout_naming_it(cluster, tmp_path, shell):
     """docs/faults.md 13: host2 hangs (its sshd is SIGSTOPped after pre-flight would have passed), so its

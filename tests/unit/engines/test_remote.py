@@ -46,3 +46,28 @@ def test_secret_names_are_whole_words_not_prefixes():
         assert not is_secret_name(name), name
     assert redact_env({"HF_TOKEN": "hf_x", "TOKENIZERS_PARALLELISM": "false"}) == {
         "HF_TOKEN": "<redacted>", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _probe(master: str, port: int) -> dict:
+    """The pre-flight check as each host runs it (here, on this machine, without ssh)."""
+    import json
+    import subprocess
+    import sys
+
+    from launcher.engines.remote import _CHECK
+
+    done = subprocess.run([sys.executable, "-c", _CHECK, "0", master, str(port), "1"], capture_output=True,
+                          text=True, timeout=30, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_preflight_counts_a_refused_connection_as_a_reachable_rendezvous_host():
+    from launcher.plan.launch import first_free_port
+
+    port = first_free_port(29900)  # nothing listens there: the host answers with a refusal
+    assert "unreachable" not in _probe("127.0.0.1", port)
+
+
+def test_preflight_names_a_rendezvous_host_that_does_not_resolve():
+    # A cut route is tested on the namespace cluster (tests/cluster): it needs a network of its own.
+    assert "cannot resolve no-such-host.invalid" in _probe("no-such-host.invalid", 29500)["unreachable"]

@@ -121,3 +121,38 @@ def test_two_hostfile_runs_on_one_machine_get_their_own_rendezvous_ports(tmp_pat
     chosen = CliRunner().invoke(main, ["plan", str(ROOT / "recipes/mlp-tiny.yaml"), "--hostfile", str(hostfile),
                                        "--run-dir", str(tmp_path / "a"), "cluster.master_port=31000"])
     assert "rendezvous c10d://localhost:31000" in chosen.output  # a port the recipe sets is kept
+
+
+@pytest.mark.parametrize("hostfile,include,exclude,procs,devices", [
+    # DeepSpeed's launcher tests' cases that leave hosts uneven: one failing GPU left out, say.
+    ("worker-0 slots=4\nworker-1 slots=4\n", "", "worker-0:0,1@worker-1:3", (2, 3), ((2, 3), (0, 1, 2))),
+    ("worker-0 slots=4\nworker-1 slots=4\n", "worker-0@worker-1:0,2", "", (4, 2), (None, (0, 2))),
+    ("worker-0 slots=8\nworker-1 slots=4\n", "", "", (8, 4), (None, None)),
+])
+def test_uneven_hosts_plan_their_own_process_counts(tmp_path, hostfile, include, exclude, procs, devices):
+    from launcher.plan.topology import TopologyRequest, resolve_topology
+
+    path = tmp_path / "hosts"
+    path.write_text(hostfile)
+    topology = resolve_topology(TopologyRequest(None, 1, str(path), include, exclude, "ssh"),
+                                which=lambda name: f"/usr/bin/{name}")
+    assert topology.procs_by_node == procs and topology.slot_ids == devices
+    assert topology.world_size == sum(procs)
+
+
+def test_an_uneven_plan_starts_each_node_with_its_own_count_and_divides_the_batch_by_the_sum(tmp_path):
+    import json
+
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("worker-0 slots=4\nworker-1 slots=4\n")
+    args = ["plan", str(ROOT / "recipes/mlp-tiny.yaml"), "--hostfile", str(hostfile), "--exclude",
+            "worker-0:0,1@worker-1:3", "cluster.remote_shell=ssh", "--run-dir", str(tmp_path / "run")]
+    result = CliRunner().invoke(main, [*args, "batch.global=40", "batch.micro=4", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)["plan"]
+    assert plan["procs_by_node"] == [2, 3] and plan["math"]["world_size"] == 5 and plan["math"]["accumulation"] == 2
+    nprocs = [[a for a in n["argv"] if a.startswith("--nproc-per-node=")] for n in plan["nodes"]]
+    assert nprocs == [["--nproc-per-node=2"], ["--nproc-per-node=3"]]
+    assert [n["env"]["CUDA_VISIBLE_DEVICES"] for n in plan["nodes"]] == ["2,3", "0,1,2"]
+    refused = CliRunner().invoke(main, [*args, "batch.global=64", "batch.micro=4"])
+    assert refused.exit_code == 2 and "4 x (2 nodes with 2+3 processes) = 20" in refused.output

@@ -17,8 +17,8 @@ GOLDEN = ROOT / "tests" / "golden"
 
 
 def test_accumulation_derived_from_world_size():
-    one = batch_math(64, 16, 1, 1, 1, 100, 10, 128)
-    many = batch_math(64, 16, 4, 2, 2, 100, 10, 128)
+    one = batch_math(64, 16, (1,), 100, 10, 128)
+    many = batch_math(64, 16, (2, 2), 100, 10, 128)
     assert (one.accumulation, many.accumulation) == (4, 1)
     assert one.samples_seen == many.samples_seen == 6400
     assert one.tokens_seen == 6400 * 128
@@ -26,7 +26,7 @@ def test_accumulation_derived_from_world_size():
 
 def test_non_divisible_prints_every_factor():
     with pytest.raises(ValueError) as info:
-        batch_math(100, 8, 8, 2, 4, 10, 0, None)
+        batch_math(100, 8, (4, 4), 10, 0, None)
     problem: Problem = info.value.args[0]
     assert problem.path == "batch.global"
     assert "8 x (2 nodes x 4 processes) = 64" in problem.message
@@ -77,6 +77,8 @@ HOSTFILE = ["--hostfile", "hostfiles/example-4node.txt", "batch.global=256", "ba
     ("plan-pdsh-include", ["recipes/mlp-tiny.yaml", "--hostfile", "hostfiles/example-4node.txt",
                            "--include", "gpu-node-01:0,1,2,3@gpu-node-02:4,5,6,7", "batch.global=64",
                            "batch.micro=8"], {}),
+    ("plan-pdsh-uneven", ["recipes/mlp-tiny.yaml", "--hostfile", "hostfiles/example-4node.txt",
+                          "--exclude", "gpu-node-02:6,7", "batch.global=240", "batch.micro=8"], {}),
     ("plan-slurm", ["recipes/mlp-tiny.yaml", "--nproc", "8", "batch.global=256", "batch.micro=8"], SLURM),
     ("plan-slurm-fork", ["recipes/mlp-tiny.yaml", "--nproc", "8", "batch.global=256", "batch.micro=8",
                          "cluster.start_method=fork"], SLURM),

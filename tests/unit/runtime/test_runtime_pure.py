@@ -132,7 +132,7 @@ def test_deepspeed_runs_batchnorm_models_in_bf16_through_torch_autocast():
     assert not needs_torch_autocast(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)))
 
     recipe = load_recipe(ROOT / "recipes" / "resnet-transfer-tiny.yaml", ["backend.name=deepspeed"]).recipe
-    math_ = batch_math(64, 32, world_size=1, nodes=1, nproc=1, steps=40, warmup=10, tokens_per_sample=None)
+    math_ = batch_math(64, 32, (1,), steps=40, warmup=10, tokens_per_sample=None)
     cast = deepspeed_config(recipe, math_, "bf16")
     assert cast["bf16"]["enabled"] and "torch_autocast" not in cast
     autocast = deepspeed_config(recipe, math_, "bf16", torch_autocast=True)
