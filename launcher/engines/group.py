@@ -17,6 +17,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from launcher.live_bar import LiveBar
 
 GRACE_SECONDS = 30.0
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
@@ -57,11 +61,15 @@ class GroupView:
 _PDSH_EXIT = re.compile(r"^pdsh@[^:]*: ([^:\s]+): ssh exited with exit code (\d+)")
 
 
-def _copy_pdsh_stderr(stream, host_exits: dict[str, int]) -> None:
+def _to_stderr(raw: bytes) -> None:
+    sys.stderr.buffer.write(raw)
+    sys.stderr.buffer.flush()
+
+
+def _copy_pdsh_stderr(stream, host_exits: dict[str, int], write: Callable[[bytes], None] = _to_stderr) -> None:
     """Pass pdsh's stderr through unchanged, noting the hosts it reports as failed."""
     for raw in iter(stream.readline, b""):
-        sys.stderr.buffer.write(raw)
-        sys.stderr.buffer.flush()
+        write(raw)
         found = _PDSH_EXIT.match(raw.decode("utf-8", "replace"))
         if found:
             host_exits[found.group(1)] = int(found.group(2))
@@ -71,9 +79,10 @@ def _copy_pdsh_stderr(stream, host_exits: dict[str, int]) -> None:
 def run_group(commands: Sequence[Command], grace: float = GRACE_SECONDS,
               stop_remote: Callable[[], None] | None = None,
               on_failure: Callable[[int, GroupView], None] | None = None,
-              stop_signal: Callable[[int], int] = lambda signum: signum) -> int:
+              stop_signal: Callable[[int], int] = lambda signum: signum, bar: LiveBar | None = None) -> int:
     """Run all commands; the first failure stops the rest. Returns the job's exit status.
-    on_failure(index of the first failed command, view) runs before anything is stopped."""
+    on_failure(index of the first failed command, view) runs before anything is stopped.
+    bar: the processes' output is copied above this live progress bar (a terminal only)."""
     received: list[int] = []
 
     def on_signal(signum, _frame):
@@ -82,19 +91,26 @@ def run_group(commands: Sequence[Command], grace: float = GRACE_SECONDS,
     previous = {s: signal.signal(s, on_signal) for s in _FORWARDED}
     view = GroupView([], [], {})
     procs = view.procs
+    copiers: list[threading.Thread] = []
     arm = _parent_death_signal()
     try:
         for command in commands:
             stdin = subprocess.PIPE if command.keep_stdin else subprocess.DEVNULL
-            stderr = subprocess.PIPE if command.pdsh_host_exits else None
-            procs.append(subprocess.Popen(command.argv, env=command.env, stdin=stdin, stderr=stderr,
+            stderr = subprocess.PIPE if command.pdsh_host_exits or bar else None
+            stdout = subprocess.PIPE if bar else None
+            procs.append(subprocess.Popen(command.argv, env=command.env, stdin=stdin, stdout=stdout, stderr=stderr,
                                           start_new_session=True, preexec_fn=arm, pass_fds=command.pass_fds))
             view.host_exits.append({})
-            if stderr:
+            if bar:
+                copiers.append(bar.copy(procs[-1].stdout, to_stderr=False))
+            if command.pdsh_host_exits:
+                write = (lambda raw: bar.write_line(raw, to_stderr=True)) if bar else _to_stderr
                 watcher = threading.Thread(target=_copy_pdsh_stderr, daemon=True,
-                                           args=(procs[-1].stderr, view.host_exits[-1]))
+                                           args=(procs[-1].stderr, view.host_exits[-1], write))
                 watcher.start()
                 view.watchers[len(procs) - 1] = watcher
+            elif bar:
+                copiers.append(bar.copy(procs[-1].stderr, to_stderr=True))
         status = _wait(view, received, grace, stop_remote, on_failure, stop_signal)
     finally:
         # After a signal or a failure alike: ask remote guards to stop and wait for their checkpoint.
@@ -104,7 +120,7 @@ def run_group(commands: Sequence[Command], grace: float = GRACE_SECONDS,
             _stop(proc, signal.SIGTERM, grace)
         for s, handler in previous.items():
             signal.signal(s, handler)
-        for watcher in view.watchers.values():
+        for watcher in [*view.watchers.values(), *copiers]:
             watcher.join(timeout=5)
     return status
 

@@ -27,9 +27,26 @@ def execute(plan: LaunchView, secrets: Mapping[str, str] | None = None, grace: f
     fds = tuple(fd for fd in keep_fds if fd is not None)
     commands = [Command(list(p.argv), {**os.environ, **p.env, **started}, p.keep_stdin, engine.watches_host_exits,
                         fds) for p in plan.processes]
-    with _secrets_file(plan.secrets_file, secrets or {}):
-        return run_group(commands, grace, engine.remote_stopper(plan), engine.failure_reporter(plan),
-                         engine.stop_signal)
+    bar = _live_bar(plan.run_dir)
+    try:
+        with _secrets_file(plan.secrets_file, secrets or {}):
+            return run_group(commands, grace, engine.remote_stopper(plan), engine.failure_reporter(plan),
+                             engine.stop_signal, bar)
+    finally:
+        if bar:
+            bar.stop()
+
+
+def _live_bar(run_dir: str):
+    """A progress bar under the output, on a terminal only (launcher/live_bar.py)."""
+    from launcher import live_bar
+    from launcher.rundir.layout import RunDir
+
+    if not live_bar.wanted():
+        return None
+    bar = live_bar.LiveBar(RunDir(run_dir).progress)
+    bar.start()
+    return bar
 
 
 @contextlib.contextmanager

@@ -74,6 +74,11 @@ class RunDir:
         return self.root / "metrics.jsonl"
 
     @property
+    def progress(self) -> Path:
+        """Rank 0's current step, rewritten at most once a second (the terminal's live bar)."""
+        return self.root / "progress.json"
+
+    @property
     def samples(self) -> Path:
         return self.root / "samples.jsonl"
 

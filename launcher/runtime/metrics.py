@@ -91,6 +91,31 @@ class Progress:
         return " | ".join(parts)
 
 
+class StepProgress:
+    """Rank 0's step in a small file, for the launcher's live bar (launcher/live_bar.py): at most
+    one write a second, so a step pays one clock read."""
+
+    EVERY_S = 1.0
+
+    def __init__(self, path: Path | None, total: int) -> None:
+        self.path, self.total = path, total
+        self._next = 0.0
+
+    def tick(self, step: int, force: bool = False) -> None:
+        if self.path is None:
+            return
+        now = time.monotonic()
+        if now < self._next and not force:
+            return
+        self._next = now + self.EVERY_S
+        partial = self.path.with_name(self.path.name + ".tmp")
+        try:
+            partial.write_text(json.dumps({"step": step, "total": self.total, "time": time.time()}), encoding="utf-8")
+            partial.replace(self.path)  # the launcher never reads half a file
+        except OSError:
+            self.path = None  # a full or read-only disk: training goes on without the bar
+
+
 def duration(seconds: float) -> str:
     """12s, 4m05s, 3h07m: short and sortable by eye."""
     seconds = max(0, int(round(seconds)))

@@ -24,7 +24,7 @@ from launcher.runtime import checkpoint as ckpt
 from launcher.runtime.device import on_device, to_device
 from launcher.runtime.dist import DistEnv, all_reduce_sum, barrier, gather_hosts, gather_rows
 from launcher.runtime.evaluation import evaluate_and_log
-from launcher.runtime.metrics import MetricsLog, Progress, console_line, emit, peak_flops
+from launcher.runtime.metrics import MetricsLog, Progress, StepProgress, console_line, emit, peak_flops
 from launcher.runtime.nonfinite import NonFiniteGuard
 from launcher.runtime.profiling import StepProfiler, profile_window
 from launcher.runtime.rank_timing import RankTiming, Straggler, StragglerWatch
@@ -124,6 +124,7 @@ def _loop(run: Run) -> None:
         grad_norm = _train_step(run, micro_batches, lr, step, interval, guard)
         profiler.step()
         done = step + 1
+        watch.step_progress.tick(done)
         if step == run.start_step and run.main:
             run.startup.mark("first_step_s")  # includes the first batch and torch.compile's compilation
             run.log.write({"step": done, **run.startup.report()})
@@ -135,6 +136,7 @@ def _loop(run: Run) -> None:
             interval.start += time.perf_counter() - paused
         _stop_if_signalled(run, done, stop, guard, interval, synchronised)
     stop.finish()  # the last step's agreement, in flight: the run is over either way
+    watch.step_progress.tick(run.end_step, force=True)
     if run.end_step == recipe.train.steps:
         _export(run)
     elif run.main:
@@ -147,6 +149,7 @@ class Watch:
     """What the log steps keep between them: progress for the ETA, the ranks' hosts, stragglers."""
 
     progress: Progress
+    step_progress: StepProgress
     hosts: list[str]
     stragglers: StragglerWatch
 
@@ -154,7 +157,9 @@ class Watch:
 def _watch(run: Run) -> Watch:
     train = run.recipe.train
     hosts = gather_hosts()  # every rank calls it: one collective before the first step
-    return Watch(Progress(run.end_step, float(os.environ.get("LAUNCHER_WORKER_START_TIME", time.time()))), hosts,
+    started = float(os.environ.get("LAUNCHER_WORKER_START_TIME", time.time()))
+    progress_file = RunDir(run.run_dir).progress if run.main else None
+    return Watch(Progress(run.end_step, started), StepProgress(progress_file, run.recipe.train.steps), hosts,
                  StragglerWatch(train.straggler_slowdown, train.straggler_intervals, hosts))
 
 
@@ -326,7 +331,7 @@ def _tracker_config(recipe, math, env: DistEnv) -> dict:
 
     config = recipe_to_dict(recipe)
     config["cluster"]["env"] = redact_env(config["cluster"]["env"])
-    config["launch"] = {"world_size": env.world_size, "nodes": env.world_size // env.local_world_size,
+    config["launch"] = {"world_size": env.world_size, "nodes": env.nodes,
                         "processes_per_node": env.local_world_size, "backend": recipe.backend.name,
                         "zero_stage": recipe.backend.zero_stage if recipe.backend.name == "deepspeed" else None,
                         "strategy": recipe.backend.strategy if recipe.backend.name == "accelerate" else None,

@@ -39,6 +39,7 @@ def test_a_healthy_zero3_run_shows_our_lines_only_and_keeps_the_rest_in_the_rank
     assert result.returncode == 0, result.stderr[-3000:]
     console = result.stdout + result.stderr
     assert len(_foreign(console)) <= 2, _foreign(console)
+    assert "\x1b" not in console and "\r" not in console  # not a terminal: plain lines, no live bar
     # Progress: elapsed time on each step line, and an ETA to the step this invocation stops at.
     assert re.search(r"step 3/8 \| .* \| elapsed \d+s \| eta \d+s$", console, re.M), console
     # A time-boxed run says where it stopped and how to go on.
@@ -80,3 +81,50 @@ def test_a_stop_on_a_signal_ends_without_a_traceback(tmp_path):
     assert "Traceback" not in console and "SignalException" not in console, console
     assert re.search(r"stopped by SIGTERM after step \d+: checkpoint committed", console), console
     assert Path(run_dir / "checkpoints" / "latest").exists()
+
+
+def _on_a_terminal(argv: list[str], timeout: float = 300) -> tuple[int, str]:
+    """Runs argv with a pseudo-terminal as stdin, stdout and stderr; its exit status and output."""
+    import os
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once (no Python clean-up of the test process in it)
+        env = {**_env(), "TERM": "xterm", "COLUMNS": "100"}
+        os.chdir(ROOT)
+        os.execvpe(argv[0], argv, env)
+    output, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not select.select([fd], [], [], 1)[0]:
+            continue
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        output += data
+    else:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode("utf-8", "replace")
+
+
+def test_on_a_terminal_a_live_bar_runs_under_whole_step_lines(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE.replace("step_delay: 0.0", "step_delay: 0.1")
+                          .replace("steps: 12", "steps: 30"))
+    status, output = _on_a_terminal(["launcher", "run", str(recipe), "--nproc", "1", "--run-dir",
+                                     str(tmp_path / "run"), "train.log_every=10"])
+    assert status == 0, output[-3000:]
+    frames = re.findall(r"\r\x1b\[K(\[[#.]+\] (\d+)/30 +\d+%[^\r\n]*)", output)
+    assert len(frames) >= 3, output[-3000:]
+    steps = [int(step) for _, step in frames]
+    assert steps == sorted(steps) and 0 < steps[0] < 30, steps  # between the log lines, moving forward
+    assert any(" steps/s | eta " in text for text, _ in frames)
+    # Each step line is written whole at the start of a line (the bar cleared first), never mixed into it.
+    for step in (10, 20, 30):
+        assert re.search(rf"\x1b\[K\[rank0\]: step {step}/30 \|[^\r\x1b]*\r\n", output), output[-3000:]
+    # The bar is gone before the launcher's last line.
+    assert re.search(r"\x1b\[Klauncher: job finished with exit status 0\r\n$", output), output[-300:]
