@@ -22,6 +22,9 @@ One JSON line per measurement into bench/results/cpu-<time>.jsonl, `section` nam
   decoded cache.
 - launch: time from `launcher run` to the first optimizer step, minus the build and that step
   (launch_overhead_s), with spawned and forked ranks, and a plain script's time to its first step.
+- optimizer: ms per AdamW step on the CPU over 50M parameters (ZeRO-Offload's optimizer step), for
+  torch's AdamW (foreach, its default, and fused) and DeepSpeed's CPU Adam, and which one the
+  DeepSpeed backend builds for `offload_optimizer: true` over the recipe's parameter groups.
 
 Figures here are never asserted in a test; `tests/integration/test_bench.py` checks the schema.
 """
@@ -54,6 +57,7 @@ SCHEMA = {
     "attention": {"recipe", "sdpa_calls", "with_mask", "causal", "graph_breaks", "break_reasons"},
     "loader": {"pipeline", "samples_per_s_per_core", "samples", "bytes_per_sample"},
     "launch": {"variant", "launch_overhead_s", "launch_to_first_step_s", "over_plain_script_s", "repeats"},
+    "optimizer": {"optimizer", "ms_per_step", "parameters", "threads", "repeats", "chosen_for_offload"},
 }
 
 
@@ -396,7 +400,57 @@ def run_cpu(tiny: bool, out_dir: Path, work: Path, generate_text, generate_image
             write(loader_throughput(case, data, work, samples, extra))
         for record in launch(repeats if not tiny else 1, work):
             write(record)
+        for record in offload_optimizers(1_000_000 if tiny else 50_000_000, 1 if tiny else 7, not tiny):
+            write(record)
     return out_file
+
+
+def offload_optimizers(parameters: int, repeats: int, with_deepspeed: bool = True) -> list[dict]:
+    """One AdamW step over `parameters` fp32 values in two groups (decayed weights at a full LR and
+    undecayed ones at half), as ZeRO-Offload steps it on the CPU; median of `repeats` after one
+    warm-up step. `chosen_for_offload` marks what the DeepSpeed backend builds for
+    `offload_optimizer: true` (fused_optimizer_fits). DeepSpeed's CPU Adam is the yardstick (its
+    one-time C++ build is left out of the tiny run)."""
+    import torch
+
+    from launcher.backends.deepspeed_backend import fused_optimizer_fits
+    from launcher.backends.optim import build_optimizer
+    from launcher.config.schema import OptimizerConfig
+
+    config = OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.01)
+    chosen = "torch adamw (fused)" if fused_optimizer_fits(torch.device("cpu"), True) else "torch adamw (foreach)"
+
+    def groups() -> list[dict]:
+        weights = torch.zeros(parameters - parameters // 100, requires_grad=True)
+        biases = torch.zeros(parameters // 100, requires_grad=True)
+        for tensor in (weights, biases):
+            tensor.grad = torch.full_like(tensor, 1e-3)
+        return [{"params": [weights], "weight_decay": 0.01, "lr_scale": 1.0},
+                {"params": [biases], "weight_decay": 0.0, "lr_scale": 0.5}]
+
+    def deepspeed_cpu_adam(g):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(g, lr=config.lr, adamw_mode=True)
+
+    builders = {"torch adamw (foreach)": lambda g: build_optimizer(g, config, fused=False),
+                "torch adamw (fused)": lambda g: build_optimizer(g, config, fused=True)}
+    if with_deepspeed:
+        builders["deepspeed cpu adam"] = deepspeed_cpu_adam
+    records = []
+    for name, build in builders.items():
+        optimizer = build(groups())
+        optimizer.step()  # state allocation, first touch
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            optimizer.step()
+            times.append((time.perf_counter() - started) * 1e3)
+        records.append({"section": "optimizer", "optimizer": name, "ms_per_step": statistics.median(times),
+                        "parameters": parameters, "threads": torch.get_num_threads(), "repeats": repeats,
+                        "chosen_for_offload": name == chosen})
+        del optimizer
+    return records
 
 
 def _single_process_group() -> None:

@@ -112,7 +112,7 @@ def test_cpu_proxy_benchmark_writes_every_section_in_its_schema(tmp_path):
     assert len(files) == 1
     records = [json.loads(line) for line in files[0].read_text().splitlines()]
     sections = {r["section"] for r in records}
-    assert sections == {"host_overhead", "syncs", "attention", "loader", "launch"}, sections
+    assert sections == {"host_overhead", "syncs", "attention", "loader", "launch", "optimizer"}, sections
     sys.path.insert(0, str(ROOT))
     from bench.cpu import check_schema
 
@@ -123,3 +123,5 @@ def test_cpu_proxy_benchmark_writes_every_section_in_its_schema(tmp_path):
     attention = {r["recipe"]: r for r in records if r["section"] == "attention"}
     assert attention["gpt"]["with_mask"] == 0 and attention["gpt"]["causal"] == attention["gpt"]["sdpa_calls"] > 0
     assert attention["bert"]["sdpa_calls"] > 0
+    chosen = [r["optimizer"] for r in records if r["section"] == "optimizer" and r["chosen_for_offload"]]
+    assert chosen == ["torch adamw (fused)"]  # what ZeRO-Offload steps with on the CPU

@@ -71,14 +71,48 @@ def test_resume_mid_epoch_neither_duplicates_nor_skips():
     assert len(whole) == 80
 
 
-def test_fused_optimizer_only_on_cuda_and_not_with_cpu_offload():
+def test_fused_optimizer_on_the_gpu_and_for_zero_offloads_cpu_step():
     import torch
 
     from launcher.backends.deepspeed_backend import fused_optimizer_fits
 
     assert fused_optimizer_fits(torch.device("cuda", 0), offload_optimizer=False)
-    assert not fused_optimizer_fits(torch.device("cuda", 0), offload_optimizer=True)
+    # ZeRO-Offload steps on the CPU: the fused CPU kernel, not torch's per-tensor default (6x slower).
+    assert fused_optimizer_fits(torch.device("cuda", 0), offload_optimizer=True)
+    assert fused_optimizer_fits(torch.device("cpu"), offload_optimizer=True)
     assert not fused_optimizer_fits(torch.device("cpu"), offload_optimizer=False)
+
+
+def test_the_offload_optimizer_keeps_our_groups_and_matches_torchs_default_adamw():
+    """The fused CPU AdamW that ZeRO-Offload now steps with: per-group LR scale and weight decay
+    as set_lr and param_groups give them, and the updates of torch's default AdamW."""
+    import torch
+
+    from launcher.backends.optim import build_optimizer, set_lr
+    from launcher.config.schema import OptimizerConfig
+
+    torch.manual_seed(0)
+    start = [torch.randn(64, 16), torch.randn(16)]
+    config = OptimizerConfig(name="adamw", lr=1e-2, weight_decay=0.1)
+
+    def run(fused: bool) -> list:
+        params = [p.clone().requires_grad_() for p in start]
+        groups = [{"params": [params[0]], "weight_decay": 0.1, "lr_scale": 1.0},
+                  {"params": [params[1]], "weight_decay": 0.0, "lr_scale": 0.25}]
+        optimizer = build_optimizer(groups, config, fused=fused)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(8):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            set_lr(optimizer, 1e-2 * (step + 1) / 8, step)
+            optimizer.step()
+        assert optimizer.param_groups[1]["lr"] == optimizer.param_groups[0]["lr"] * 0.25
+        return params
+
+    fused, default = run(True), run(False)
+    for a, b in zip(fused, default, strict=True):
+        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-6
+    assert (fused[0] - start[0]).abs().max() > 1e-3  # it did train
 
 
 def test_profile_window_skips_warm_up_steps_and_fits_in_what_the_run_has_left():
