@@ -73,12 +73,13 @@ def start_run(loaded: LoadedRecipe, launch_plan: LaunchPlan, resolved: dict, cla
     if status in STOP_STATUSES:  # a requested stop (Slurm's preemption signal: a requeue)
         status = engine.after_stop(launch_plan, status, cluster.timeout_requeues)
     elif status != 0:
-        report_failure(launch_plan.run_dir, status, cluster.max_restarts)
+        report_failure(launch_plan.run_dir, status, cluster.max_restarts, loaded.recipe.tracking)
     _say(f"job finished with exit status {status}")
     return status
 
 
-def report_failure(run_dir: str, status: int, max_restarts: int) -> None:
+def report_failure(run_dir: str, status: int, max_restarts: int, tracking=None) -> None:
+    from launcher.alerts import send_failure
     from launcher.engines import failure
 
     found = failure.summarize(run_dir, status)
@@ -86,7 +87,10 @@ def report_failure(run_dir: str, status: int, max_restarts: int) -> None:
         _say("the job failed before any rank started; see the output above")
         return
     failure.write(run_dir, found)
-    _say(failure.render(found, max_restarts).replace("\n", "\nlauncher: "))
+    summary = failure.render(found, max_restarts)
+    if tracking is not None:
+        send_failure(run_dir, tracking, summary, status)  # before the summary: it stays the last lines
+    _say(summary.replace("\n", "\nlauncher: "))
 
 
 def check_deepspeed_passthrough(path: str, recipe, math) -> None:

@@ -44,6 +44,12 @@ def has_wandb_credentials(env: dict[str, str] | None = None) -> bool:
         return False
 
 
+def node_label() -> str:
+    import socket
+
+    return socket.gethostname().split(".")[0]
+
+
 def _say(message: str) -> None:
     print(f"tracking: {message}", file=sys.stderr, flush=True)
 
@@ -61,6 +67,9 @@ class NullTracker:
         pass
 
     def log_model(self, directory: str, name: str) -> None:
+        pass
+
+    def alert(self, kind: str, title: str, text: str, level: str, wait_s: float) -> None:
         pass
 
     def finish(self, exit_code: int = 0) -> None:
@@ -104,6 +113,14 @@ class WandbTracker:
 
         self._guard(upload)
 
+    def alert(self, kind: str, title: str, text: str, level: str, wait_s: float) -> None:
+        """wandb's own alert (email or Slack, as the user's W&B settings say; offline: kept in the run
+        file). wait_duration: W&B too drops a repeat of the same title within that time."""
+        import wandb
+
+        self._guard(lambda: self.run.alert(title=title, text=text, level=getattr(wandb.AlertLevel, level),
+                                           wait_duration=max(1, int(wait_s))))
+
     def finish(self, exit_code: int = 0) -> None:
         self._guard(lambda: self.run.finish(exit_code=exit_code))
 
@@ -128,6 +145,9 @@ class SkipLoggedSteps:
 
     def log_model(self, directory: str, name: str) -> None:
         self.tracker.log_model(directory, name)
+
+    def alert(self, kind: str, title: str, text: str, level: str, wait_s: float) -> None:
+        self.tracker.alert(kind, title, text, level, wait_s)
 
     def finish(self, exit_code: int = 0) -> None:
         self.tracker.finish(exit_code)
@@ -156,6 +176,10 @@ class Trackers:
         for tracker in self.trackers:
             tracker.log_model(directory, name)
 
+    def alert(self, kind: str, title: str, text: str, level: str, wait_s: float) -> None:
+        for tracker in self.trackers:
+            tracker.alert(kind, title, text, level, wait_s)
+
     def finish(self, exit_code: int = 0) -> None:
         for tracker in self.trackers:
             tracker.finish(exit_code)
@@ -169,7 +193,8 @@ def make_tracker(cfg, run_dir: str, run_id: str, run_name: str, config: dict, is
         return NullTracker()
     trackers = []
     if "wandb" in cfg.backends and cfg.mode != "disabled":
-        trackers.append(_wandb_tracker(cfg, run_dir, run_id, run_name, config))
+        label = node_label() if cfg.system_metrics == "all_nodes" else ""
+        trackers.append(_wandb_tracker(cfg, run_dir, run_id, run_name, config, label))
     if "tensorboard" in cfg.backends:
         from launcher.tracking_tensorboard import TensorBoardTracker
 
@@ -180,20 +205,35 @@ def make_tracker(cfg, run_dir: str, run_id: str, run_name: str, config: dict, is
     return trackers[0] if len(trackers) == 1 else Trackers(trackers)
 
 
-def _wandb_tracker(cfg, run_dir: str, run_id: str, run_name: str, config: dict):
-    mode = cfg.mode
+def resolved_mode(mode: str) -> str:
+    """`auto`: online with credentials, offline without."""
     if mode == "auto":
-        mode = "online" if has_wandb_credentials() else "offline"
-        if mode == "offline":
-            _say(f"no W&B credentials: logging offline under {run_dir}/wandb; upload later with "
-                 f"`wandb sync {run_dir}/wandb/offline-run-*`")
+        return "online" if has_wandb_credentials() else "offline"
+    return mode
+
+
+def _wandb_tracker(cfg, run_dir: str, run_id: str, run_name: str, config: dict, label: str = ""):
+    """label: global rank 0's node name, when every node writes into the run (tracking_nodes.py)."""
+    mode = resolved_mode(cfg.mode)
+    if cfg.mode == "auto" and mode == "offline":
+        _say(f"no W&B credentials: logging offline under {run_dir}/wandb; upload later with "
+             f"`wandb sync {run_dir}/wandb/offline-run-*`")
     import wandb
 
     def init(chosen: str):
-        settings = wandb.Settings(init_timeout=cfg.init_timeout, silent=True)
+        if label:
+            from launcher.tracking_nodes import node_settings, shared_mode_available
+
+            if shared_mode_available():
+                settings = node_settings(chosen, label, primary=True, init_timeout=cfg.init_timeout)
+            else:
+                settings = wandb.Settings(init_timeout=cfg.init_timeout, silent=True)
+        else:
+            settings = wandb.Settings(init_timeout=cfg.init_timeout, silent=True)
         run = wandb.init(project=cfg.project, entity=cfg.entity or None, name=cfg.name or run_name,
                          group=cfg.group or None, tags=list(cfg.tags) or None, notes=cfg.notes or None,
-                         id=run_id, resume="allow", dir=run_dir, config=config, mode=chosen, settings=settings)
+                         id=run_id, resume="allow", dir=run_dir, config=config,
+                         mode=None if settings.mode == "shared" else chosen, settings=settings)
         run.define_metric("global_step")
         run.define_metric("*", step_metric="global_step")
         return run

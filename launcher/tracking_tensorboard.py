@@ -58,5 +58,8 @@ class TensorBoardTracker:
     def log_model(self, directory: str, name: str) -> None:
         pass  # the export stays in the run directory; TensorBoard keeps no artifacts
 
+    def alert(self, kind: str, title: str, text: str, level: str, wait_s: float) -> None:
+        self._guard(lambda: self.writer.add_text(f"alerts/{kind}", f"**{level}: {title}**\n\n{text}"))
+
     def finish(self, exit_code: int = 0) -> None:
         self._guard(self.writer.close)

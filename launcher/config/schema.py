@@ -188,6 +188,7 @@ class CheckpointConfig:
 
 
 TRACKING_BACKENDS = ("wandb", "tensorboard")
+ALERT_KINDS = ("failure", "preemption", "nonfinite", "straggler", "completion")  # launcher/alerts.py
 
 
 @dataclass(frozen=True)
@@ -204,11 +205,22 @@ class TrackingConfig:
     # Where rank 0 logs: W&B (when `mode` is not disabled) and/or TensorBoard event files in
     # <run_dir>/tensorboard (always, when listed; for clusters without a way to W&B).
     backends: list[str] = field(default_factory=lambda: ["wandb"])
+    # Pushed to the trackers (W&B's own alerts) and metrics.jsonl: launcher/alerts.py.
+    alerts: list[str] = field(default_factory=lambda: list(ALERT_KINDS))
+    alert_interval_s: float = 600.0  # one alert of a kind per this many seconds at most
+    # W&B system metrics (CPU, memory, GPU) of rank 0's machine only, or of every node, each
+    # labelled in the one run (launcher/tracking_nodes.py).
+    system_metrics: Literal["rank0", "all_nodes"] = "rank0"
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []
         if self.init_timeout <= 0:
             out.append(("init_timeout", "must be > 0", "seconds, e.g. 30"))
+        for name in self.alerts:
+            if name not in ALERT_KINDS:
+                out.append(("alerts", f"unknown alert `{name}`", f"use any of {', '.join(ALERT_KINDS)}, or []"))
+        if self.alert_interval_s < 0:
+            out.append(("alert_interval_s", "must be >= 0", "seconds between two alerts of a kind, e.g. 600"))
         for name in self.backends:
             if name not in TRACKING_BACKENDS:
                 out.append(("backends", f"unknown tracker `{name}`", f"use any of {', '.join(TRACKING_BACKENDS)}"))

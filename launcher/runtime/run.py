@@ -28,6 +28,7 @@ class Run:
     start_step: int  # where this invocation starts (a resumed checkpoint's step, or 0)
     end_step: int  # where it stops: train.steps, or earlier with train.stop_after_steps
     run_id: str  # the tracker's run id, kept in every checkpoint
+    alerts: Any = None  # launcher.alerts.Alerts on rank 0 (NoAlerts elsewhere)
 
     @property
     def main(self) -> bool:

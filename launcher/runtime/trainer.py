@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from launcher.alerts import Alerts, NoAlerts
 from launcher.backends.optim import param_groups
 from launcher.plan.batch import BatchMath
 from launcher.recipe_module import Task
@@ -37,14 +38,15 @@ from launcher.runtime.startup import StartupClock
 from launcher.runtime.stopping import StopRequest
 from launcher.runtime.stuck import arm_stall_dump, disarm_stall_dump, stall_dump_after
 from launcher.tracking import NullTracker, SkipLoggedSteps, job_run_id, make_tracker
+from launcher.tracking_nodes import start_node_writer, writes_node_metrics
 
 
 class Stopped(Exception):
     """Training stopped on a signal after committing a checkpoint."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, step: int = 0) -> None:
         super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+        self.signum, self.step = signum, step
 
 
 def train(recipe, task: Task, backend, math: BatchMath, env: DistEnv, run_dir: str, startup: StartupClock) -> None:
@@ -68,22 +70,37 @@ def train(recipe, task: Task, backend, math: BatchMath, env: DistEnv, run_dir: s
     run_id = meta.get("tracker_run_id") or (job_run_id(run_dir) if main else "")
     tracker = make_tracker(recipe.tracking, run_dir, run_id, Path(run_dir).name,
                            _tracker_config(recipe, math, env), main) if main else NullTracker()
+    # tracking.system_metrics=all_nodes: local rank 0 of every other node records its machine in the same run.
+    node_writer = start_node_writer(recipe.tracking, run_dir, meta.get("tracker_run_id") or job_run_id(run_dir)) \
+        if writes_node_metrics(recipe.tracking, env.rank, env.local_rank) else NullTracker()
     # Steps between the checkpoint and the kill were already sent to the tracker by the earlier
     # attempt; exact resume recomputes identical values, so they are not sent twice.
     tracker = SkipLoggedSteps(tracker, log.previous_last_step)
     end_step = recipe.train.steps
     if recipe.train.stop_after_steps:
         end_step = min(end_step, start_step + recipe.train.stop_after_steps)
+    alerts = Alerts(recipe.tracking.alerts, recipe.tracking.alert_interval_s, tracker, log.write) if main \
+        else NoAlerts()
     run = Run(recipe, task, backend, math, env, run_dir, startup, checkpoints, log, tracker, start_step, end_step,
-              run_id)
+              run_id, alerts)
     try:
         startup.mark("restore_s")
         _loop(run)
-    except BaseException:
+    except Stopped as stopped:
+        alerts.send("preemption", stopped.step, f"{Path(run_dir).name}: stopped by {stopped}",
+                    f"stopped by {stopped} after step {stopped.step} of {recipe.train.steps}: checkpoint "
+                    "committed; a requeued or repeated job resumes there")
         tracker.finish(exit_code=1)
+        raise
+    except BaseException:
+        tracker.finish(exit_code=1)  # a failure: the launcher alerts, with its summary of every rank
         raise
     finally:
         disarm_stall_dump()  # a step that raised left it armed: no stack dump during teardown
+        node_writer.finish()
+    if end_step == recipe.train.steps:
+        alerts.send("completion", end_step, f"{Path(run_dir).name}: finished",
+                    f"reached step {end_step} of {recipe.train.steps}; the model is in {RunDir(run_dir).export}")
     tracker.finish(exit_code=0)
 
 
@@ -152,6 +169,7 @@ class Watch:
     step_progress: StepProgress
     hosts: list[str]
     stragglers: StragglerWatch
+    skips_alerted: int = 0  # skipped non-finite steps already alerted
 
 
 def _watch(run: Run) -> Watch:
@@ -259,6 +277,12 @@ def _log_interval(run: Run, done: int, lr: float, grad_norm, interval: Interval,
     if run.main:
         emit(console_line(record, run.recipe.train.steps, watch.progress.text(done, record["step_time_s"])))
     _report_stragglers(run, done, watch.stragglers.check(per_rank, interval.steps))
+    if totals[2] > 0 or guard.skipped > watch.skips_alerted:
+        watch.skips_alerted = guard.skipped
+        what = "stopping (train.on_nonfinite=stop)" if totals[2] > 0 else \
+            f"{guard.skipped} step(s) skipped so far (train.on_nonfinite=skip)"
+        run.alerts.send("nonfinite", done, f"{Path(run.run_dir).name}: non-finite loss or gradient",
+                        f"the loss or gradient norm became NaN or inf by step {done}: {what}")
     guard.check(done, totals[2], run.checkpoints.root)  # after the line: a NaN is seen where it happened
     interval.reset()
 
@@ -269,7 +293,9 @@ def _report_stragglers(run: Run, done: int, stragglers: list[Straggler]) -> None
         run.log.write({"step": done, "straggler": straggler.record()})
         run.tracker.log({"straggler_rank": straggler.rank, "straggler_slowdown": straggler.slowdown}, done)
         if run.main:
-            emit(straggler.line(run.recipe.train.straggler_intervals))
+            line = straggler.line(run.recipe.train.straggler_intervals)
+            emit(line)
+            run.alerts.send("straggler", done, f"{Path(run.run_dir).name}: straggler rank {straggler.rank}", line)
 
 
 def _eval_due(run: Run, done: int) -> bool:
@@ -309,7 +335,7 @@ def _stop_if_signalled(run: Run, done: int, stop: StopRequest, guard: NonFiniteG
     if run.main:
         emit(f"stopped by {signal.Signals(signum).name} after step {done}: checkpoint committed; "
              "run the same command to resume")
-    raise Stopped(signum)
+    raise Stopped(signum, done)
 
 
 def _export(run: Run) -> None:

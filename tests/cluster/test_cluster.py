@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from launcher.rundir import RunDir
-from tests.helpers import FIXTURES, ROOT, launch, train_records, wait_for_step, write_recipe
+from tests.helpers import FIXTURES, ROOT, launch, launcher_env, metrics, train_records, wait_for_step, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -312,6 +313,48 @@ def test_hostfile_hosts_with_uneven_slot_counts_run_two_plus_one_processes(clust
     local = tmp_path / "local"
     assert launch(recipe, local, nproc=3).returncode == 0
     assert losses == pytest.approx([r["loss"] for r in train_records(local)], rel=1e-5)
+
+
+def _wandb_records(run: Path) -> list[dict]:
+    done = subprocess.run(["wandb", "leet", "inspect", "--json", str(run)], capture_output=True, text=True,
+                          timeout=120, check=True, env=launcher_env())
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_two_nodes_name_the_slow_rank_and_its_host_and_both_machines_land_in_the_one_wandb_run(cluster, tmp_path):
+    """Issue 24 across nodes: rank 1 (on node2) sleeps in its data path; the straggler line names it
+    and node2, and the alert is recorded. With tracking.system_metrics=all_nodes, node2 writes its
+    machine's metrics into the same (offline) W&B run, labelled node2; the same run without the
+    sleep names no straggler."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("steps: 24, log_every: 1", "steps: 20, log_every: 4")
+                          .replace("every_steps: 4", "every_steps: 0"))
+    tracking = ["tracking.mode=offline", "tracking.system_metrics=all_nodes", "cluster.remote_shell=ssh"]
+    runs = {}
+    for name, slow in (("slow", ["data.slow_rank=1", "data.slow_data_s=0.05"]), ("even", [])):
+        run_dir = tmp_path / name
+        proc = _hostfile_run(cluster, recipe, run_dir, cluster.hostfile(tmp_path / "hosts"), *tracking, *slow)
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output[-4000:]
+        runs[name] = (run_dir, output)
+    run_dir, output = runs["slow"]
+    assert _ranks(run_dir)[1]["host"] == "node2"
+    (line,) = [line for line in output.splitlines() if "straggler:" in line]
+    assert re.search(r"straggler: rank 1 on node2 is \d+% slower than the median rank for 3 log intervals; "
+                     r"its data is slow", line), line
+    alerts = [r["alert"] for r in metrics(run_dir) if "alert" in r]
+    assert [a["kind"] for a in alerts] == ["straggler", "completion"], alerts
+    assert "straggler" not in runs["even"][1]
+    run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
+    (primary,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}")
+    (node2,) = (run_dir / "wandb-nodes" / "node2" / "wandb").glob(f"offline-run-*-{run_id}")
+    assert not (run_dir / "wandb-nodes" / "node1").exists()  # rank 0's node is the primary writer
+    for writer, label in ((primary, "node1"), (node2, "node2")):
+        records = _wandb_records(writer)
+        stats = [key for r in records if r["type"] == "stats" for key in r["stats"]["item"]]
+        assert stats and all(key.endswith(f"/l:{label}") for key in stats), (label, stats[:5])
+    node2_records = _wandb_records(node2)
+    assert not [r for r in node2_records if r["type"] == "history"]  # training metrics: rank 0's alone
+    assert any(r["type"] == "alert" for r in _wandb_records(primary))
 
 
 @pytest.mark.parametrize("shell", ["ssh", "pdsh"])

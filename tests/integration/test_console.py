@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import ROOT, launch, launcher_env, wait_for_step, write_recipe
+from tests.helpers import ROOT, launch, launcher_env, metrics, wait_for_step, write_recipe
 from tests.integration.test_faults import FAULT_RECIPE  # the same 12-step, 2-rank fault recipe
 
 # Ours: the launcher's own lines, rank 0's step and eval lines, and its stop notices.
@@ -81,6 +81,10 @@ def test_a_stop_on_a_signal_ends_without_a_traceback(tmp_path):
     assert "Traceback" not in console and "SignalException" not in console, console
     assert re.search(r"stopped by SIGTERM after step \d+: checkpoint committed", console), console
     assert Path(run_dir / "checkpoints" / "latest").exists()
+    # The stop is an alert (metrics.jsonl always; the trackers when on), with the step it stopped at.
+    (alert,) = [r for r in metrics(run_dir) if "alert" in r]
+    stopped_at = int(re.search(r"stopped by SIGTERM after step (\d+)", console).group(1))
+    assert alert["alert"]["kind"] == "preemption" and alert["step"] == stopped_at, alert
 
 
 def _on_a_terminal(argv: list[str], timeout: float = 300) -> tuple[int, str]:

@@ -27,6 +27,9 @@ def test_a_rank_slow_in_its_data_path_is_named_with_its_host_and_the_cause(tmp_p
                      r"intervals; its data is slow \(data \d+\.\d ms/step", lines[0]), lines[0]
     (event,) = [r for r in metrics(run_dir) if "straggler" in r]
     assert event["step"] == 12 and event["straggler"]["rank"] == 1 and event["straggler"]["cause"] == "data"
+    (alert,) = [r["alert"] for r in metrics(run_dir) if "alert" in r and r["alert"]["kind"] == "straggler"]
+    assert alert["level"] == "WARN" and "straggler rank 1" in alert["title"] and alert["text"] == lines[0].split(
+        "]: ", 1)[-1]
     for record in train_records(run_dir):
         # 2 micro-batches a step (global 16, micro 4, 2 ranks): rank 1 waits >= 60 ms per step for data
         assert record["slowest_rank"] == 1 and record["slowest_host"] == host
@@ -38,4 +41,5 @@ def test_no_straggler_is_named_when_the_ranks_are_alike(tmp_path):
     run_dir, console = _run(tmp_path, "even")
     assert "straggler" not in console
     assert not [r for r in metrics(run_dir) if "straggler" in r]
+    assert [r["alert"]["kind"] for r in metrics(run_dir) if "alert" in r] == ["completion"]
     assert all("data_s_median" in r for r in train_records(run_dir))  # the timings are there all the same

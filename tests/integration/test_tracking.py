@@ -58,6 +58,8 @@ def test_two_processes_make_one_run_with_config_and_metrics(tmp_path):
               for r in records if r["type"] == "history" and "loss" in r["history"]["item"]}
     jsonl = {r["step"]: r["loss"] for r in metrics(tmp_path / "run") if "loss" in r}
     assert losses == jsonl
+    (alert,) = [r["alert"] for r in records if r["type"] == "alert"]  # wandb's own alert, kept offline
+    assert alert["level"] == "INFO" and alert["title"] == "run: finished" and "reached step 12 of 12" in alert["text"]
     artifacts = [r for r in records if r["type"] == "artifact"]
     assert len(artifacts) == 1 and artifacts[0]["artifact"]["type"] == "model"
     assert any(entry["path"] == "model.pt" for entry in artifacts[0]["artifact"]["manifest"]["contents"])
@@ -138,3 +140,30 @@ def test_tracker_lost_mid_run_loses_no_step_locally_and_training_goes_on(tmp_pat
     assert proc.returncode == 0, output[-3000:]
     assert output.count("tracking disabled, training continues") == 1
     assert [r["step"] for r in metrics(run_dir) if "loss" in r] == list(range(1, 13))
+
+
+def test_a_nan_and_the_failure_it_causes_are_alerts_in_wandb_tensorboard_and_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("lr: 1e-2", "lr: 1e30, grad_clip: 0"))
+    run_dir = tmp_path / "run"
+    result = launch(recipe, run_dir, "tracking.backends=[wandb,tensorboard]", nproc=2, timeout=300)
+    assert result.returncode not in (0, 2), result.stderr[-3000:]  # stopped on the non-finite loss
+    status = result.returncode
+    alerts = [r for r in metrics(run_dir) if "alert" in r]
+    assert [a["alert"]["kind"] for a in alerts] == ["nonfinite", "failure"], alerts
+    nan, failed = (a["alert"] for a in alerts)
+    assert nan["level"] == "ERROR" and "NaN or inf by step" in nan["text"]
+    # The failure carries the first lines of the launcher's summary (the rank, its host, the exit).
+    assert failed["title"] == f"run: failed with exit status {status}" and "first failure: rank" in failed["text"]
+    # W&B: rank 0's run file has the NaN; the launcher joined the same run (same id) for the failure.
+    sent = {r["alert"]["title"]: run.name for run in offline_runs(run_dir) for r in wandb_records(run)
+            if r["type"] == "alert"}
+    assert set(sent) == {"run: non-finite loss or gradient", f"run: failed with exit status {status}"}, sent
+    run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
+    assert all(name.endswith(run_id) for name in sent.values())
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert "alerts/nonfinite/text_summary" in events.Tags()["tensors"], events.Tags()
+    # The summary is still the console's last word.
+    assert "first failure: rank" in "\n".join(result.stderr.splitlines()[-8:]), result.stderr[-2000:]
