@@ -22,6 +22,9 @@ One JSON line per measurement into bench/results/cpu-<time>.jsonl, `section` nam
   decoded cache.
 - launch: time from `launcher run` to the first optimizer step, minus the build and that step
   (launch_overhead_s), with spawned and forked ranks, and a plain script's time to its first step.
+- rank_gather: what the per-rank timings cost (issue 24): the log step's one all_gather of every
+  rank's loss, flag, target count and timings (launcher.runtime.dist.gather_rows), in a real
+  2-process gloo group on this machine, per call and averaged over a log interval.
 - optimizer: ms per AdamW step on the CPU over 50M parameters (ZeRO-Offload's optimizer step), for
   torch's AdamW (foreach, its default, and fused) and DeepSpeed's CPU Adam, and which one the
   DeepSpeed backend builds for `offload_optimizer: true` over the recipe's parameter groups.
@@ -58,6 +61,7 @@ SCHEMA = {
     "loader": {"pipeline", "samples_per_s_per_core", "samples", "bytes_per_sample"},
     "launch": {"variant", "launch_overhead_s", "launch_to_first_step_s", "over_plain_script_s", "repeats"},
     "optimizer": {"optimizer", "ms_per_step", "parameters", "threads", "repeats", "chosen_for_offload"},
+    "rank_gather": {"world_size", "ms_per_gather", "log_every", "ms_per_step", "gathers"},
 }
 
 
@@ -400,9 +404,51 @@ def run_cpu(tiny: bool, out_dir: Path, work: Path, generate_text, generate_image
             write(loader_throughput(case, data, work, samples, extra))
         for record in launch(repeats if not tiny else 1, work):
             write(record)
+        write(rank_gather_cost(200 if tiny else 5000))
         for record in offload_optimizers(1_000_000 if tiny else 50_000_000, 1 if tiny else 7, not tiny):
             write(record)
     return out_file
+
+
+def rank_gather_cost(gathers: int, world_size: int = 2) -> dict:
+    """The log step's gather (trainer._log_interval), timed on rank 0 of a fresh gloo group."""
+    import torch.multiprocessing as mp
+
+    from launcher.config.schema import TrainConfig
+
+    port = _free_port()
+    results = mp.get_context("spawn").SimpleQueue()
+    workers = [mp.get_context("spawn").Process(target=_gather_worker, args=(rank, world_size, port, gathers, results))
+               for rank in range(world_size)]
+    for worker in workers:
+        worker.start()
+    ms = results.get()
+    for worker in workers:
+        worker.join()
+    log_every = TrainConfig.log_every
+    return {"section": "rank_gather", "world_size": world_size, "ms_per_gather": ms, "log_every": log_every,
+            "ms_per_step": ms / log_every, "gathers": gathers}
+
+
+def _gather_worker(rank: int, world_size: int, port: int, gathers: int, results) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from launcher.runtime.dist import gather_rows
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    row = torch.arange(5, dtype=torch.float64)  # loss, flag, target count, data and compute time
+    for _ in range(20):
+        gather_rows(row)  # warm-up: connections made
+    times = []
+    for _ in range(gathers):
+        started = time.perf_counter()
+        gather_rows(row)
+        times.append((time.perf_counter() - started) * 1e3)
+    if rank == 0:
+        results.put(statistics.median(times))
+    dist.destroy_process_group()
 
 
 def offload_optimizers(parameters: int, repeats: int, with_deepspeed: bool = True) -> list[dict]:

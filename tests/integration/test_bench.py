@@ -112,7 +112,8 @@ def test_cpu_proxy_benchmark_writes_every_section_in_its_schema(tmp_path):
     assert len(files) == 1
     records = [json.loads(line) for line in files[0].read_text().splitlines()]
     sections = {r["section"] for r in records}
-    assert sections == {"host_overhead", "syncs", "attention", "loader", "launch", "optimizer"}, sections
+    assert sections == {"host_overhead", "syncs", "attention", "loader", "launch", "optimizer",
+                        "rank_gather"}, sections
     sys.path.insert(0, str(ROOT))
     from bench.cpu import check_schema
 
