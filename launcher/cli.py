@@ -296,6 +296,51 @@ def report(run_dir, output):
     click.echo(f"wrote {path}")
 
 
+@main.command(epilog=_OVERRIDES_HELP)
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False), callback=_recipe_file)
+@click.argument("overrides", nargs=-1, metavar="KEY=V1,V2... [KEY=VALUE...]")
+@click.option("--nproc", type=click.IntRange(min=1), help="Processes per point (default: cluster.nproc_per_node).")
+@click.option("-k", "--parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Points run side by side (their consoles go to RUN_DIR/logs/task-N.log).")
+@click.option("--run-dir", help="The sweep's directory; point i runs in RUN_DIR/task-i.")
+@click.option("--allow-schedule-change", is_flag=True, help=_ALLOW_HELP)
+def sweep(recipe_path, overrides, nproc, parallel, run_dir, allow_schedule_change):
+    """Run a grid of points on this machine: each KEY=V1,V2 is an axis, every combination a run
+    of its own (RUN_DIR/task-N). The same command again runs only the points not done. Ends with
+    the comparison table and RUN_DIR/compare.png. (`launcher submit --sweep` makes a Slurm array.)"""
+    from launcher.sweep import plan_sweep, run_sweep
+
+    loaded, resolved, plan = _refusing(lambda: plan_sweep(recipe_path, overrides, nproc, run_dir))
+    sys.exit(_refusing(lambda: run_sweep(recipe_path, loaded, resolved, plan, nproc, parallel,
+                                         allow_schedule_change)))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="compare.png", show_default=True,
+              help="Where to write the PNG of the overlaid curves.")
+def compare(run_dirs, output):
+    """Final and best evaluation metrics of runs side by side (a sweep's directory: its points),
+    and their curves overlaid in one PNG."""
+    from pathlib import Path
+
+    from launcher.compare import expand, table
+
+    runs = expand([Path(d) for d in run_dirs])
+    if not runs:
+        _fail(ValueError(f"no metrics.jsonl in {', '.join(run_dirs)}\n      HINT: give run directories (or a "
+                         "sweep's) that have logged a step"))
+    click.echo(table(runs), nl=False)
+    try:
+        from launcher.report import draw_overlay
+
+        path = draw_overlay({r.label: r.history for r in runs}, ", ".join(Path(d).name for d in run_dirs),
+                            Path(output))
+    except ImportError as error:
+        _fail(ValueError(f"the PNG needs matplotlib ({error})\n      HINT: pip install matplotlib"))
+    click.echo(f"wrote {path}", err=True)
+
+
 @main.command()
 @click.argument("target", metavar="RUN_DIR|JOB_ID")
 def cancel(target):

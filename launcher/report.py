@@ -3,8 +3,8 @@
 Four panels over the global step: training and evaluation loss, the other evaluation metrics,
 the learning rate, and throughput. metrics.jsonl holds one history across resumes and restarts
 (a resumed run drops the records after its checkpoint); each start writes a startup record at its
-first step, and those steps are marked on every panel. Shared with any later plot (a sweep's
-overlaid curves): `read_history` and `draw` know nothing of the command line. matplotlib is
+first step, and those steps are marked on every panel. `launcher compare` and a sweep's summary
+overlay several runs with `draw_overlay`; nothing here knows the command line. matplotlib is
 imported here only, with the file-only Agg backend (no display on a cluster node).
 """
 
@@ -57,9 +57,7 @@ def draw(history: History, title: str, output: Path) -> Path:
     loss, metrics, lr, speed = axes.flat
     _curve(loss, history.train, "loss", "train loss")
     _curve(loss, history.evals, "eval_loss", "eval loss", marker="o")
-    eval_keys = sorted({k for r in history.evals for k, v in r.items()
-                        if k not in _NOT_EVAL and k != "eval_loss" and _number(v)})
-    for key in eval_keys:
+    for key in [k for k in eval_keys(history) if k != "eval_loss"]:
         _curve(metrics, history.evals, key, key, marker="o")
     _curve(lr, history.train, "lr", "learning rate")
     _curve(speed, history.train, "samples_per_s", "samples/s")
@@ -74,6 +72,42 @@ def draw(history: History, title: str, output: Path) -> Path:
             axis.text(0.5, 0.5, "nothing logged", ha="center", va="center", transform=axis.transAxes)
     starts = f"; resumed after step {', '.join(map(str, history.starts))} (dashed)" if history.starts else ""
     figure.suptitle(title + starts)
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+    return output
+
+
+def eval_keys(history: History) -> list[str]:
+    return sorted({k for r in history.evals for k, v in r.items() if k not in _NOT_EVAL and _number(v)})
+
+
+def draw_overlay(histories: dict[str, History], title: str, output: Path) -> Path:
+    """Several runs on shared axes (`launcher compare`, a sweep's summary): one panel per
+    evaluation metric and one of training loss, a line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for h in histories.values() for k in eval_keys(h)})
+    panels = ["loss", *keys]
+    columns = min(3, len(panels))
+    rows = (len(panels) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), constrained_layout=True,
+                                squeeze=False)
+    for axis, panel in zip(axes.flat, panels, strict=False):
+        for label, history in histories.items():
+            if panel == "loss":
+                _curve(axis, history.train, "loss", label)
+            else:
+                _curve(axis, history.evals, panel, label, marker="o")
+        axis.set_title("train loss" if panel == "loss" else panel)
+        axis.set_xlabel("step")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize="x-small")
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
+    figure.suptitle(title)
     figure.savefig(output, dpi=100)
     plt.close(figure)
     return output

@@ -1,0 +1,71 @@
+"""`launcher compare RUN_DIR...`: the final and best evaluation metrics of several runs side by
+side, and their curves overlaid in one PNG (report.draw_overlay). A sweep's directory stands for
+its task-N runs, each labelled with the values it was given (sweep.json)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.report import History, eval_keys, read_history
+from launcher.rundir.layout import SWEEP_TASK, RunDir
+
+SWEEP_RECORD = "sweep.json"
+_LOWER_IS_BETTER = ("loss", "perplexity", "error")
+
+
+@dataclass
+class Compared:
+    label: str
+    run_dir: Path
+    history: History
+
+
+def expand(run_dirs: list[Path]) -> list[Compared]:
+    """Each run directory, or a sweep's task runs in task order, with a label each."""
+    found = []
+    for run_dir in run_dirs:
+        tasks = sorted((p for p in run_dir.iterdir() if p.is_dir() and SWEEP_TASK.fullmatch(p.name)),
+                       key=lambda p: int(p.name.split("-")[1])) if run_dir.is_dir() else []
+        labels = _sweep_labels(run_dir)
+        for run in tasks or [run_dir]:
+            if RunDir(run).metrics.is_file():
+                found.append(Compared(labels.get(run.name, str(run)), run, read_history(RunDir(run).metrics)))
+    return found
+
+
+def _sweep_labels(root: Path) -> dict[str, str]:
+    try:
+        points = json.loads((root / SWEEP_RECORD).read_text(encoding="utf-8"))["points"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {p["task"]: f"{p['task']}: {' '.join(p['values'])}" for p in points}
+
+
+def lower_is_better(key: str) -> bool:
+    return any(word in key for word in _LOWER_IS_BETTER)
+
+
+def table(runs: list[Compared]) -> str:
+    """One row per run: its last training loss, then each evaluation metric's final and best."""
+    keys = sorted({k for run in runs for k in eval_keys(run.history)})
+    header = ["run", "step", "loss"] + [f"{k} {which}" for k in keys for which in ("final", "best")]
+    rows = []
+    for run in runs:
+        train = run.history.train
+        row = [run.label, str(train[-1]["step"]) if train else "-", _fmt(train[-1]["loss"]) if train else "-"]
+        for key in keys:
+            values = [r[key] for r in run.history.evals if isinstance(r.get(key), (int, float))]
+            finite = [v for v in values if math.isfinite(v)]
+            best = (min if lower_is_better(key) else max)(finite) if finite else None
+            row += [_fmt(values[-1]) if values else "-", _fmt(best) if best is not None else "-"]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]]) + "\n"
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
