@@ -30,7 +30,7 @@ from typing import Literal
 from launcher.data.paths import path_problems
 
 # Bump when pair construction or the cache layout changes: old caches are then never reused.
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 4  # 3: NSP negatives from the corpus itself; 4: the fill-mask probe
 DESCRIPTION = "BERT pretraining, masked LM + next sentence prediction (transformers BertForPreTraining)"
 
 # (layers, hidden, heads): Google's BERT miniatures (Turc et al., 2019) and the paper's sizes.
@@ -70,10 +70,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    corpus: str = "package:austen"  # file, directory, hf:DIR, json:FILE, package:austen|kjv
-    # "" draws NSP negatives from the corpus itself (the paper). Another corpus makes NSP a
-    # corpus-discrimination task: learnable in minutes, but not a coherence signal.
-    negatives: str = ""
+    # file, directory, hf:DIR, json:FILE, package:austen|kjv. NSP's "random next sentence" comes
+    # from another document of this same corpus, as in the paper (a second corpus would make NSP a
+    # test of which corpus a span is from, not of what follows what).
+    corpus: str = "package:austen"
     text_field: str = "text"
     tokenizer: str = ""  # local tokenizer directory (AutoTokenizer); "" trains WordPiece on the corpus
     vocab_size: int = 8192
@@ -107,7 +107,7 @@ class DataConfig:
         if self.max_predictions <= 0 or self.dupe_factor <= 0:
             out.append(("max_predictions", "max_predictions and dupe_factor must be > 0", "20 and 2"))
         # Found before launch, not in the ranks:
-        out += path_problems(corpus=self.corpus, negatives=self.negatives, tokenizer=self.tokenizer)
+        out += path_problems(corpus=self.corpus, tokenizer=self.tokenizer)
         return out
 
 
@@ -143,14 +143,34 @@ def build(recipe, ctx):
         out = model(**batch)
         return out["loss_sum"], out["masked"]
 
+    # The baselines the accuracies are read against, on the same held-out positions and pairs:
+    # always guessing the training text's most frequent token, and always the held-out majority label.
+    special = torch.tensor(tokenizer.all_special_ids)
+    counts = torch.bincount(train_pairs["tokens"].long())
+    counts[special[special < len(counts)]] = 0
+    most_frequent = int(counts.argmax())
+    majority = int(eval_pairs["labels"].float().mean() >= 0.5)
+    probe = _probe_batch(torch.load(cache / "probe.pt", weights_only=True), ctx.rank, ctx.world_size,
+                         data_cfg.max_predictions)
+
     def evaluate(model, batches):
-        totals = torch.zeros(5, dtype=torch.float64, device=batches[0]["input_ids"].device)
+        totals = torch.zeros(7, dtype=torch.float64, device=batches[0]["input_ids"].device)
         for batch in batches:
             out = model(**batch)
-            totals += torch.stack([out[k].double() for k in ("mlm_sum", "masked", "mlm_correct",
-                                                             "nsp_correct", "pairs")])
+            totals += torch.stack([*(out[k].double() for k in ("mlm_sum", "masked", "mlm_correct", "nsp_correct",
+                                                               "pairs")),
+                                   (batch["mlm_labels"] == most_frequent).sum().double(),
+                                   (batch["next_sentence_label"] == majority).sum().double()])
+        device = totals.device
+        if probe["count"]:  # this rank's share of the fill-mask probe
+            out = model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in probe["batch"].items()})
+            hits = out["mlm_top5"].double()
+        else:
+            hits = torch.zeros((), dtype=torch.float64, device=device)
         return {"mlm_loss": (totals[0], totals[1]), "mlm_accuracy": (totals[2], totals[1]),
-                "nsp_accuracy": (totals[3], totals[4])}
+                "mlm_baseline_accuracy": (totals[5], totals[1]),
+                "nsp_accuracy": (totals[3], totals[4]), "nsp_baseline_accuracy": (totals[6], totals[4]),
+                "fill_mask_top5": (hits, torch.tensor(float(probe["total"]), dtype=torch.float64, device=device))}
 
     def export(model, state, directory):
         prefix = "bert."  # the wrapper's attribute holding BertForPreTraining
@@ -200,7 +220,7 @@ def _pretraining_module(bert, nsp_weight: float, compile_loss: bool = False):
             self.bert.gradient_checkpointing_enable(**kwargs)
 
         def forward(self, input_ids, attention_mask, token_type_ids, next_sentence_label, mlm_positions,
-                    mlm_labels, **_):
+                    mlm_labels, count_top5: bool = False, **_):
             if self.bert.config._attn_implementation == "sdpa":
                 # Given as SDPA's own broadcastable boolean mask (batch, 1, 1, keys): transformers
                 # then uses it as it is, where from the 2D mask it would first test on the host
@@ -219,10 +239,12 @@ def _pretraining_module(bert, nsp_weight: float, compile_loss: bool = False):
             with torch.no_grad():
                 mlm_correct = ((logits.argmax(-1) == targets) & masked).sum()
                 nsp_correct = (nsp_logits.argmax(-1) == next_sentence_label).sum()
+                top5 = ((logits.topk(5, dim=-1).indices == targets[:, None]).any(-1) & masked).sum() \
+                    if count_top5 else mlm_correct.new_zeros(())
             # One normaliser for the global batch: masked tokens. NSP is weighted as if each pair
             # carried mask_prob x max_seq_len masked tokens, so loss ~ mean MLM + mean NSP.
             return {"loss_sum": mlm_sum + nsp_weight * nsp_sum, "mlm_sum": mlm_sum, "masked": masked.sum(),
-                    "mlm_correct": mlm_correct, "nsp_correct": nsp_correct,
+                    "mlm_correct": mlm_correct, "nsp_correct": nsp_correct, "mlm_top5": top5,
                     "pairs": torch.ones_like(next_sentence_label).sum()}  # a kernel, not a host copy
 
     return BertPretraining()
@@ -259,9 +281,8 @@ def _cache_directory(cfg: DataConfig) -> Path:
     settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
     settings["format_version"] = PREPROCESS_VERSION
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    for spec in filter(None, (cfg.corpus, cfg.negatives)):  # the data itself, not only its name
-        for document in load_documents(spec, cfg.text_field):
-            digest.update("\n".join(document).encode())
+    for document in load_documents(cfg.corpus, cfg.text_field):  # the data itself, not only its name
+        digest.update("\n".join(document).encode())
     if cfg.tokenizer:
         for path in sorted(p for p in Path(cfg.tokenizer).rglob("*") if p.is_file()):
             digest.update(str(path.relative_to(cfg.tokenizer)).encode() + path.read_bytes())
@@ -281,18 +302,18 @@ def _build_pairs(cfg: DataConfig, tmp: Path) -> dict:
     from launcher.data.corpora import load_documents
 
     documents = load_documents(cfg.corpus, cfg.text_field)
-    negatives = load_documents(cfg.negatives, cfg.text_field) if cfg.negatives else None
     rng = random.Random(cfg.seed)
     order = list(range(len(documents)))
     rng.shuffle(order)
-    n_eval = max(1, round(len(documents) * cfg.eval_fraction))
+    n_eval = max(2, round(len(documents) * cfg.eval_fraction))  # 2: a held-out pair's random B needs another
     eval_docs = [documents[i] for i in order[:n_eval]]
     train_docs = [documents[i] for i in order[n_eval:]]
+    _check_documents(cfg.corpus, train_docs, eval_docs)
 
     if cfg.tokenizer:
         tokenizer = _load_tokenizer(cfg.tokenizer)
     else:
-        texts = [s for doc in train_docs + (negatives or []) for s in doc]
+        texts = [s for doc in train_docs for s in doc]
         tokenizer = train_wordpiece(texts, cfg.vocab_size, cfg.lowercase)
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
 
@@ -306,18 +327,66 @@ def _build_pairs(cfg: DataConfig, tmp: Path) -> dict:
         return [d for d in out if d]
 
     train_tok, eval_tok = encode(train_docs), encode(eval_docs)
-    negative_tok = encode(negatives) if negatives else None
+    _check_documents(cfg.corpus, train_tok, eval_tok)
+    torch.save(fill_mask_probe(train_tok, eval_tok, tokenizer, cfg.max_seq_len, random.Random(cfg.seed + 2)),
+               tmp / "probe.pt")
     splits = (("train", train_tok, cfg.seed, cfg.dupe_factor), ("eval", eval_tok, cfg.seed + 1, 1))
     for name, docs, seed, dupes in splits:
         pairs = []
         pair_rng = random.Random(seed)
         for _ in range(dupes):
             for index in range(len(docs)):
-                pairs += create_pairs(docs, index, pair_rng, cfg.max_seq_len, cfg.short_seq_prob,
-                                      negative_docs=negative_tok)
+                pairs += create_pairs(docs, index, pair_rng, cfg.max_seq_len, cfg.short_seq_prob)
         pair_rng.shuffle(pairs)
         torch.save(pack_pairs(pairs), tmp / f"{name}.pt")
     return {"train_documents": len(train_tok), "eval_documents": len(eval_tok)}
+
+
+PROBE_SENTENCES = 100
+PROBE_SKIP_FREQUENT = 100
+
+
+def fill_mask_probe(train_docs, eval_docs, tokenizer, max_seq_len: int, rng: random.Random) -> dict:
+    """The fill-mask probe (`fill_mask_top5`): up to 100 held-out sentences, one word each masked,
+    a whole word (one WordPiece) outside the training text's 100 most frequent tokens, so that
+    guessing frequent words scores nothing and context must name it."""
+    import collections
+
+    import torch
+
+    counts = collections.Counter(t for doc in train_docs for sentence in doc for t in sentence)
+    frequent = {t for t, _ in counts.most_common(PROBE_SKIP_FREQUENT)} | set(tokenizer.all_special_ids)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    sentences = [s for doc in eval_docs for s in doc if 8 <= len(s) <= max_seq_len - 2]
+    rng.shuffle(sentences)
+    rows, positions, targets = [], [], []
+    for sentence in sentences:
+        whole_words = [i for i, t in enumerate(sentence) if t not in frequent and not pieces[t].startswith("##")
+                       and (i + 1 == len(sentence) or not pieces[sentence[i + 1]].startswith("##"))
+                       and pieces[t].isalpha()]
+        if not whole_words:
+            continue
+        position = rng.choice(whole_words)
+        rows.append([tokenizer.cls_token_id, *sentence, tokenizer.sep_token_id])
+        positions.append(position + 1)
+        targets.append(sentence[position])
+        rows[-1][position + 1] = tokenizer.mask_token_id
+        if len(rows) == PROBE_SENTENCES:
+            break
+    width = max(map(len, rows))
+    return {"input_ids": torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows]),
+            "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+            "positions": torch.tensor(positions), "targets": torch.tensor(targets)}
+
+
+def _check_documents(corpus: str, train: list, held_out: list) -> None:
+    for name, docs in (("training", train), ("held-out", held_out)):
+        if len(docs) < 2:
+            from launcher.data.corpora import CorpusError
+
+            raise CorpusError(f"{corpus}: {len(docs)} {name} document(s) with text; NSP's random next sentence "
+                              "comes from another document of the corpus, so each split needs at least 2 "
+                              "(documents are files, chapters, or records of a JSON corpus)")
 
 
 def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool):
@@ -340,12 +409,12 @@ def _load_tokenizer(path):
 
 
 def create_pairs(docs: list[list[list[int]]], index: int, rng: random.Random, max_seq_len: int,
-                 short_seq_prob: float, negative_docs=None) -> list[tuple[list[int], list[int], int]]:
-    """NSP pairs (A, B, is_random) from one document, as in google-research/bert."""
+                 short_seq_prob: float) -> list[tuple[list[int], list[int], int]]:
+    """NSP pairs (A, B, is_random) from document `index`, as in google-research/bert: B is A's
+    continuation, or (is_random) a span of another document of the same corpus."""
     max_tokens = max_seq_len - 3  # [CLS] A [SEP] B [SEP]
     target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
     document = docs[index]
-    pool = negative_docs if negative_docs else docs
     pairs, chunk, length, i = [], [], 0, 0
     while i < len(document):
         chunk.append(document[i])
@@ -366,7 +435,7 @@ def create_pairs(docs: list[list[list[int]]], index: int, rng: random.Random, ma
             a = [t for seg in chunk[:a_end] for t in seg]
             if is_random or len(chunk) == 1:
                 is_random = True
-                b = _random_span(pool, None if negative_docs else index, rng, max(1, target - len(a)))
+                b = _random_span(docs, index, rng, max(1, target - len(a)))
                 i -= len(chunk) - a_end  # the unused segments start the next pair
             else:
                 b = [t for seg in chunk[a_end:] for t in seg]
@@ -379,12 +448,10 @@ def create_pairs(docs: list[list[list[int]]], index: int, rng: random.Random, ma
     return pairs
 
 
-def _random_span(pool, exclude: int | None, rng: random.Random, target: int) -> list[int]:
-    for _ in range(10):
-        pick = rng.randrange(len(pool))
-        if pick != exclude or len(pool) == 1:
-            break
-    document = pool[pick]
+def _random_span(docs, exclude: int, rng: random.Random, target: int) -> list[int]:
+    """A span of any document but `exclude` (the split has at least 2: _build_pairs checks)."""
+    pick = rng.randrange(len(docs) - 1)
+    document = docs[pick + (pick >= exclude)]
     start = rng.randrange(len(document))
     span: list[int] = []
     for segment in document[start:]:
@@ -401,6 +468,22 @@ def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Rand
             del longer[0]
         else:
             longer.pop()
+
+
+def _probe_batch(probe: dict, rank: int, world_size: int, max_predictions: int) -> dict:
+    """This rank's share of the probe sentences as one model batch (the ranks' hits are summed);
+    the total is over all ranks, so each rank reports its hits out of every probe."""
+    import torch
+
+    rows = list(range(rank, len(probe["targets"]), world_size))
+    batch = {"input_ids": probe["input_ids"][rows], "attention_mask": probe["attention_mask"][rows],
+             "token_type_ids": torch.zeros_like(probe["input_ids"][rows]),
+             "next_sentence_label": torch.zeros(len(rows), dtype=torch.long),
+             "mlm_positions": torch.zeros(len(rows), max_predictions, dtype=torch.long),
+             "mlm_labels": torch.full((len(rows), max_predictions), -100, dtype=torch.long), "count_top5": True}
+    batch["mlm_positions"][:, 0] = probe["positions"][rows]
+    batch["mlm_labels"][:, 0] = probe["targets"][rows]
+    return {"batch": batch, "count": len(rows), "total": len(probe["targets"]) / world_size}
 
 
 def pack_pairs(pairs) -> dict:

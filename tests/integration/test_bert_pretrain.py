@@ -1,4 +1,4 @@
-"""BERT pretraining on real text (Jane Austen, KJV negatives) through `launcher run`, 2 processes."""
+"""BERT pretraining on real text (Jane Austen; NSP negatives from other chapters), `launcher run`, 2 processes."""
 
 from __future__ import annotations
 
@@ -19,25 +19,40 @@ TINY = ROOT / "recipes" / "bert-pretrain-tiny.yaml"
 def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("bert") / "run"
     cache = tmp_path_factory.mktemp("cache")
-    result = launch(TINY, run_dir, nproc=2, env=launcher_env(LAUNCHER_CACHE_DIR=str(cache)), timeout=900)
+    # A third of the recipe's 1,500 steps (its own LR schedule): 90 s on 2 cores; the whole recipe is heavy below.
+    result = launch(TINY, run_dir, "train.steps=500", "train.log_every=50", nproc=2,
+                    env=launcher_env(LAUNCHER_CACHE_DIR=str(cache)), timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return run_dir, result, cache
 
 
-def test_tiny_bert_learns_mlm_and_nsp(tiny_run):
+def test_tiny_bert_learns_mlm_from_context_beyond_the_frequent_token_baseline(tiny_run):
     run_dir, _, _ = tiny_run
     records = metrics(run_dir)
     evals = [r for r in records if "mlm_accuracy" in r]
     train = [r for r in records if "loss" in r]
     vocab = _vocab_size(run_dir)
     final = evals[-1]
-    # Measured (2 processes, 2 CPU cores, 500 steps, ~80 s): first logged loss 8.4 ~ ln(4096) = 8.32;
-    # final held-out MLM loss 6.07, MLM accuracy 0.076 (always guessing the most frequent token
-    # scores 0.065; 1000 steps reach 0.127), NSP accuracy 0.99.
+    # Measured (2 processes, 2 CPU cores, 500 steps, 93 s): held-out MLM loss 5.80, MLM accuracy
+    # 0.121 against 0.059 for always the most frequent token (2.0x; the whole recipe: 2.7x).
     assert train[0]["loss"] > math.log(vocab) - 0.5
     assert final["mlm_loss"] < math.log(vocab) - 1.5
-    assert final["mlm_accuracy"] > 0.06
-    assert final["nsp_accuracy"] > 0.80  # held-out pairs; chance is 0.5
+    assert 0.03 < final["mlm_baseline_accuracy"] < 0.1
+    assert final["mlm_accuracy"] > 1.7 * final["mlm_baseline_accuracy"]
+    # NSP's negatives are other chapters of the novels: no corpus shift to learn in 500 steps.
+    assert final["nsp_baseline_accuracy"] >= 0.5 and 0.4 < final["nsp_accuracy"] < 0.8
+    assert 0 <= final["fill_mask_top5"] <= 1
+
+
+@pytest.mark.heavy  # the recipe as shipped: 4-5 minutes on 2 cores
+def test_the_tiny_recipe_reaches_its_header_figures(tmp_path):
+    result = launch(TINY, tmp_path / "run", nproc=2, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = [r for r in metrics(tmp_path / "run") if "mlm_accuracy" in r][-1]
+    # Measured: MLM 0.157 against 0.059 (2.7x), NSP 0.689 against 0.518, fill_mask_top5 0.
+    assert final["step"] == 1500
+    assert final["mlm_accuracy"] >= 2 * final["mlm_baseline_accuracy"]
+    assert final["nsp_accuracy"] >= final["nsp_baseline_accuracy"] + 0.08
 
 
 def test_exported_model_loads_and_fills_a_mask(tiny_run):

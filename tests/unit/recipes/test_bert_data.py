@@ -104,6 +104,50 @@ def test_actual_next_pairs_are_contiguous_text(tokenizer):
                 assert any(flat[i:i + len(joined)] == joined for i in range(len(flat)))
 
 
+def test_nsp_pairs_straddle_documents_exactly_when_the_label_is_random():
+    """Each token names its document (doc * 1000 + position): a pair's B comes from A's document,
+    right after A, when the label says "next", and from another document of the same corpus when
+    it says "random". Nothing comes from outside the corpus given."""
+    docs = [[[d * 1000 + s * 10 + t for t in range(7)] for s in range(12)] for d in range(6)]
+    labels = []
+    for index in range(len(docs)):
+        for a, b, is_random in create_pairs(docs, index, random.Random(index), 48, 0.1):
+            a_docs, b_docs = {t // 1000 for t in a}, {t // 1000 for t in b}
+            assert a_docs == {index}
+            assert b_docs <= set(range(len(docs)))  # the same corpus, always
+            assert (b_docs != {index}) == bool(is_random), (a, b, is_random)
+            if not is_random:
+                assert b[0] > a[-1]  # B continues A
+            labels.append(is_random)
+    assert 0.3 < sum(labels) / len(labels) < 0.7
+
+
+def test_nsp_negatives_cannot_come_from_another_corpus():
+    """The tiny recipe drew its "random next sentence" from the KJV while the text was Austen: NSP
+    became telling the two apart. There is no such setting any more, and the shipped recipe plans."""
+    from click.testing import CliRunner
+
+    from launcher.cli import main
+    from tests.helpers import ROOT
+
+    tiny = str(ROOT / "recipes" / "bert-pretrain-tiny.yaml")
+    refused = CliRunner().invoke(main, ["plan", tiny, "data.negatives=package:kjv"])
+    assert refused.exit_code == 2 and "`data.negatives`: unknown key" in refused.output
+    assert CliRunner().invoke(main, ["plan", tiny]).exit_code == 0
+
+
+def test_a_corpus_needs_two_documents_per_split_for_nsp(tmp_path):
+    import pytest
+
+    from launcher.data.corpora import CorpusError
+    from launcher.recipes.bert_pretrain import _build_pairs
+
+    corpus = tmp_path / "one.txt"
+    corpus.write_text("One sentence here. Another one there. " * 50)
+    with pytest.raises(CorpusError, match="at least 2"):
+        _build_pairs(DataConfig(corpus=str(corpus), vocab_size=200), tmp_path)
+
+
 def test_masks_are_a_function_of_the_stream_position(tokenizer):
     docs = _documents(tokenizer)
     pairs = [p for i in range(len(docs)) for p in create_pairs(docs, i, random.Random(i), 48, 0.1)]
