@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from launcher.cli import main
 from tests.helpers import ROOT
 
-SUBCOMMANDS = ["run", "plan", "validate", "ls", "cp", "submit", "status", "logs", "report", "cancel"]
+SUBCOMMANDS = ["run", "plan", "validate", "ls", "cp", "submit", "status", "logs", "report", "cancel", "sweep",
+               "compare"]
 
 
 @pytest.mark.parametrize("command", [[]] + [[name] for name in SUBCOMMANDS])
