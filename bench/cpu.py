@@ -220,7 +220,7 @@ def recipe_task(case: str, data: dict[str, Path], work: Path, extra: tuple[str, 
 RECIPES = {
     "mlp": ("mlp-tiny.yaml", ["batch.global=16", "batch.micro=8"]),
     "gpt": ("gpt-pretrain-tiny.yaml", ["data.corpus={text}", "batch.global=8", "batch.micro=4"]),
-    "bert": ("bert-pretrain-tiny.yaml", ["data.corpus={text}", "data.negatives=", "batch.global=8",
+    "bert": ("bert-pretrain-tiny.yaml", ["data.corpus={text}", "batch.global=8",
                                          "batch.micro=4", "data.dupe_factor=1"]),
     "resnet": ("resnet-pretrain-tiny.yaml", ["data.source={images}", "data.image_size=32", "batch.global=8",
                                              "batch.micro=4", "data.train_limit=0", "data.eval_limit=8"]),

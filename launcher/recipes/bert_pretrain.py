@@ -167,10 +167,12 @@ def build(recipe, ctx):
             hits = out["mlm_top5"].double()
         else:
             hits = torch.zeros((), dtype=torch.float64, device=device)
-        return {"mlm_loss": (totals[0], totals[1]), "mlm_accuracy": (totals[2], totals[1]),
-                "mlm_baseline_accuracy": (totals[5], totals[1]),
-                "nsp_accuracy": (totals[3], totals[4]), "nsp_baseline_accuracy": (totals[6], totals[4]),
-                "fill_mask_top5": (hits, torch.tensor(float(probe["total"]), dtype=torch.float64, device=device))}
+        metrics = {"mlm_loss": (totals[0], totals[1]), "mlm_accuracy": (totals[2], totals[1]),
+                   "mlm_baseline_accuracy": (totals[5], totals[1]),
+                   "nsp_accuracy": (totals[3], totals[4]), "nsp_baseline_accuracy": (totals[6], totals[4])}
+        if probe["total"]:
+            metrics["fill_mask_top5"] = (hits, torch.tensor(float(probe["total"]), dtype=torch.float64, device=device))
+        return metrics
 
     def export(model, state, directory):
         prefix = "bert."  # the wrapper's attribute holding BertForPreTraining
@@ -373,6 +375,9 @@ def fill_mask_probe(train_docs, eval_docs, tokenizer, max_seq_len: int, rng: ran
         rows[-1][position + 1] = tokenizer.mask_token_id
         if len(rows) == PROBE_SENTENCES:
             break
+    if not rows:  # a corpus without such words (generated text, say): no probe, no fill_mask_top5
+        empty = torch.zeros((0, 2), dtype=torch.long)
+        return {"input_ids": empty, "attention_mask": empty, "positions": empty[:, 0], "targets": empty[:, 0]}
     width = max(map(len, rows))
     return {"input_ids": torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows]),
             "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
