@@ -73,13 +73,14 @@ def send_failure(run_dir: str, tracking, summary: str, status: int) -> None:
     metrics = RunDir(run_dir).metrics
     record = {"step": _last_step(metrics), "alert": {"kind": "failure", "level": LEVELS["failure"], "title": title,
                                                       "text": text}}
-    try:
-        with open(metrics, "a", encoding="utf-8") as handle:
-            import json
+    if metrics.exists():  # a run that failed before its first step has no metrics: W&B still hears of it
+        import json
 
-            handle.write(json.dumps(record) + "\n")
-    except OSError:
-        pass  # a run that failed before its directory held metrics: W&B still hears of it
+        try:
+            with open(metrics, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError:
+            pass
     if "wandb" not in tracking.backends or tracking.mode == "disabled":
         return
     from launcher.tracking import _wandb_tracker, job_run_id

@@ -86,10 +86,12 @@ def report_failure(run_dir: str, status: int, max_restarts: int, tracking=None) 
     if found is None:
         _say("the job failed before any rank started; see the output above")
         return
-    failure.write(run_dir, found)
     summary = failure.render(found, max_restarts)
     if tracking is not None:
-        send_failure(run_dir, tracking, summary, status)  # before the summary: it stays the last lines
+        # Before failure.json (`launcher status` reads a failure newer than the metrics as how the
+        # run ended) and before the summary (which stays the console's last lines).
+        send_failure(run_dir, tracking, summary, status)
+    failure.write(run_dir, found)
     _say(summary.replace("\n", "\nlauncher: "))
 
 

@@ -354,7 +354,12 @@ def test_two_nodes_name_the_slow_rank_and_its_host_and_both_machines_land_in_the
         assert stats and all(key.endswith(f"/l:{label}") for key in stats), (label, stats[:5])
     node2_records = _wandb_records(node2)
     assert not [r for r in node2_records if r["type"] == "history"]  # training metrics: rank 0's alone
-    assert any(r["type"] == "alert" for r in _wandb_records(primary))
+    primary_records = _wandb_records(primary)
+    assert any(r["type"] == "alert" for r in primary_records)
+    # The per-rank timings reached W&B's history too, with the slow rank's host.
+    history = [r["history"]["item"] for r in primary_records if r["type"] == "history"]
+    timed = [h for h in history if "data_s_max" in h]
+    assert timed and all(h["slowest_rank"] == 1 and h["slowest_host"] == "node2" for h in timed), timed[:2]
 
 
 @pytest.mark.parametrize("shell", ["ssh", "pdsh"])
