@@ -81,9 +81,10 @@ def send_failure(run_dir: str, tracking, summary: str, status: int) -> None:
                 handle.write(json.dumps(record) + "\n")
         except OSError:
             pass
-    if "wandb" not in tracking.backends or tracking.mode == "disabled":
+    from launcher.tracking import _wandb_tracker, job_run_id, wandb_on
+
+    if not wandb_on(tracking):
         return
-    from launcher.tracking import _wandb_tracker, job_run_id
 
     tracker = _wandb_tracker(tracking, run_dir, job_run_id(run_dir), name, {})
     tracker.alert("failure", title, text, LEVELS["failure"], tracking.alert_interval_s)

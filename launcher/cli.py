@@ -324,7 +324,7 @@ def compare(run_dirs, output):
     and their curves overlaid in one PNG."""
     from pathlib import Path
 
-    from launcher.compare import expand, table
+    from launcher.compare import expand, plot, table
 
     runs = expand([Path(d) for d in run_dirs])
     if not runs:
@@ -332,10 +332,7 @@ def compare(run_dirs, output):
                          "sweep's) that have logged a step"))
     click.echo(table(runs), nl=False)
     try:
-        from launcher.report import draw_overlay
-
-        path = draw_overlay({r.label: r.history for r in runs}, ", ".join(Path(d).name for d in run_dirs),
-                            Path(output))
+        path = plot(runs, ", ".join(Path(d).name for d in run_dirs), Path(output))
     except ImportError as error:
         _fail(ValueError(f"the PNG needs matplotlib ({error})\n      HINT: pip install matplotlib"))
     click.echo(f"wrote {path}", err=True)

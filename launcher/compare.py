@@ -67,5 +67,12 @@ def table(runs: list[Compared]) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]]) + "\n"
 
 
+def plot(runs: list[Compared], title: str, output: Path) -> Path:
+    """Their curves overlaid in one PNG (ImportError without matplotlib)."""
+    from launcher.report import draw_overlay
+
+    return draw_overlay({run.label: run.history for run in runs}, title, output)
+
+
 def _fmt(value: float) -> str:
     return f"{value:.4g}"

@@ -131,8 +131,10 @@ def _run_points(recipe_path: str, plan: SweepPlan, record: dict, nproc: int | No
                 if proc.poll() is not None:
                     del running[task]
                     _finish(plan, record, task, proc.returncode)
+        from launcher.engines.group import _signal_group
+
         for proc in running.values():  # a stop: each point commits a checkpoint and exits
-            _signal(proc, signal.SIGTERM)
+            _signal_group(proc, signal.SIGTERM)
         for task, proc in running.items():
             _finish(plan, record, task, proc.wait())
     finally:
@@ -178,24 +180,15 @@ def _finish(plan: SweepPlan, record: dict, task: str, returncode: int) -> None:
     _say(f"{task}: {status} (exit status {returncode}){where}")
 
 
-def _signal(proc: subprocess.Popen, signum: int) -> None:
-    try:
-        os.killpg(proc.pid, signum)
-    except ProcessLookupError:
-        pass
-
-
 def _summarize(root: Path) -> None:
-    from launcher.compare import expand, table
+    from launcher.compare import expand, plot, table
 
     runs = expand([root])
     if not runs:
         return
     print(table(runs), end="", flush=True)
-    from launcher.report import draw_overlay
-
     try:
-        path = draw_overlay({r.label: r.history for r in runs}, root.name, root / "compare.png")
+        path = plot(runs, root.name, root / "compare.png")
     except ImportError:
         return  # matplotlib comes with the tracking extra; the table says it all
     _say(f"wrote {path}")

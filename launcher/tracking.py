@@ -44,6 +44,11 @@ def has_wandb_credentials(env: dict[str, str] | None = None) -> bool:
         return False
 
 
+def wandb_on(cfg) -> bool:
+    """W&B is among tracking.backends and tracking.mode does not disable it."""
+    return "wandb" in cfg.backends and cfg.mode != "disabled"
+
+
 def node_label() -> str:
     import socket
 
@@ -192,7 +197,7 @@ def make_tracker(cfg, run_dir: str, run_id: str, run_name: str, config: dict, is
     if not is_main:
         return NullTracker()
     trackers = []
-    if "wandb" in cfg.backends and cfg.mode != "disabled":
+    if wandb_on(cfg):
         label = node_label() if cfg.system_metrics == "all_nodes" else ""
         trackers.append(_wandb_tracker(cfg, run_dir, run_id, run_name, config, label))
     if "tensorboard" in cfg.backends:
@@ -220,16 +225,16 @@ def _wandb_tracker(cfg, run_dir: str, run_id: str, run_name: str, config: dict, 
              f"`wandb sync {run_dir}/wandb/offline-run-*`")
     import wandb
 
-    def init(chosen: str):
+    def settings_for(chosen: str):
         if label:
             from launcher.tracking_nodes import node_settings, shared_mode_available
 
             if shared_mode_available():
-                settings = node_settings(chosen, label, primary=True, init_timeout=cfg.init_timeout)
-            else:
-                settings = wandb.Settings(init_timeout=cfg.init_timeout, silent=True)
-        else:
-            settings = wandb.Settings(init_timeout=cfg.init_timeout, silent=True)
+                return node_settings(chosen, label, primary=True, init_timeout=cfg.init_timeout)
+        return wandb.Settings(init_timeout=cfg.init_timeout, silent=True)
+
+    def init(chosen: str):
+        settings = settings_for(chosen)
         run = wandb.init(project=cfg.project, entity=cfg.entity or None, name=cfg.name or run_name,
                          group=cfg.group or None, tags=list(cfg.tags) or None, notes=cfg.notes or None,
                          id=run_id, resume="allow", dir=run_dir, config=config,

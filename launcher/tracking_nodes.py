@@ -18,8 +18,9 @@ from launcher.rundir.layout import RunDir
 
 def writes_node_metrics(cfg, rank: int, local_rank: int) -> bool:
     """Whether this rank starts its node's secondary writer."""
-    return (cfg.system_metrics == "all_nodes" and "wandb" in cfg.backends and cfg.mode != "disabled"
-            and local_rank == 0 and rank != 0)
+    from launcher.tracking import wandb_on
+
+    return cfg.system_metrics == "all_nodes" and wandb_on(cfg) and local_rank == 0 and rank != 0
 
 
 def shared_mode_available() -> bool:
