@@ -13,6 +13,10 @@ from launcher.config.errors import Problem
 # RFC 1123 labels plus IPv4 addresses; anything else (spaces, `;`, leading `-`) is refused
 # because hostnames end up in ssh/pdsh argv.
 _HOST = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
+_SLOTS = re.compile(r"slots=(\d+)")
+# The common line, `name` or `name slots=N` and nothing else, in one match: a 10,000-host file
+# then parses in a few milliseconds. Anything else takes the careful path that names the problem.
+_PLAIN_LINE = re.compile(r"[ \t]*([A-Za-z0-9_][A-Za-z0-9_.-]{0,252})(?:[ \t]+slots=0*([1-9]\d*))?[ \t]*")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,13 @@ def parse_hostfile(text: str, source: str) -> tuple[list[Host], list[Problem]]:
                                 "save the file as UTF-8 without a BOM", f"{source}:1"))
         text = text[1:]
     for number, line in enumerate(text.splitlines(), start=1):
+        plain = _PLAIN_LINE.fullmatch(line)
+        if plain:
+            name, key = plain.group(1), host_key(plain.group(1))
+            if key not in seen:
+                seen[key] = number
+                hosts.append(Host(name, int(plain.group(2) or 1)))
+                continue
         where = f"{source}:{number}"
         content = line.split("#", 1)[0].strip()
         if not content:
@@ -76,7 +87,7 @@ def _slots(fields: list[str], name: str, where: str, problems: list[Problem]) ->
         return 0
     if not fields:
         return 1
-    match = re.fullmatch(r"slots=(\d+)", fields[0])
+    match = _SLOTS.fullmatch(fields[0])
     if not match or int(match.group(1)) < 1:
         problems.append(Problem("hostfile", f"bad field `{fields[0]}` for host {name}",
                                 "write `slots=N` with N >= 1", where))

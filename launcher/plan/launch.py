@@ -67,8 +67,16 @@ class LaunchPlan:
     def to_dict(self, redact: bool = True) -> dict:
         """Plain data for JSON, field by field (dataclasses.asdict deep-copies every node's argv and
         env first: most of `plan --json`'s time with thousands of hosts)."""
+        redacted: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+
         def env(values: dict[str, str]) -> dict[str, str]:
-            return redact_env(values) if redact else dict(values)
+            if not redact:
+                return dict(values)
+            # Nodes share their environment up to CUDA_VISIBLE_DEVICES: redact each distinct one once.
+            key = tuple(values.items())
+            if key not in redacted:
+                redacted[key] = redact_env(values)
+            return redacted[key]
 
         return {"run_dir": self.run_dir, "engine": self.engine,
                 "nodes": [{"host": n.host, "argv": list(n.argv), "env": env(n.env)} for n in self.nodes],

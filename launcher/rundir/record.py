@@ -36,8 +36,27 @@ def write_run_dir(run: RunDir, resolved: dict, plan: dict) -> None:
 def plan_json(data: dict) -> str:
     """A plan (or {"recipe", "plan"}) as JSON: indented for people when it is small; compact (json's
     C encoder, about 10x faster than its indenting one) for thousands of nodes, read with a tool."""
-    small = len(data.get("plan", data)["nodes"]) <= 64
-    return json.dumps(data, indent=2 if small else None) + "\n"
+    plan = data.get("plan", data)
+    if len(plan["nodes"]) <= 64:
+        return json.dumps(data, indent=2) + "\n"
+    # Thousands of nodes repeat one argv and a few environments: encode each distinct one once and
+    # splice the node list in where a marker stands (a string no recipe or plan can hold).
+    encode = json.JSONEncoder().encode
+    memo: dict[tuple, str] = {}
+
+    def once(value: list[str] | dict[str, str]) -> str:
+        key = tuple(value.items()) if isinstance(value, dict) else tuple(value)
+        text = memo.get(key)
+        if text is None:
+            text = memo[key] = encode(value)
+        return text
+
+    nodes = ", ".join(f'{{"host": {encode(n["host"])}, "argv": {once(n["argv"])}, "env": {once(n["env"])}}}'
+                      for n in plan["nodes"])
+    marker = f"\0nodes-{os.urandom(8).hex()}\0"
+    skeleton = {**plan, "nodes": marker}
+    text = encode({**data, "plan": skeleton} if "plan" in data else skeleton)
+    return text.replace(encode(marker), f"[{nodes}]", 1) + "\n"
 
 
 def environment_record() -> dict:

@@ -156,3 +156,32 @@ def test_an_uneven_plan_starts_each_node_with_its_own_count_and_divides_the_batc
     assert [n["env"]["CUDA_VISIBLE_DEVICES"] for n in plan["nodes"]] == ["2,3", "0,1,2"]
     refused = CliRunner().invoke(main, [*args, "batch.global=64", "batch.micro=4"])
     assert refused.exit_code == 2 and "4 x (2 nodes with 2+3 processes) = 20" in refused.output
+
+
+def test_the_fast_line_path_parses_as_the_careful_one():
+    """Plain `name [slots=N]` lines take one regex match; every other line the careful path. Both
+    must agree on what they accept, and the careful path must still name every problem."""
+    text = ("a slots=2\n  b\t\tslots=3  \nc\nd slots=02\n# comment\n\ne slots=2 # trailing comment\n"
+            "f slots=0\n-g slots=1\nA slots=4\nh slots=x\ni\u00a0slots=2\nj. slots=1\n")
+    hosts, problems = parse_hostfile(text, "hf")
+    assert [(h.name, h.slots) for h in hosts] == [("a", 2), ("b", 3), ("c", 1), ("d", 2), ("e", 2),
+                                                  ("i", 2), ("j.", 1)]
+    assert [(p.where, p.message.split(" ")[0]) for p in problems] == [
+        ("hf:8", "bad"), ("hf:9", "'-g'"), ("hf:10", "duplicate"), ("hf:11", "bad")]
+
+
+def test_a_ten_thousand_node_plan_json_is_what_json_would_write(tmp_path):
+    """Large plans are written by splicing each distinct argv and environment in once; the text must
+    parse to exactly the plan, keys in order, secrets redacted."""
+    import json
+
+    from launcher.rundir.record import plan_json
+
+    nodes = [{"host": f"n{i:05d}", "argv": ["python", "-m", "x", f"--rank-hint={i % 3}"],
+              "env": {"PATH": "/bin", "HF_TOKEN": "<redacted>", "CUDA_VISIBLE_DEVICES": str(i % 2), "Q": 'a"\\\n'}}
+             for i in range(10_000)]
+    data = {"recipe": {"name": "x", "nodes": [], "weird": "\u0000nodes"},
+            "plan": {"run_dir": "/r", "engine": "pdsh", "nodes": nodes, "processes": [], "math": {"g": 1}}}
+    text = plan_json(data)
+    assert json.loads(text) == data and list(json.loads(text)["plan"]) == list(data["plan"])
+    assert text == json.dumps(data) + "\n"  # byte for byte what the C encoder writes
