@@ -18,6 +18,7 @@ position in the global data stream, so a resumed run sees exactly the same crops
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -67,8 +68,14 @@ class DataConfig:
     train_limit: int = 0  # use only the first N training images (0: all)
     eval_limit: int = 0
     workers: int = 0  # DataLoader worker processes
-    # Image folders: decode every file once into an S x S uint8 cache (short side S, centre
-    # square) and crop from that each epoch; 0 decodes each file at every access.
+    # Image folders, one of two one-time stores (0: decode each original file at every access):
+    # jpeg_cache: S re-encodes each picture with its short side at S (JPEG, ~20-40 KB at 256) and
+    # crops from it; decoded_cache: S keeps uint8 S x S centre squares (3 x S x S bytes, no decode).
+    jpeg_cache: int = 0
+    jpeg_quality: int = 90
+    # host: loader processes decode and crop. device: the loader ships the JPEG store's bytes and
+    # crop boxes, and the training device decodes the micro-batch (nvJPEG on CUDA, batched).
+    decode: str = "host"
     decoded_cache: int = 0
     cache_dir: str = ""  # default $LAUNCHER_CACHE_DIR or ~/.cache/launcher
     seed: int = 0
@@ -77,9 +84,19 @@ class DataConfig:
         out = []
         if not 16 <= self.image_size <= 1024:
             out.append(("image_size", "must be in 16..1024", "224 for ImageNet weights"))
-        if self.decoded_cache and self.decoded_cache < self.image_size:
-            out.append(("decoded_cache", f"must be 0 or at least image_size ({self.image_size})",
-                        "256 for image_size 224"))
+        for key in ("jpeg_cache", "decoded_cache"):
+            if 0 < getattr(self, key) < self.image_size:
+                out.append((key, f"must be 0 or at least image_size ({self.image_size})", "256 for image_size 224"))
+        if self.jpeg_cache and self.decoded_cache:
+            out.append(("decoded_cache", "jpeg_cache and decoded_cache are two stores of the same images",
+                        "keep one: jpeg_cache (compact) or decoded_cache (no decoding, 3 x S x S bytes each)"))
+        if self.decode not in ("host", "device"):
+            out.append(("decode", f"must be host or device, got {self.decode!r}",
+                        "device decodes on the GPU (nvJPEG); host in the loader processes"))
+        elif self.decode == "device" and not self.jpeg_cache:
+            out.append(("decode", "device decoding reads the JPEG store", "set data.jpeg_cache: 256 as well"))
+        if not 50 <= self.jpeg_quality <= 100:
+            out.append(("jpeg_quality", "must be in 50..100", "90 keeps re-encoding losses invisible"))
         if not 0.05 <= self.crop_scale <= 1:
             out.append(("crop_scale", "must be in [0.05, 1]", "0.08 as torchvision, larger for small images"))
         out += path_problems(source=self.source)  # found before launch, not in the ranks
@@ -101,8 +118,8 @@ def build(recipe, ctx):
     eval_raw, eval_classes = load_split(cfg.source, "val", cfg.seed)
     if eval_classes != classes:
         raise ValueError(f"data.source: train classes {classes} differ from val classes {eval_classes}")
-    if cfg.decoded_cache:
-        train_raw, eval_raw = (_decoded(raw, cfg, ctx) for raw in (train_raw, eval_raw))
+    if cfg.decoded_cache or cfg.jpeg_cache:
+        train_raw, eval_raw = (_stored(raw, cfg, ctx) for raw in (train_raw, eval_raw))
     mean, std, backbone_state = _starting_point(recipe.model)
     model = build_classifier(recipe.model, len(classes), backbone_state)
     channels_last = ctx.device.type == "cuda"
@@ -113,7 +130,7 @@ def build(recipe, ctx):
     normalized = _normalizer(mean, std, ctx.device, channels_last)
 
     def loss(model, batch):
-        logits = model(normalized(batch["image"]))
+        logits = model(normalized(batch))
         # The count is filled on the device (a kernel): torch.tensor(n, device=...) would copy it from
         # the host and wait for the GPU, every micro-step.
         return torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="sum"), \
@@ -129,7 +146,7 @@ def build(recipe, ctx):
         model=model,
         train_data=train,
         eval_data=evaluation,
-        collate=collate,
+        collate=functools.partial(collate, cfg=cfg),
         loss=loss,
         count_targets=lambda batch: len(batch["label"]),
         evaluate=_evaluator(classes, normalized),
@@ -150,8 +167,15 @@ def _normalizer(mean, std, device, channels_last: bool):
     shift = torch.tensor(mean, device=device).div(torch.tensor(std, device=device)).view(1, 3, 1, 1)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def normalized(images):
-        """uint8 N x 3 x H x W -> (x / 255 - mean) / std, as float32."""
+    def normalized(batch):
+        """The batch's uint8 N x 3 x H x W images (decoded here first with data.decode: device) ->
+        (x / 255 - mean) / std, as float32."""
+        if "encoded" in batch:
+            from launcher.data.device_decode import decode_crops
+
+            images = decode_crops(batch["encoded"], device)
+        else:
+            images = batch["image"]
         return torch.addcmul(-shift, images.contiguous(memory_format=memory_format).float(), scale)
 
     return normalized
@@ -166,7 +190,7 @@ def _evaluator(classes: list[str], normalized):
         confusion = torch.zeros(n, n, dtype=torch.float64, device=batches[0]["label"].device)
         top5 = torch.zeros((), dtype=torch.float64, device=confusion.device)
         for batch in batches:
-            logits = model(normalized(batch["image"]))
+            logits = model(normalized(batch))
             labels = batch["label"]
             confusion.index_put_((labels, logits.argmax(-1)), torch.ones_like(labels, dtype=torch.float64),
                                  accumulate=True)
@@ -307,19 +331,30 @@ def _forward_flops(arch: str, size: int) -> float:
 # Data
 
 
-def _decoded(raw, cfg: DataConfig, ctx):
-    """An image folder's decoded cache (built by one process per node; the others wait)."""
+def _stored(raw, cfg: DataConfig, ctx):
+    """An image folder's one-time store, JPEG or decoded (built by one process per node; the others
+    wait)."""
     from launcher.data.cache import build_once, cache_root
-    from launcher.data.decoded import DecodedImages, cache_key, write_decoded
     from launcher.data.images import FolderImages
 
     if not isinstance(raw, FolderImages):
         return raw  # packaged and hf: sets are decoded in memory already
-    cache = cache_root(cfg.cache_dir) / f"images-{cache_key(raw.files, cfg.decoded_cache)}"
+    if cfg.jpeg_cache:
+        from launcher.data.jpeg_store import JpegStore, cache_key, write_jpeg_store
+
+        cache = cache_root(cfg.cache_dir) / f"jpeg-{cache_key(raw.files, cfg.jpeg_cache, cfg.jpeg_quality)}"
+        build = lambda tmp: write_jpeg_store(raw.files, cfg.jpeg_cache, cfg.jpeg_quality, tmp)  # noqa: E731
+        opened = JpegStore
+    else:
+        from launcher.data.decoded import DecodedImages, cache_key, write_decoded
+
+        cache = cache_root(cfg.cache_dir) / f"images-{cache_key(raw.files, cfg.decoded_cache)}"
+        build = lambda tmp: write_decoded(raw.files, cfg.decoded_cache, tmp)  # noqa: E731
+        opened = DecodedImages
     if ctx.local_rank == 0:
-        build_once(cache, "resnet_transfer", lambda tmp: write_decoded(raw.files, cfg.decoded_cache, tmp))
+        build_once(cache, "resnet_transfer", build)
     ctx.barrier()
-    return DecodedImages(cache)
+    return opened(cache)
 
 
 def _limit(dataset, limit: int):
@@ -346,6 +381,8 @@ class Augmented:
     def at(self, index: int, position: int) -> dict:
         import torchvision.transforms.v2.functional as F
 
+        if self.cfg.decode == "device":
+            return self._encoded(index, position)
         image, label = self.data[index]
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
@@ -358,7 +395,22 @@ class Augmented:
                 image = F.horizontal_flip(image)
         else:
             image = F.center_crop(F.resize(image, [round(size * self.cfg.eval_resize)], antialias=True), [size, size])
-        return {"image": image.contiguous(), "label": label}
+        return {"image": image, "label": label}  # collate's stack makes the batch contiguous
+
+
+    def _encoded(self, index: int, position: int) -> dict:
+        """The JPEG bytes and the same crop box and flip that host decoding would draw."""
+        store, at = self.data, index
+        if hasattr(store, "indices"):  # data.train_limit's Subset
+            store, at = store.dataset, store.indices[index]
+        label = int(store.labels[at])
+        box, flip = None, False
+        if self.train:
+            rng = random.Random(self.cfg.seed * 1_000_003 + position)
+            height, width = (int(v) for v in store.shapes[at])
+            box = _crop_box(height, width, self.cfg.crop_scale, rng)
+            flip = self.cfg.flip and rng.random() < 0.5
+        return {"jpeg": store.encoded_tensor(at), "box": box, "flip": flip, "label": label}
 
 
 def _crop_box(height: int, width: int, min_scale: float, rng: random.Random) -> tuple[int, int, int, int]:
@@ -374,11 +426,18 @@ def _crop_box(height: int, width: int, min_scale: float, rng: random.Random) -> 
     return 0, 0, height, width
 
 
-def collate(samples: list[dict]) -> dict:
+def collate(samples: list[dict], cfg: DataConfig | None = None) -> dict:
     import torch
 
-    return {"image": torch.stack([s["image"] for s in samples]),
-            "label": torch.tensor([s["label"] for s in samples])}
+    labels = torch.tensor([s["label"] for s in samples])
+    if "jpeg" in samples[0]:  # data.decode: device
+        from launcher.data.device_decode import EncodedImages
+
+        boxes = None if samples[0]["box"] is None else tuple(s["box"] for s in samples)
+        encoded = EncodedImages(tuple(s["jpeg"] for s in samples), boxes, tuple(s["flip"] for s in samples),
+                                cfg.image_size, cfg.eval_resize)
+        return {"encoded": encoded, "label": labels}
+    return {"image": torch.stack([s["image"] for s in samples]), "label": labels}
 
 
 def draw_confusion(confusion, classes: list[str], path: str) -> None:

@@ -99,3 +99,40 @@ def test_deepspeed_bf16_trains_batchnorm_like_accelerate_autocast(tmp_path):
     exported = torch.load(tmp_path / "deepspeed" / "export" / "model.pt", weights_only=True)
     assert exported["conv1.weight"].dtype == torch.float32  # autocast: weights stay fp32
     assert exported["bn1.running_mean"].dtype == torch.float32
+
+
+@pytest.mark.heavy  # four short ResNet runs
+def test_jpeg_store_resumes_exactly_and_device_decoding_trains_the_same_steps(tmp_path):
+    """data.jpeg_cache: the compact store, through `launcher run`: stopped at step 3 and resumed, the
+    losses equal an uninterrupted run's bitwise; with data.decode: device (here the CPU device:
+    torchvision's batched decoder, nvJPEG on a GPU) every step's loss is the host path's."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 16), ("val", 4)):
+        for label in range(4):
+            folder = tmp_path / "photos" / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                coarse = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+                coarse[..., label % 3] //= 3
+                Image.fromarray(coarse).resize((160, 120), Image.Resampling.BICUBIC).save(folder / f"{index}.jpg",
+                                                                                           quality=90)
+    common = [f"data.source={tmp_path / 'photos'}", "data.image_size=32", "data.jpeg_cache=40",
+              "data.train_limit=0", "data.eval_limit=0", "batch.global=16", "batch.micro=4", "train.steps=6",
+              "train.log_every=1", "train.eval_every=6", "checkpoint.every_steps=3", "scheduler.warmup_steps=2",
+              f"data.cache_dir={tmp_path / 'cache'}"]
+    whole, split, device = tmp_path / "whole", tmp_path / "split", tmp_path / "device"
+    for run_dir, extra in ((whole, []), (split, ["train.stop_after_steps=3"]), (split, []),
+                           (device, ["data.decode=device"])):
+        result = launch(ROOT / "recipes" / "resnet-pretrain-tiny.yaml", run_dir, *common, *extra, nproc=2)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    losses = {run: [(r["step"], r["loss"]) for r in metrics(run) if "loss" in r] for run in (whole, split, device)}
+    assert [step for step, _ in losses[whole]] == list(range(1, 7))
+    assert losses[split] == losses[whole]  # bitwise, across the resume at step 3
+    assert losses[device] == losses[whole]  # the same crops from the same bytes, decoded elsewhere
+    stores = list((tmp_path / "cache").glob("jpeg-*"))
+    assert len(stores) == 2  # train and val, built once and reused by the later runs
+    summary = json.loads((stores[0] / "done").read_text())
+    assert summary["bytes"] < summary["source_bytes"]

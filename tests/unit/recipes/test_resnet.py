@@ -112,7 +112,7 @@ def test_decoded_cache_is_built_once_and_rebuilt_when_a_file_changes(tmp_path, m
 
     from launcher.data.images import load_split
     from launcher.recipe_module import RunContext
-    from launcher.recipes.resnet_transfer import _decoded
+    from launcher.recipes.resnet_transfer import _stored
 
     for split in ("train", "val"):
         _image_tree(tmp_path / "tree" / split, SIZES)
@@ -120,9 +120,113 @@ def test_decoded_cache_is_built_once_and_rebuilt_when_a_file_changes(tmp_path, m
     cfg = DataConfig(source=str(tmp_path / "tree"), image_size=32, decoded_cache=40,
                      cache_dir=str(tmp_path / "cache"))
     ctx = RunContext(0, 0, 1, torch.device("cpu"), str(tmp_path), lambda: None)
-    first = _decoded(raw, cfg, ctx)
-    again = _decoded(raw, cfg, ctx)
+    first = _stored(raw, cfg, ctx)
+    again = _stored(raw, cfg, ctx)
     assert first.directory == again.directory and "reusing" in capsys.readouterr().out
     path = raw.files[0][0]
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
-    assert _decoded(raw, cfg, ctx).directory != first.directory  # a changed file: a new cache
+    assert _stored(raw, cfg, ctx).directory != first.directory  # a changed file: a new cache
+
+
+def test_jpeg_store_keeps_every_picture_small_with_its_short_side_and_label(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from launcher.data.images import read_image
+    from launcher.data.jpeg_store import JpegStore, write_jpeg_store
+
+    files = _image_tree(tmp_path / "tree", SIZES * 3)
+    out = tmp_path / "store"
+    out.mkdir()
+    summary = write_jpeg_store(files, 96, 90, out, workers=2)  # a real process pool, results kept in order
+    (out / "done").write_text(__import__("json").dumps(summary))
+    store = JpegStore(out)
+    assert len(store) == len(files) == summary["images"]
+    for index, (path, label) in enumerate(files):
+        image, got_label = store[index]
+        original = read_image(path)
+        height, width = original.shape[1:]
+        short = min(96, height, width)  # resized down to 96, never enlarged (the 64 x 64 stays)
+        expected = (round(height * short / min(height, width)), round(width * short / min(height, width)))
+        assert got_label == label and image.dtype == torch.uint8 and tuple(image.shape) == (3, *expected), path
+        # The same picture, re-encoded: equal at a coarse scale (the fine detail of these test images
+        # is beyond what 96 px can hold, where resampling filters differ).
+        coarse = [torch.nn.functional.adaptive_avg_pool2d(x[None].float(), 8)[0] for x in (image, original)]
+        assert (coarse[0] - coarse[1]).abs().mean() < 4, path
+    assert summary["bytes_per_image"] == np.diff(store.offsets).mean()
+    assert summary["bytes"] < summary["source_bytes"]
+    assert len(pickle.dumps(store)) < 4096  # DataLoader workers reopen the map, no bytes copied
+
+
+def test_crops_from_the_jpeg_store_are_the_same_at_the_same_position_for_exact_resume(tmp_path):
+    import pickle
+
+    from launcher.data.images import load_split
+    from launcher.recipe_module import RunContext
+    from launcher.recipes.resnet_transfer import Augmented, _stored
+
+    for split in ("train", "val"):
+        _image_tree(tmp_path / "tree" / split, SIZES)
+    raw, _ = load_split(str(tmp_path / "tree"), "train")
+    cfg = DataConfig(source=str(tmp_path / "tree"), image_size=48, jpeg_cache=64, cache_dir=str(tmp_path / "c"))
+    ctx = RunContext(0, 0, 1, torch.device("cpu"), str(tmp_path), lambda: None)
+    store = _stored(raw, cfg, ctx)
+    assert store.directory.name.startswith("jpeg-")
+    first = Augmented(store, cfg, train=True)
+    resumed = pickle.loads(pickle.dumps(Augmented(_stored(raw, cfg, ctx), cfg, train=True)))  # a worker's copy
+    for position in range(12):
+        a, b = first.at(position % len(store), position), resumed.at(position % len(store), position)
+        assert a["image"].shape == (3, 48, 48) and torch.equal(a["image"], b["image"]), position
+    assert not torch.equal(first.at(0, 0)["image"], first.at(0, 4)["image"])  # crops follow the position
+
+
+def test_image_stores_are_checked_before_launch():
+    assert [k for k, *_ in DataConfig(image_size=224, jpeg_cache=128).check()] == ["jpeg_cache"]
+    both = DataConfig(jpeg_cache=256, decoded_cache=256).check()
+    assert [k for k, *_ in both] == ["decoded_cache"] and "keep one" in both[0][2]
+    assert [k for k, *_ in DataConfig(jpeg_quality=30).check()] == ["jpeg_quality"]
+
+
+def test_device_decoding_takes_the_same_crops_as_the_loader_from_the_same_bytes(tmp_path):
+    """data.decode: device on a CPU device: torchvision's batched decode_jpeg (nvJPEG on CUDA) gets
+    the store's bytes and the loader's boxes, and gives the crops the host path gives."""
+    from torch.utils.data import DataLoader
+
+    from launcher.data.device_decode import EncodedImages
+    from launcher.data.images import load_split
+    from launcher.recipe_module import RunContext
+    from launcher.recipes.resnet_transfer import Augmented, _stored, collate
+    from launcher.runtime.device import to_device
+
+    for split in ("train", "val"):
+        _image_tree(tmp_path / "tree" / split, SIZES * 2)
+    raw, _ = load_split(str(tmp_path / "tree"), "train")
+    host_cfg = DataConfig(source=str(tmp_path / "tree"), image_size=48, jpeg_cache=64, cache_dir=str(tmp_path / "c"))
+    device_cfg = DataConfig(**{**host_cfg.__dict__, "decode": "device"})
+    ctx = RunContext(0, 0, 1, torch.device("cpu"), str(tmp_path), lambda: None)
+    store = _stored(raw, host_cfg, ctx)
+    for train in (True, False):
+        host = [Augmented(store, host_cfg, train).at(i, 100 + i) for i in range(len(store))]
+        shipped = [Augmented(store, device_cfg, train).at(i, 100 + i) for i in range(len(store))]
+        batch = collate(shipped, device_cfg)
+        assert isinstance(batch["encoded"], EncodedImages) and to_device(batch, torch.device("cpu")) is batch
+        assert sum(s["jpeg"].numel() for s in shipped) == store.offsets[-1]  # bytes, not pixels, cross over
+        from launcher.data.device_decode import decode_crops
+
+        decoded = decode_crops(batch["encoded"], torch.device("cpu"))
+        expected = torch.stack([h["image"] for h in host])
+        assert decoded.shape == expected.shape == (len(store), 3, 48, 48)
+        # The same boxes and flips, and here (torchvision's and Pillow's libjpeg-turbo) the same pixels.
+        assert torch.equal(decoded, expected), (train, (decoded.float() - expected.float()).abs().mean())
+        assert torch.equal(batch["label"], torch.tensor([h["label"] for h in host]))
+    # Through real DataLoader workers (the bytes travel in shared memory, the boxes pickled).
+    loader = DataLoader(Augmented(store, device_cfg, True), batch_size=4, num_workers=2,
+                        collate_fn=lambda s: collate(s, device_cfg))
+    assert sum(len(b["encoded"].data) for b in loader) == len(store)
+
+
+def test_device_decoding_needs_the_jpeg_store():
+    problems = DataConfig(decode="device").check()
+    assert [k for k, *_ in problems] == ["decode"] and "jpeg_cache" in problems[0][2]
+    assert [k for k, *_ in DataConfig(decode="gpu").check()] == ["decode"]

@@ -1,0 +1,54 @@
+"""JPEG decoding on the training device (`data.decode: device`): nvJPEG on CUDA, batched.
+
+The loader then does almost nothing per image: it slices the JPEG store's bytes and draws the crop
+box and flip from the same position-keyed RNG as host decoding (launcher.recipes.resnet_transfer
+.Augmented), so the crops are the same ones and resume stays exact. The device decodes the whole
+micro-batch in one call (torchvision.io.decode_jpeg with a list and device="cuda") and crops and
+resizes each picture there. On a CPU device the same call decodes with libjpeg-turbo, which is how
+the path is tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EncodedImages:
+    """A micro-batch of JPEG bytes (uint8 CPU tensors) and what to do with each picture.
+
+    Not a tensor, list or dict, so launcher.runtime.device.to_device and the DataLoader's pinning
+    leave it on the host: nvJPEG reads its input from host memory."""
+
+    data: tuple  # uint8 1-D CPU tensors, one JPEG each
+    boxes: tuple[tuple[int, int, int, int], ...] | None  # (top, left, height, width) per image; None: eval
+    flips: tuple[bool, ...]
+    size: int
+    eval_resize: float
+
+
+def decode_crops(encoded: EncodedImages, device):
+    """uint8 N x 3 x size x size on `device`: decoded in one batched call, then cropped and resized."""
+    import torch
+    import torchvision.transforms.v2.functional as F
+
+    with warnings.catch_warnings():
+        # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they still carry
+        # the batched nvJPEG path, which is what this option is for.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        images = decode_jpeg(list(encoded.data), mode=ImageReadMode.RGB, device=device)
+    size = encoded.size
+    crops = []
+    for index, image in enumerate(images):
+        if encoded.boxes is None:
+            crop = F.center_crop(F.resize(image, [round(size * encoded.eval_resize)], antialias=True), [size, size])
+        else:
+            top, left, height, width = encoded.boxes[index]
+            crop = F.resized_crop(image, top, left, height, width, [size, size], antialias=True)
+            if encoded.flips[index]:
+                crop = F.horizontal_flip(crop)
+        crops.append(crop)
+    return torch.stack(crops)
