@@ -18,10 +18,14 @@ One JSON line per measurement into bench/results/cpu-<time>.jsonl, `section` nam
 - attention: per language model, what SDPA receives in a training forward (a mask, is_causal), and
   torch.compile's graph breaks (torch._dynamo.explain).
 - loader: samples per second of each recipe's input pipeline on one core (the training thread, no
-  workers): BERT masking and pairing, GPT blocks, ResNet JPEG decode and crop, and from the
-  decoded cache.
+  workers): BERT masking and pairing (with the padding fraction of its batches), GPT blocks, and
+  ResNet's 224-px crops from photo-sized JPEGs three ways: the original files decoded at each
+  access, the compact JPEG store (data.jpeg_cache: 256) and the decoded store (data.decoded_cache:
+  256), each with its bytes per stored image.
 - launch: time from `launcher run` to the first optimizer step, minus the build and that step
   (launch_overhead_s), with spawned and forked ranks, and a plain script's time to its first step.
+- plan: whole-process seconds of `launcher plan --json` for one host and for 10,000 (pdsh, 8 slots
+  each), alternated, medians.
 - rank_gather: what the per-rank timings cost (issue 24): the log step's one all_gather of every
   rank's loss, flag, target count and timings (launcher.runtime.dist.gather_rows), in a real
   2-process gloo group on this machine, per call and averaged over a log interval.
@@ -58,10 +62,11 @@ SCHEMA = {
                       "over_torch_loop_ms", "steps", "repeats"},
     "syncs": {"recipe", "backend", "syncs_per_step", "where", "steps"},
     "attention": {"recipe", "sdpa_calls", "with_mask", "causal", "graph_breaks", "break_reasons"},
-    "loader": {"pipeline", "samples_per_s_per_core", "samples", "bytes_per_sample"},
+    "loader": {"pipeline", "samples_per_s_per_core", "samples", "bytes_per_sample", "stored_bytes_per_image"},
     "launch": {"variant", "launch_overhead_s", "launch_to_first_step_s", "over_plain_script_s", "repeats"},
     "optimizer": {"optimizer", "ms_per_step", "parameters", "threads", "repeats", "chosen_for_offload"},
     "rank_gather": {"world_size", "ms_per_gather", "log_every", "ms_per_step", "gathers"},
+    "plan": {"hosts", "seconds", "repeats"},
 }
 
 
@@ -224,7 +229,13 @@ RECIPES = {
                                          "batch.micro=4", "data.dupe_factor=1"]),
     "resnet": ("resnet-pretrain-tiny.yaml", ["data.source={images}", "data.image_size=32", "batch.global=8",
                                              "batch.micro=4", "data.train_limit=0", "data.eval_limit=8"]),
+    # The GPU recipes' input: 224-px crops from photo-sized JPEGs (500 x 375, ImageNet's typical size).
+    "resnet224": ("resnet-pretrain-tiny.yaml", ["data.source={photos}", "data.image_size=224", "batch.global=8",
+                                                "batch.micro=4", "data.train_limit=0", "data.eval_limit=8"]),
 }
+# The ResNet input variants at 224 px: original JPEGs decoded at each access, the compact JPEG store
+# (short side 256, ~20-40 KB per image), and the decoded store (uint8 256 x 256, 196 KB per image).
+RESNET_STORES = ((), ("data.jpeg_cache=256",), ("data.decoded_cache=256",))
 
 
 def syncs_per_step(case: str, backend_name: str, steps: int, data: dict[str, Path], work: Path) -> dict:
@@ -298,22 +309,74 @@ def loader_throughput(case: str, data: dict[str, Path], work: Path, samples: int
     """Samples per second through the recipe's dataset and collate, on this (one) core."""
     import pickle
 
+    import torch
+
     from launcher.runtime.sampling import GlobalOrder, StreamData
 
     _, math, task, _ = recipe_task(case, data, work, extra)
     stream = StreamData(task.train_data, GlobalOrder(len(task.train_data), 0, task.shuffle))
     micro = math.micro
-    task.collate([stream[i] for i in range(micro)])  # warm-up (caches opened, first decode)
-    started = time.perf_counter()
-    done = 0
-    while done < samples:
-        task.collate([stream[done + i] for i in range(micro)])
-        done += micro
-    elapsed = time.perf_counter() - started
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per core: torch's resize would otherwise use every core
+    try:
+        task.collate([stream[i] for i in range(micro)])  # warm-up (caches opened, first decode)
+        started = time.perf_counter()
+        done, real, padded = 0, 0, 0
+        while done < samples:
+            batch = task.collate([stream[done + i] for i in range(micro)])
+            done += micro
+            if "attention_mask" in batch:  # BERT: how much of each padded batch is padding
+                real, padded = real + int(batch["attention_mask"].sum()), padded + batch["attention_mask"].numel()
+        elapsed = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
     sample = stream[0]
     return {"section": "loader", "pipeline": f"{case}{' ' + ' '.join(extra) if extra else ''}",
             "samples_per_s_per_core": done / elapsed, "samples": done,
-            "bytes_per_sample": len(pickle.dumps(sample))}
+            "bytes_per_sample": len(pickle.dumps(sample)), "stored_bytes_per_image": _stored_bytes(task.train_data),
+            "padding_fraction": 1 - real / padded if padded else None}
+
+
+def _stored_bytes(dataset) -> float | None:
+    """What one training image costs on disk: the store's bytes, or the original files' (None for
+    text and in-memory sets)."""
+    images = getattr(dataset, "data", None)
+    if images is None:
+        return None
+    if hasattr(images, "offsets"):  # the JPEG store
+        return float(images.offsets[-1] / len(images))
+    if hasattr(images, "size") and hasattr(images, "directory"):  # the decoded store
+        return float(3 * images.size * images.size)
+    if hasattr(images, "files"):
+        return sum(path.stat().st_size for path, _ in images.files) / len(images.files)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: `launcher plan --json` for a cluster of thousands of hosts
+
+
+def plan_json_seconds(hosts: int, repeats: int, work: Path) -> list[dict]:
+    """Whole-process time of `launcher plan --json` (pdsh, 8 slots a host) for one host and for
+    `hosts`, alternated; the one-host figure is the fixed cost (interpreter, imports, recipe)."""
+    files = {}
+    for count in (1, hosts):
+        files[count] = work / f"hostfile-{count}"
+        files[count].write_text("".join(f"node{i:05d} slots=8\n" for i in range(count)))
+    times: dict[int, list[float]] = {1: [], hosts: []}
+    for _ in range(repeats + 1):  # the first round warms the page cache and the bytecode
+        for count in (1, hosts):
+            argv = [sys.executable, "-m", "launcher.cli", "plan", "mlp-tiny", "--hostfile", str(files[count]),
+                    "--json", f"batch.global={16 * 8 * count}", "batch.micro=16"]
+            started = time.perf_counter()
+            done = subprocess.run(argv, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True, timeout=120)
+            elapsed = time.perf_counter() - started
+            if done.returncode != 0:
+                raise RuntimeError(f"launcher plan --json ({count} hosts) failed:\n{done.stderr[-2000:]}")
+            times[count].append(elapsed)
+    return [{"section": "plan", "hosts": count, "seconds": statistics.median(t[1:]), "repeats": repeats}
+            for count, t in times.items()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +442,8 @@ def run_cpu(tiny: bool, out_dir: Path, work: Path, generate_text, generate_image
     """Every section; one JSON line each. Returns the results file."""
     work.mkdir(parents=True, exist_ok=True)
     data = {"text": generate_text(work / "text.txt", 60 if tiny else 600),
-            "images": generate_images(work / "images", 8 if tiny else 64, 64)}
+            "images": generate_images(work / "images", 8 if tiny else 64, 64),
+            "photos": generate_photos(work / "photos", 4 if tiny else 64)}
     steps, repeats = (3 * INTERVAL, 1) if tiny else (20 * INTERVAL, 5)
     stamp = meta["time"]
     out_file = out_dir / f"cpu-{'tiny-' if tiny else ''}{stamp}.jsonl"
@@ -400,9 +464,11 @@ def run_cpu(tiny: bool, out_dir: Path, work: Path, generate_text, generate_image
         for case in ("gpt", "bert"):
             write(attention_paths(case, data, work))
         samples = 64 if tiny else 2048
-        for case, extra in (("bert", ()), ("gpt", ()), ("resnet", ()), ("resnet", ("data.decoded_cache=72",))):
-            write(loader_throughput(case, data, work, samples, extra))
+        for case, extra in (("bert", ()), ("gpt", ()), *(("resnet224", store) for store in RESNET_STORES)):
+            write(loader_throughput(case, data, work, samples // 4 if case == "resnet224" else samples, extra))
         for record in launch(repeats if not tiny else 1, work):
+            write(record)
+        for record in plan_json_seconds(100 if tiny else 10_000, 1 if tiny else 7, work):
             write(record)
         write(rank_gather_cost(200 if tiny else 5000))
         for record in offload_optimizers(1_000_000 if tiny else 50_000_000, 1 if tiny else 15, not tiny):
@@ -505,6 +571,30 @@ def _single_process_group() -> None:
                       MASTER_PORT=str(_free_port()))
     if not dist.is_initialized():
         dist.init_process_group("gloo")
+
+
+def generate_photos(root: Path, per_class: int, seed: int = 0) -> Path:
+    """JPEGs shaped and compressed like photos (500 x 375, quality 90, ~80 KB): smooth shapes
+    plus fine grain, where the 64-px noise of generate_images would say nothing about decoding."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", max(2, per_class // 8))):
+        for label in range(4):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                path = folder / f"{index}.jpg"
+                if path.exists():
+                    continue
+                coarse = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+                coarse[..., label % 3] //= 2
+                smooth = Image.fromarray(coarse).resize((500, 375), Image.Resampling.BICUBIC)
+                grain = np.asarray(smooth.filter(ImageFilter.GaussianBlur(1))).astype(np.int16)
+                grain += rng.integers(-12, 12, grain.shape, dtype=np.int16)
+                Image.fromarray(grain.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+    return root
 
 
 def check_schema(path: Path) -> list[str]:

@@ -39,7 +39,7 @@ GPU_CASES = {
                                             "train.compile=true"], 60),
     "bert": ("recipes/bert-base-pretrain.yaml", ["data.corpus={text}", 'data.tokenizer=""', "data.vocab_size=30522",
                                                  "batch.global=256", "batch.micro=256", "data.dupe_factor=1"], 60),
-    # JPEG files on disk, decoded once into the recipe's 256 x 256 cache (data.decoded_cache) by
+    # JPEG files on disk, re-encoded once into the recipe's compact store (data.jpeg_cache: 256) by
     # the launcher run, which the plain loop then reuses; 12 loader workers of the 16 cores.
     "resnet50": ("recipes/resnet50-transfer.yaml", ['model.weights=""', "data.source={images}",
                                                     "batch.global=256", "batch.micro=256", "data.workers=12"], 60),
@@ -49,6 +49,9 @@ GPU_CASES = {
 # The launch overhead with the ranks forked from torchrun's agent (no second torch import): the
 # gpt2 case again, last, so the four cases above come first when time runs short.
 GPU_CASES["gpt2-fork"] = (GPU_CASES["gpt2"][0], [*GPU_CASES["gpt2"][1], "cluster.start_method=fork"], 20)
+# The resnet50 case with its JPEGs decoded by the GPU (nvJPEG, a micro-batch per call): against
+# resnet50's samples_per_s, whether 12 host cores or the GPU should decode.
+GPU_CASES["resnet50-nvjpeg"] = (GPU_CASES["resnet50"][0], [*GPU_CASES["resnet50"][1], "data.decode=device"], 60)
 TINY_CASES = {
     "gpt-tiny": ("recipes/gpt-pretrain-tiny.yaml", ["data.corpus={text}", "batch.global=8", "batch.micro=8"], 8),
     "resnet-tiny": ("recipes/resnet-pretrain-tiny.yaml", ["data.source={images}", "data.image_size=32",

@@ -113,7 +113,7 @@ def test_cpu_proxy_benchmark_writes_every_section_in_its_schema(tmp_path):
     records = [json.loads(line) for line in files[0].read_text().splitlines()]
     sections = {r["section"] for r in records}
     assert sections == {"host_overhead", "syncs", "attention", "loader", "launch", "optimizer",
-                        "rank_gather"}, sections
+                        "rank_gather", "plan"}, sections
     sys.path.insert(0, str(ROOT))
     from bench.cpu import check_schema
 
@@ -121,6 +121,11 @@ def test_cpu_proxy_benchmark_writes_every_section_in_its_schema(tmp_path):
     # The figures themselves are not asserted (they are timings); what the step does is.
     syncs = {(r["recipe"], r["backend"]): r["syncs_per_step"] for r in records if r["section"] == "syncs"}
     assert syncs and all(count == 0 for count in syncs.values()), syncs
+    stored = {r["pipeline"]: r["stored_bytes_per_image"] for r in records if r["section"] == "loader"}
+    # The JPEG store is smaller than the photos it came from and than the decoded store.
+    assert stored["resnet224 data.jpeg_cache=256"] < stored["resnet224"] < stored["resnet224 data.decoded_cache=256"]
+    assert 0 <= next(r["padding_fraction"] for r in records if r.get("pipeline") == "bert") < 1
+    assert {r["hosts"] for r in records if r["section"] == "plan"} == {1, 100}
     attention = {r["recipe"]: r for r in records if r["section"] == "attention"}
     assert attention["gpt"]["with_mask"] == 0 and attention["gpt"]["causal"] == attention["gpt"]["sdpa_calls"] > 0
     assert attention["bert"]["sdpa_calls"] > 0
