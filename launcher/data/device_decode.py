@@ -39,7 +39,10 @@ def decode_crops(encoded: EncodedImages, device):
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        images = decode_jpeg(list(encoded.data), mode=ImageReadMode.RGB, device=device)
+        if device.type == "cuda":
+            images = _decode_on_own_stream(decode_jpeg, list(encoded.data), ImageReadMode.RGB, device)
+        else:
+            images = decode_jpeg(list(encoded.data), mode=ImageReadMode.RGB, device=device)
     size = encoded.size
     crops = []
     for index, image in enumerate(images):
@@ -52,3 +55,33 @@ def decode_crops(encoded: EncodedImages, device):
                 crop = F.horizontal_flip(crop)
         crops.append(crop)
     return torch.stack(crops)
+
+
+def _decode_on_own_stream(decode_jpeg, data: list, mode, device) -> list:
+    """nvJPEG's output is allocated on the current stream but written from a private one that does
+    not wait for it, so a block the caching allocator recycles while queued kernels still read it
+    can be overwritten (pytorch/vision PR 9606). Allocating on a stream of our own, which waits for
+    the training stream, keeps recycled blocks out of the decoder's way; the training stream then
+    waits for the decode. All of this is ordering on the device, none of it a host sync."""
+    import torch
+
+    training = torch.cuda.current_stream(device)
+    side = _side_stream(device)
+    side.wait_stream(training)
+    with torch.cuda.stream(side):
+        images = decode_jpeg(data, mode=mode, device=device)
+    training.wait_stream(side)
+    for image in images:
+        image.record_stream(training)  # freed later, reused only after the training stream's use
+    return images
+
+
+_SIDE_STREAMS: dict = {}
+
+
+def _side_stream(device):
+    import torch
+
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
