@@ -23,8 +23,12 @@ class PdshEngine(RemoteEngine):
         # pdsh runs one command on many hosts: group hosts whose commands are identical (they differ
         # only when include/exclude filters give hosts different CUDA_VISIBLE_DEVICES).
         groups: dict[str, list[str]] = {}
+        commands: dict[tuple[int, int], str] = {}  # nodes share argv and env objects: quote each pair once
         for node in nodes:
-            groups.setdefault(remote_command(node, cwd), []).append(node.host)
+            key = (id(node.argv), id(node.env))
+            if key not in commands:
+                commands[key] = remote_command(node, cwd)
+            groups.setdefault(commands[key], []).append(node.host)
         return tuple(LocalProcess(pdsh_argv(hosts, command), tuple(hosts), {"PDSH_RCMD_TYPE": "ssh"}, True)
                      for command, hosts in groups.items())
 

@@ -22,7 +22,6 @@ import functools
 import json
 import shlex
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 
 from launcher.engines.base import EngineBase, NodeRequest
 from launcher.engines.commands import Commands, HostProblem, LaunchView, LocalProcess, NodeCommand
@@ -46,11 +45,18 @@ class RemoteEngine(EngineBase):
             guard += ["--secrets-file", secrets_path(request.run_dir)]
         nodes = []
         slot_ids = request.slot_ids or (None,) * len(request.hosts)
+        # Thousands of nodes share one environment and a few commands (nothing mutates a NodeCommand's):
+        # one object each, not a copy per node.
+        shared_env = {**plain, **public}
+        argvs: dict[tuple[str, ...], tuple[str, ...]] = {}
         for host, devices, torchrun in zip(request.hosts, slot_ids, request.torchrun, strict=True):
-            env = {**plain, **public}
+            env = shared_env
             if devices is not None:
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
-            nodes.append(NodeCommand(host, (*guard, "--", *torchrun), env))
+                env = {**shared_env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, devices))}
+            argv = argvs.get(torchrun)
+            if argv is None:
+                argv = argvs[torchrun] = (*guard, "--", *torchrun)
+            nodes.append(NodeCommand(host, argv, env))
         return Commands(tuple(nodes), self.processes(nodes, request.cwd), secret_names)
 
     def processes(self, nodes: list[NodeCommand], cwd: str) -> tuple[LocalProcess, ...]:
@@ -133,6 +139,8 @@ print(json.dumps(out))
 
 def check_hosts(hosts: list[str], python: str, cwd: str, master_port: int, master: str = "") -> list[HostProblem]:
     """`master`: the rendezvous address every host must reach at `master_port` ("" skips that)."""
+    from concurrent.futures import ThreadPoolExecutor  # only a launch probes hosts, never a plan
+
     with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
         results = pool.map(lambda item: _check_host(item[1], python, cwd, master_port if item[0] == 0 else 0,
                                                     master, master_port), enumerate(hosts))

@@ -67,19 +67,23 @@ class LaunchPlan:
     def to_dict(self, redact: bool = True) -> dict:
         """Plain data for JSON, field by field (dataclasses.asdict deep-copies every node's argv and
         env first: most of `plan --json`'s time with thousands of hosts)."""
-        redacted: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+        # Nodes share their command and their environment up to CUDA_VISIBLE_DEVICES: each distinct
+        # one is copied (and redacted) once, and the nodes share the copy (plan_json encodes it once).
+        envs: dict[int, dict[str, str]] = {}
+        argvs: dict[int, list[str]] = {}
 
         def env(values: dict[str, str]) -> dict[str, str]:
-            if not redact:
-                return dict(values)
-            # Nodes share their environment up to CUDA_VISIBLE_DEVICES: redact each distinct one once.
-            key = tuple(values.items())
-            if key not in redacted:
-                redacted[key] = redact_env(values)
-            return redacted[key]
+            if id(values) not in envs:
+                envs[id(values)] = redact_env(values) if redact else dict(values)
+            return envs[id(values)]
+
+        def argv(values: tuple[str, ...]) -> list[str]:
+            if id(values) not in argvs:
+                argvs[id(values)] = list(values)
+            return argvs[id(values)]
 
         return {"run_dir": self.run_dir, "engine": self.engine,
-                "nodes": [{"host": n.host, "argv": list(n.argv), "env": env(n.env)} for n in self.nodes],
+                "nodes": [{"host": n.host, "argv": argv(n.argv), "env": env(n.env)} for n in self.nodes],
                 "processes": [{"argv": list(p.argv), "hosts": list(p.hosts), "env": env(p.env),
                                "keep_stdin": p.keep_stdin} for p in self.processes],
                 "procs_by_node": list(self.procs_by_node), "rendezvous": self.rendezvous, "math": asdict(self.math),

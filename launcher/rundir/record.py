@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
 import sys
 from datetime import datetime, timezone
-from importlib import metadata
 from typing import Any
 
 from launcher.rundir.layout import RunDir
@@ -39,27 +39,41 @@ def plan_json(data: dict) -> str:
     plan = data.get("plan", data)
     if len(plan["nodes"]) <= 64:
         return json.dumps(data, indent=2) + "\n"
-    # Thousands of nodes repeat one argv and a few environments: encode each distinct one once and
-    # splice the node list in where a marker stands (a string no recipe or plan can hold).
+    # Thousands of nodes share one argv and a few environments (LaunchPlan.to_dict hands out one
+    # object each): encode each once, and splice the node list in where a marker stands (a string
+    # no recipe or plan can hold).
     encode = json.JSONEncoder().encode
-    memo: dict[tuple, str] = {}
+    tails: dict[tuple[int, int], str] = {}
 
-    def once(value: list[str] | dict[str, str]) -> str:
-        key = tuple(value.items()) if isinstance(value, dict) else tuple(value)
-        text = memo.get(key)
+    def tail(node: dict) -> str:
+        # The objects live in `data` until we return, so their ids stay unique.
+        key = (id(node["argv"]), id(node["env"]))
+        text = tails.get(key)
         if text is None:
-            text = memo[key] = encode(value)
+            text = tails[key] = f', "argv": {encode(node["argv"])}, "env": {encode(node["env"])}}}'
         return text
 
-    nodes = ", ".join(f'{{"host": {encode(n["host"])}, "argv": {once(n["argv"])}, "env": {once(n["env"])}}}'
-                      for n in plan["nodes"])
+    # Validated host names need no escaping (one match over all of them); anything else is encoded.
+    plain = _PLAIN_HOST.fullmatch("".join(n["host"] for n in plan["nodes"])) is not None
+    quote = (lambda host: f'"{host}"') if plain else encode
     marker = f"\0nodes-{os.urandom(8).hex()}\0"
     skeleton = {**plan, "nodes": marker}
-    text = encode({**data, "plan": skeleton} if "plan" in data else skeleton)
-    return text.replace(encode(marker), f"[{nodes}]", 1) + "\n"
+    before, after = encode({**data, "plan": skeleton} if "plan" in data else skeleton).split(encode(marker), 1)
+    # Megabytes of text: one join of small pieces copies them once (node strings, a joined list and
+    # a final concatenation would copy them three more times).
+    pieces = [before, "["]
+    for index, node in enumerate(plan["nodes"]):
+        pieces += (", " if index else "", f'{{"host": {quote(node["host"])}', tail(node))
+    pieces += ("]", after, "\n")
+    return "".join(pieces)
+
+
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def environment_record() -> dict:
+    from importlib import metadata  # 16 ms of imports that `launcher plan` never needs
+
     versions = {}
     for package in _TRACKED_PACKAGES:
         try:

@@ -185,3 +185,5 @@ def test_a_ten_thousand_node_plan_json_is_what_json_would_write(tmp_path):
     text = plan_json(data)
     assert json.loads(text) == data and list(json.loads(text)["plan"]) == list(data["plan"])
     assert text == json.dumps(data) + "\n"  # byte for byte what the C encoder writes
+    nodes[7]["host"] = 'we"ird\u00e9'  # a name that needs escaping takes the encoder for every host
+    assert plan_json(data) == json.dumps(data) + "\n"
