@@ -438,7 +438,8 @@ def _plain_first_step() -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_cpu(tiny: bool, out_dir: Path, work: Path, generate_text, generate_images, meta: dict) -> Path:
+def run_cpu(tiny: bool, out_dir: Path, work: Path, generate_text, generate_images, generate_photos,
+            meta: dict) -> Path:
     """Every section; one JSON line each. Returns the results file."""
     work.mkdir(parents=True, exist_ok=True)
     data = {"text": generate_text(work / "text.txt", 60 if tiny else 600),
@@ -571,30 +572,6 @@ def _single_process_group() -> None:
                       MASTER_PORT=str(_free_port()))
     if not dist.is_initialized():
         dist.init_process_group("gloo")
-
-
-def generate_photos(root: Path, per_class: int, seed: int = 0) -> Path:
-    """JPEGs shaped and compressed like photos (500 x 375, quality 90, ~80 KB): smooth shapes
-    plus fine grain, where the 64-px noise of generate_images would say nothing about decoding."""
-    import numpy as np
-    from PIL import Image, ImageFilter
-
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", per_class), ("val", max(2, per_class // 8))):
-        for label in range(4):
-            folder = root / split / f"class{label}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                path = folder / f"{index}.jpg"
-                if path.exists():
-                    continue
-                coarse = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
-                coarse[..., label % 3] //= 2
-                smooth = Image.fromarray(coarse).resize((500, 375), Image.Resampling.BICUBIC)
-                grain = np.asarray(smooth.filter(ImageFilter.GaussianBlur(1))).astype(np.int16)
-                grain += rng.integers(-12, 12, grain.shape, dtype=np.int16)
-                Image.fromarray(grain.clip(0, 255).astype(np.uint8)).save(path, quality=90)
-    return root
 
 
 def check_schema(path: Path) -> list[str]:

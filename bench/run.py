@@ -78,18 +78,46 @@ def generate_text(path: Path, documents: int, seed: int = 0) -> Path:
 
 
 def generate_images(root: Path, per_class: int, size: int, seed: int = 0) -> Path:
+    """Noise JPEGs of size x size with a little class signal: cheap, for the training cases."""
     import numpy as np
     from PIL import Image
 
+    def draw(rng, label: int):
+        pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        pixels[..., label % 3] //= 2  # a little class signal
+        return Image.fromarray(pixels)
+
+    return _image_tree(root, per_class, max(2, per_class // 10), draw, seed)
+
+
+def generate_photos(root: Path, per_class: int, seed: int = 0) -> Path:
+    """JPEGs shaped and compressed like photos (500 x 375, quality 90, ~75 KB): smooth shapes plus
+    fine grain, where small noise images would say nothing about a 224-px input pipeline."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    def draw(rng, label: int):
+        coarse = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        coarse[..., label % 3] //= 2
+        smooth = Image.fromarray(coarse).resize((500, 375), Image.Resampling.BICUBIC)
+        grain = np.asarray(smooth.filter(ImageFilter.GaussianBlur(1))).astype(np.int16)
+        grain += rng.integers(-12, 12, grain.shape, dtype=np.int16)
+        return Image.fromarray(grain.clip(0, 255).astype(np.uint8))
+
+    return _image_tree(root, per_class, max(2, per_class // 8), draw, seed)
+
+
+def _image_tree(root: Path, per_class: int, val_per_class: int, draw, seed: int) -> Path:
+    """root/{train,val}/class{0..3}/N.jpg, each drawn by draw(rng, label) (quality 90)."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
-    for split, count in (("train", per_class), ("val", max(2, per_class // 10))):
+    for split, count in (("train", per_class), ("val", val_per_class)):
         for label in range(4):
             folder = root / split / f"class{label}"
             folder.mkdir(parents=True, exist_ok=True)
             for index in range(count):
-                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-                pixels[..., label % 3] //= 2  # a little class signal
-                Image.fromarray(pixels).save(folder / f"{index}.jpg", quality=90)
+                draw(rng, label).save(folder / f"{index}.jpg", quality=90)
     return root
 
 
@@ -256,7 +284,8 @@ def run_cpu_benchmark(args) -> int:
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     meta = {"device": "cpu", "cpus": os.cpu_count(), "versions": versions(), "time": stamp}
-    out_file = cpu.run_cpu(args.tiny, Path(args.out), Path(args.work) / "cpu", generate_text, generate_images, meta)
+    out_file = cpu.run_cpu(args.tiny, Path(args.out), Path(args.work) / "cpu", generate_text, generate_images,
+                           generate_photos, meta)
     problems = cpu.check_schema(out_file)
     print(f"wrote {out_file}" + "".join(f"\n  schema: {p}" for p in problems))
     return 1 if problems else 0
