@@ -10,8 +10,9 @@ the path is tested without a GPU.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
+
+from launcher.data.jpeg_store import torchvision_decoder
 
 
 @dataclass(frozen=True)
@@ -33,16 +34,15 @@ def decode_crops(encoded: EncodedImages, device):
     import torch
     import torchvision.transforms.v2.functional as F
 
-    with warnings.catch_warnings():
-        # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they still carry
-        # the batched nvJPEG path, which is what this option is for.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        if device.type == "cuda":
-            images = _decode_on_own_stream(decode_jpeg, list(encoded.data), ImageReadMode.RGB, device)
-        else:
-            images = decode_jpeg(list(encoded.data), mode=ImageReadMode.RGB, device=device)
+    decoder = torchvision_decoder()
+    if decoder is None:
+        raise RuntimeError("data.decode: device needs torchvision.io.decode_jpeg, which this torchvision lacks; "
+                           "use data.decode: host")
+    decode_jpeg, rgb = decoder
+    if device.type == "cuda":
+        images = _decode_on_own_stream(decode_jpeg, list(encoded.data), rgb, device)
+    else:
+        images = decode_jpeg(list(encoded.data), mode=rgb, device=device)
     size = encoded.size
     crops = []
     for index, image in enumerate(images):

@@ -217,7 +217,7 @@ def test_device_decoding_takes_the_same_crops_as_the_loader_from_the_same_bytes(
         decoded = decode_crops(batch["encoded"], torch.device("cpu"))
         expected = torch.stack([h["image"] for h in host])
         assert decoded.shape == expected.shape == (len(store), 3, 48, 48)
-        # The same boxes and flips, and here (torchvision's and Pillow's libjpeg-turbo) the same pixels.
+        # The same boxes and flips, and the same decoder: the same pixels.
         assert torch.equal(decoded, expected), (train, (decoded.float() - expected.float()).abs().mean())
         assert torch.equal(batch["label"], torch.tensor([h["label"] for h in host]))
     # Through real DataLoader workers (the bytes travel in shared memory, the boxes pickled).
