@@ -18,7 +18,8 @@ One JSON line per measurement into bench/results/cpu-<time>.jsonl, `section` nam
 - attention: per language model, what SDPA receives in a training forward (a mask, is_causal), and
   torch.compile's graph breaks (torch._dynamo.explain).
 - loader: samples per second of each recipe's input pipeline on one core (the training thread, no
-  workers): BERT masking and pairing (with the padding fraction of its batches), GPT blocks, and
+  workers): BERT masking and pairing (with the padding fraction of its batches, also on Austen's
+  chapters at seq 128 and 512 without and with data.group_by_length), GPT blocks, and
   ResNet's 224-px crops from photo-sized JPEGs three ways: the original files decoded at each
   access, the compact JPEG store (data.jpeg_cache: 256) and the decoded store (data.decoded_cache:
   256), each with its bytes per stored image.
@@ -233,6 +234,8 @@ RECIPES = {
     "resnet224": ("resnet-pretrain-tiny.yaml", ["data.source={photos}", "data.image_size=224", "batch.global=8",
                                                 "batch.micro=4", "data.train_limit=0", "data.eval_limit=8"]),
 }
+# BERT pairs from Austen's chapters in global batches of 256 (micro 32): what padding the batches carry.
+BERT_AUSTEN = ("data.corpus=package:austen", "batch.global=256", "batch.micro=32", "data.dupe_factor=1")
 # The ResNet input variants at 224 px: original JPEGs decoded at each access, the compact JPEG store
 # (short side 256, ~20-40 KB per image), and the decoded store (uint8 256 x 256, 196 KB per image).
 RESNET_STORES = ((), ("data.jpeg_cache=256",), ("data.decoded_cache=256",))
@@ -314,7 +317,8 @@ def loader_throughput(case: str, data: dict[str, Path], work: Path, samples: int
     from launcher.runtime.sampling import GlobalOrder, StreamData
 
     _, math, task, _ = recipe_task(case, data, work, extra)
-    stream = StreamData(task.train_data, GlobalOrder(len(task.train_data), 0, task.shuffle))
+    stream = StreamData(task.train_data, GlobalOrder(len(task.train_data), 0, task.shuffle, task.lengths,
+                                                     math.global_batch))
     micro = math.micro
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per core: torch's resize would otherwise use every core
@@ -467,6 +471,11 @@ def run_cpu(tiny: bool, out_dir: Path, work: Path, generate_text, generate_image
         samples = 64 if tiny else 2048
         for case, extra in (("bert", ()), ("gpt", ()), *(("resnet224", store) for store in RESNET_STORES)):
             write(loader_throughput(case, data, work, samples // 4 if case == "resnet224" else samples, extra))
+        if not tiny:  # padding of real text's pairs, without and with data.group_by_length
+            for seq, grouped in ((128, "false"), (128, "true"), (512, "false"), (512, "true")):
+                shape = (f"data.max_seq_len={seq}", f"data.max_predictions={seq * 3 // 20 + 1}")
+                write(loader_throughput("bert", data, work, 2 * samples,
+                                        (*BERT_AUSTEN, *shape, f"data.group_by_length={grouped}")))
         for record in launch(repeats if not tiny else 1, work):
             write(record)
         for record in plan_json_seconds(100 if tiny else 10_000, 1 if tiny else 7, work):

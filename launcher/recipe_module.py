@@ -110,3 +110,6 @@ class Task:
     # export(unwrapped model, full state dict, directory), called on global rank 0 only
     export: Callable[[Any, dict, str], None] | None = None
     shuffle: bool = True
+    # Each training sample's length (e.g. tokens): when given, every global batch is drawn from
+    # samples of about one length (launcher.runtime.sampling.GlobalOrder), for little padding.
+    lengths: Any = None

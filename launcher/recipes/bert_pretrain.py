@@ -84,6 +84,10 @@ class DataConfig:
     max_predictions: int = 20  # per sequence (the paper: 20 at 128, 80 at 512)
     whole_word_mask: bool = False
     dupe_factor: int = 2  # pair sets built per document, each with different splits
+    # Draw each global batch from pairs of about one length (windows of 50 batches sorted by length,
+    # the batches in a random order): less padding where pairs end early (short_seq_prob, the ends
+    # of documents), at the price of batches less mixed in length.
+    group_by_length: bool = False
     eval_fraction: float = 0.02  # documents held out for evaluation
     cache_dir: str = ""  # preprocessing cache; default $LAUNCHER_CACHE_DIR or ~/.cache/launcher
     seed: int = 12345
@@ -186,6 +190,8 @@ def build(recipe, ctx):
     return Task(
         model=model,
         train_data=PairData(train_pairs, masker, data_cfg.seed),
+        # [CLS] A [SEP] B [SEP]: the pair's tokens and three specials
+        lengths=(train_pairs["offsets"].diff() + 3).tolist() if data_cfg.group_by_length else None,
         eval_data=PairData(eval_pairs, masker, data_cfg.seed + 1),
         collate=lambda samples: collate(samples, tokenizer.pad_token_id, data_cfg.max_predictions),
         loss=loss,

@@ -15,12 +15,30 @@ from collections.abc import Iterator
 
 from launcher.recipe_module import PositionalDataset
 
+# Length grouping sorts this many global batches of the shuffled order at a time (as Hugging Face's
+# group_by_length does with its "megabatches"): wide enough that each batch is nearly one length,
+# narrow enough that the order stays random at the scale of an epoch.
+GROUP_WINDOW_BATCHES = 50
+
 
 class GlobalOrder:
-    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+    """Epoch e: a permutation of the dataset seeded by (seed, e).
+
+    With `lengths` (each sample's length, e.g. tokens) and `group` (the global batch), each global
+    batch is drawn from samples of about one length: the shuffled epoch is cut into windows of
+    GROUP_WINDOW_BATCHES global batches, aligned to where the stream's batches start; each window
+    is sorted by length, cut into global batches, and those are put back in a random order. A
+    padded batch then carries little padding. It depends on the global batch only (not on
+    micro-batch or world size), so the equivalences and the exact resume above still hold.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True, lengths=None, group: int = 0) -> None:
         if size <= 0:
             raise ValueError("the training set is empty")
+        if lengths is not None and (len(lengths) != size or group <= 0):
+            raise ValueError(f"length grouping needs {size} lengths and a global batch, got {len(lengths)} and {group}")
         self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.lengths, self.group = lengths, group
         self._epoch, self._perm = -1, list(range(size))
 
     def index(self, position: int) -> int:
@@ -29,8 +47,25 @@ class GlobalOrder:
             self._perm = list(range(self.size))
             if self.shuffle:
                 random.Random(f"{self.seed}-{epoch}").shuffle(self._perm)
+            if self.lengths is not None:
+                self._perm = self._grouped(self._perm, epoch)
             self._epoch = epoch
         return self._perm[offset]
+
+    def _grouped(self, perm: list[int], epoch: int) -> list[int]:
+        lengths, group = self.lengths, self.group
+        first = -(epoch * self.size) % group  # the epoch's first positions finish a batch begun before it
+        out = perm[:first]
+        rng = random.Random(f"{self.seed}-{epoch}-groups")
+        window = group * GROUP_WINDOW_BATCHES
+        for start in range(first, self.size, window):
+            ordered = sorted(perm[start:start + window], key=lambda i: lengths[i])
+            batches = [ordered[i:i + group] for i in range(0, len(ordered), group)]
+            full = [b for b in batches if len(b) == group]
+            rng.shuffle(full)
+            # A short last batch stays last: it is the one that runs on into the next epoch.
+            out += [i for batch in full + batches[len(full):] for i in batch]
+        return out
 
 
 class StreamData:

@@ -184,7 +184,7 @@ def _watch(run: Run) -> Watch:
 def _loader(run: Run):
     """This rank's micro-batches from `start_step` on, in the order of the global sample stream."""
     task, recipe = run.task, run.recipe
-    order = GlobalOrder(len(task.train_data), recipe.seed, task.shuffle)
+    order = GlobalOrder(len(task.train_data), recipe.seed, task.shuffle, task.lengths, run.math.global_batch)
     sampler = StepBatches(order, run.math.global_batch, run.math.micro, run.env.world_size, run.env.rank,
                           run.start_step, run.end_step)
     # Its own generator: creating a DataLoader iterator otherwise draws from the global RNG, which

@@ -63,6 +63,37 @@ def test_world_size_does_not_change_what_a_step_sees():
         assert one == four
 
 
+def test_length_grouping_gives_each_global_batch_one_length_and_keeps_every_epoch_whole():
+    import random
+
+    size, group = 1003, 16  # epochs do not end on a batch boundary: batches run across them
+    lengths = [random.Random(i).randint(10, 128) for i in range(size)]
+    grouped = GlobalOrder(size, 5, lengths=lengths, group=group)
+    plain = GlobalOrder(size, 5)
+    stream = [grouped.index(p) for p in range(3 * size)]
+    for epoch in range(3):
+        assert sorted(stream[epoch * size:(epoch + 1) * size]) == list(range(size))  # 0 duplicated, 0 skipped
+
+    def spread(order_stream):  # the length range inside each global batch of the stream
+        batches = [order_stream[s:s + group] for s in range(0, len(order_stream) - group + 1, group)]
+        return sorted(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+
+    grouped_spread, plain_spread = spread(stream), spread([plain.index(p) for p in range(3 * size)])
+    # Batches aligned with the stream's own: those of the full 800-sample windows span 1-4 of the 119
+    # lengths (the short windows at each epoch's end, and batches across epochs, spread more);
+    # unsorted batches span most of 10..128.
+    assert grouped_spread[len(grouped_spread) * 3 // 4] <= 4, grouped_spread
+    assert plain_spread[len(plain_spread) // 10] > 60, plain_spread
+    # The batches come in a random order, not short to long.
+    means = [sum(lengths[i] for i in stream[s:s + group]) / group for s in range(0, size - group, group)]
+    assert sum(a < b for a, b in zip(means[:-1], means[1:], strict=True)) < 0.75 * (len(means) - 1)
+    # Random access (a resumed run) sees what the stream saw; the micro-batch and world size play no part.
+    again = GlobalOrder(size, 5, lengths=lengths, group=group)
+    assert [again.index(p) for p in range(2 * size + 7, 2 * size + 300)] == stream[2 * size + 7:2 * size + 300]
+    with pytest.raises(ValueError, match="1003 lengths"):
+        GlobalOrder(size, 5, lengths=lengths[:-1], group=group)
+
+
 def test_resume_mid_epoch_neither_duplicates_nor_skips():
     whole = _seen(30, 8, 2, 2, 0, 10)
     # Per step, the multiset of samples is the same when the run is cut at step 4 (mid-epoch).
