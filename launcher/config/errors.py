@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -40,5 +39,7 @@ class RecipeError(Exception):
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    import difflib  # only a recipe with a mistake pays its import
+
     matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean `{matches[0]}`?" if matches else ""
