@@ -388,15 +388,20 @@ class Augmented:
             image = image.expand(3, -1, -1)
         size = self.cfg.image_size
         if self.train:
-            rng = random.Random(self.cfg.seed * 1_000_003 + position)
-            top, left, height, width = _crop_box(image.shape[1], image.shape[2], self.cfg.crop_scale, rng)
+            (top, left, height, width), flip = self._draw(image.shape[1], image.shape[2], position)
             image = F.resized_crop(image, top, left, height, width, [size, size], antialias=True)
-            if self.cfg.flip and rng.random() < 0.5:
+            if flip:
                 image = F.horizontal_flip(image)
         else:
             image = F.center_crop(F.resize(image, [round(size * self.cfg.eval_resize)], antialias=True), [size, size])
         return {"image": image, "label": label}  # collate's stack makes the batch contiguous
 
+    def _draw(self, height: int, width: int, position: int) -> tuple[tuple[int, int, int, int], bool]:
+        """The crop box and flip of stream position `position`: one RNG keyed to it, so a resume,
+        and decoding on the device, draw the same ones."""
+        rng = random.Random(self.cfg.seed * 1_000_003 + position)
+        box = _crop_box(height, width, self.cfg.crop_scale, rng)
+        return box, self.cfg.flip and rng.random() < 0.5
 
     def _encoded(self, index: int, position: int) -> dict:
         """The JPEG bytes and the same crop box and flip that host decoding would draw."""
@@ -406,10 +411,8 @@ class Augmented:
         label = int(store.labels[at])
         box, flip = None, False
         if self.train:
-            rng = random.Random(self.cfg.seed * 1_000_003 + position)
             height, width = (int(v) for v in store.shapes[at])
-            box = _crop_box(height, width, self.cfg.crop_scale, rng)
-            flip = self.cfg.flip and rng.random() < 0.5
+            box, flip = self._draw(height, width, position)
         return {"jpeg": store.encoded_tensor(at), "box": box, "flip": flip, "label": label}
 
 
