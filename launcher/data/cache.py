@@ -5,6 +5,7 @@ A kill mid-build leaves only a `.tmp-*` directory, never a half cache that a lat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,16 @@ from pathlib import Path
 def cache_root(configured: str) -> Path:
     """data.cache_dir, else $LAUNCHER_CACHE_DIR, else ~/.cache/launcher."""
     return Path(configured or os.environ.get("LAUNCHER_CACHE_DIR") or Path.home() / ".cache" / "launcher")
+
+
+def files_key(settings: dict, files: list[tuple[Path, int]]) -> str:
+    """A cache key of the settings and each (file, label): path, size and mtime, so a changed file
+    gets a new cache."""
+    digest = hashlib.sha256(json.dumps(settings).encode())
+    for path, label in files:
+        stat = path.stat()
+        digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def build_once(cache: Path, label: str, build: Callable[[Path], dict]) -> None:

@@ -11,7 +11,6 @@ S, and is committed with one rename, so a kill mid-build leaves nothing a later 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -19,15 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from launcher.data.cache import files_key
+
 FORMAT_VERSION = 1
 
 
 def cache_key(files: list[tuple[Path, int]], size: int) -> str:
-    digest = hashlib.sha256(json.dumps({"size": size, "format": FORMAT_VERSION}).encode())
-    for path, label in files:
-        stat = path.stat()
-        digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    return files_key({"size": size, "format": FORMAT_VERSION}, files)
 
 
 def decode_square(path: str | Path, size: int) -> np.ndarray:

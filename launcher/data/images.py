@@ -15,6 +15,7 @@ import importlib.util
 import random
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -62,8 +63,8 @@ class TensorImages:
         return self.images[index], int(self.labels[index])
 
 
-def read_image(path: str | Path):
-    """A file as a uint8 3 x H x W tensor (Pillow: torchvision 0.29 deprecates its own decoders)."""
+def read_image(path: str | Path | BinaryIO):
+    """A file (or file object) as a uint8 3 x H x W tensor (Pillow: torchvision 0.29 deprecates its own decoders)."""
     import numpy as np
     import torch
     from PIL import Image

@@ -17,7 +17,6 @@ quality, and committed with one rename by launcher.data.cache.build_once.
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import os
@@ -27,16 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from launcher.data.cache import files_key
+
 FORMAT_VERSION = 2  # 2: shapes.npy
 
 
 def cache_key(files: list[tuple[Path, int]], short_side: int, quality: int) -> str:
-    digest = hashlib.sha256(json.dumps({"kind": "jpeg", "short_side": short_side, "quality": quality,
-                                        "format": FORMAT_VERSION}).encode())
-    for path, label in files:
-        stat = path.stat()
-        digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    return files_key({"kind": "jpeg", "short_side": short_side, "quality": quality, "format": FORMAT_VERSION}, files)
 
 
 def reencode(path: str | Path, short_side: int, quality: int) -> tuple[bytes, int, int]:
@@ -96,14 +92,6 @@ def write_jpeg_store(files: list[tuple[Path, int]], short_side: int, quality: in
             "bytes_per_image": offsets[-1] / max(1, len(files)), "source_bytes": source_bytes}
 
 
-def decode(data: bytes | memoryview) -> np.ndarray:
-    """JPEG bytes -> uint8 H x W x 3 through Pillow (its libjpeg-turbo)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return np.array(image if image.mode == "RGB" else image.convert("RGB"))  # writable: one copy
-
-
 @functools.cache
 def torchvision_decoder():
     """(torchvision.io.decode_jpeg, ImageReadMode.RGB), or None where torchvision no longer has it.
@@ -154,14 +142,13 @@ class JpegStore:
         return torch.frombuffer(bytearray(self.encoded(index)), dtype=torch.uint8)
 
     def __getitem__(self, index: int):
-        import torch
-
         decoder = torchvision_decoder()
         if decoder is not None:
             decode_jpeg, rgb = decoder
             return decode_jpeg(self.encoded_tensor(index), mode=rgb), int(self.labels[index])
-        # 3 x H x W over Pillow's H x W x 3 memory, not a copy.
-        return torch.from_numpy(decode(self.encoded(index))).permute(2, 0, 1), int(self.labels[index])
+        from launcher.data.images import read_image  # Pillow, as for the original files
+
+        return read_image(io.BytesIO(self.encoded(index))), int(self.labels[index])
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_data": None}
