@@ -381,6 +381,8 @@ class Augmented:
     def at(self, index: int, position: int) -> dict:
         import torchvision.transforms.v2.functional as F
 
+        from launcher.data.crops import resized_crop
+
         if self.cfg.decode == "device":
             return self._encoded(index, position)
         image, label = self.data[index]
@@ -388,13 +390,11 @@ class Augmented:
             image = image.expand(3, -1, -1)
         size = self.cfg.image_size
         if self.train:
-            (top, left, height, width), flip = self._draw(image.shape[1], image.shape[2], position)
-            image = F.resized_crop(image, top, left, height, width, [size, size], antialias=True)
-            if flip:
-                image = F.horizontal_flip(image)
+            box, flip = self._draw(image.shape[1], image.shape[2], position)
+            image = resized_crop(image, box, size, flip)  # channels-last: see launcher.data.crops
         else:
             image = F.center_crop(F.resize(image, [round(size * self.cfg.eval_resize)], antialias=True), [size, size])
-        return {"image": image, "label": label}  # collate's stack makes the batch contiguous
+        return {"image": image, "label": label}
 
     def _draw(self, height: int, width: int, position: int) -> tuple[tuple[int, int, int, int], bool]:
         """The crop box and flip of stream position `position`: one RNG keyed to it, so a resume,
@@ -440,7 +440,9 @@ def collate(samples: list[dict], cfg: DataConfig | None = None) -> dict:
         encoded = EncodedImages(tuple(s["jpeg"] for s in samples), boxes, tuple(s["flip"] for s in samples),
                                 cfg.image_size, cfg.eval_resize)
         return {"encoded": encoded, "label": labels}
-    return {"image": torch.stack([s["image"] for s in samples]), "label": labels}
+    from launcher.data.crops import stack
+
+    return {"image": stack([s["image"] for s in samples]), "label": labels}
 
 
 def draw_confusion(confusion, classes: list[str], path: str) -> None:

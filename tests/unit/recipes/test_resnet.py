@@ -82,7 +82,7 @@ def test_decoded_square_matches_a_full_decode_then_resize_and_centre_crop(tmp_pa
     from launcher.data.images import read_image
 
     for path, _ in _image_tree(tmp_path, SIZES):
-        ours = torch.from_numpy(decode_square(path, 64))
+        ours = torch.from_numpy(decode_square(path, 64)).permute(2, 0, 1)
         reference = F.center_crop(F.resize(read_image(path), [64], antialias=True), [64, 64])
         assert ours.shape == reference.shape == (3, 64, 64)
         # JPEG draft-mode decoding at a reduced scale and Pillow's resampling differ slightly.
@@ -103,7 +103,7 @@ def test_decoded_cache_holds_every_image_and_label_and_pickles_without_the_array
     assert len(decoded) == len(files) == summary["images"]
     for index, (path, label) in enumerate(files):
         image, got_label = decoded[index]
-        assert got_label == label and torch.equal(image, torch.from_numpy(decode_square(path, 48)))
+        assert got_label == label and torch.equal(image, torch.from_numpy(decode_square(path, 48)).permute(2, 0, 1))
     assert len(pickle.dumps(decoded)) < 4096  # DataLoader workers reopen the map, no array copy
 
 
