@@ -146,7 +146,7 @@ class JpegStore:
         if decoder is not None:
             decode_jpeg, rgb = decoder
             return decode_jpeg(self.encoded_tensor(index), mode=rgb), int(self.labels[index])
-        from launcher.data.images import read_image  # Pillow, as for the original files
+        from launcher.data.images import read_image  # Pillow, the original files' fallback too
 
         return read_image(io.BytesIO(self.encoded(index))), int(self.labels[index])
 
