@@ -124,6 +124,7 @@ def test_cpu_proxy_benchmark_writes_every_section_in_its_schema(tmp_path):
     stored = {r["pipeline"]: r["stored_bytes_per_image"] for r in records if r["section"] == "loader"}
     # The JPEG store is smaller than the photos it came from and than the decoded store.
     assert stored["resnet224 data.jpeg_cache=256"] < stored["resnet224"] < stored["resnet224 data.decoded_cache=256"]
+    assert stored["resnet224 data.jpeg_cache=256 data.jpeg_quality=85"] < stored["resnet224 data.jpeg_cache=256"]
     assert 0 <= next(r["padding_fraction"] for r in records if r.get("pipeline") == "bert") < 1
     assert {r["hosts"] for r in records if r["section"] == "plan"} == {1, 100}
     attention = {r["recipe"]: r for r in records if r["section"] == "attention"}
