@@ -312,35 +312,58 @@ def attention_paths(case: str, data: dict[str, Path], work: Path) -> dict:
 def loader_throughput(case: str, data: dict[str, Path], work: Path, samples: int,
                       extra: tuple[str, ...] = ()) -> dict:
     """Samples per second through the recipe's dataset and collate, on this (one) core."""
+    return loader_alternated(case, [extra], data, work, samples, 1)[0]
+
+
+def loader_alternated(case: str, variants: list[tuple[str, ...]], data: dict[str, Path], work: Path,
+                      samples: int, rounds: int) -> list[dict]:
+    """loader_throughput for each variant, measured in `rounds` alternated passes (A B C A B C):
+    this machine's speed drifts within seconds, so one pass per variant can rank them wrongly.
+    Each record holds the median pass and every pass (`all_samples_per_s`)."""
     import pickle
 
     import torch
 
     from launcher.runtime.sampling import GlobalOrder, StreamData
 
-    _, math, task, _ = recipe_task(case, data, work, extra)
-    stream = StreamData(task.train_data, GlobalOrder(len(task.train_data), 0, task.shuffle, task.lengths,
-                                                     math.global_batch))
-    micro = math.micro
+    pipelines = []
+    for extra in variants:
+        _, math, task, _ = recipe_task(case, data, work, extra)
+        stream = StreamData(task.train_data, GlobalOrder(len(task.train_data), 0, task.shuffle, task.lengths,
+                                                         math.global_batch))
+        pipelines.append((extra, task, stream, math.micro, []))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per core: torch's resize would otherwise use every core
     try:
-        task.collate([stream[i] for i in range(micro)])  # warm-up (caches opened, first decode)
-        started = time.perf_counter()
-        done, real, padded = 0, 0, 0
-        while done < samples:
-            batch = task.collate([stream[done + i] for i in range(micro)])
-            done += micro
-            if "attention_mask" in batch:  # BERT: how much of each padded batch is padding
-                real, padded = real + int(batch["attention_mask"].sum()), padded + batch["attention_mask"].numel()
-        elapsed = time.perf_counter() - started
+        for _, task, stream, micro, _ in pipelines:
+            task.collate([stream[i] for i in range(micro)])  # warm-up (caches opened, first decode)
+        for _ in range(rounds):
+            for _, task, stream, micro, passes in pipelines:
+                passes.append(_loader_pass(task, stream, micro, samples))
     finally:
         torch.set_num_threads(threads)
-    sample = stream[0]
-    return {"section": "loader", "pipeline": f"{case}{' ' + ' '.join(extra) if extra else ''}",
-            "samples_per_s_per_core": done / elapsed, "samples": done,
-            "bytes_per_sample": len(pickle.dumps(sample)), "stored_bytes_per_image": _stored_bytes(task.train_data),
-            "padding_fraction": 1 - real / padded if padded else None}
+    records = []
+    for extra, task, stream, _, passes in pipelines:
+        rates = [done / elapsed for done, elapsed, _, _ in passes]
+        done, _, real, padded = passes[0]
+        records.append({"section": "loader", "pipeline": f"{case}{' ' + ' '.join(extra) if extra else ''}",
+                        "samples_per_s_per_core": statistics.median(rates), "samples": done,
+                        "all_samples_per_s": rates, "bytes_per_sample": len(pickle.dumps(stream[0])),
+                        "stored_bytes_per_image": _stored_bytes(task.train_data),
+                        "padding_fraction": 1 - real / padded if padded else None})
+    return records
+
+
+def _loader_pass(task, stream, micro: int, samples: int) -> tuple[int, float, int, int]:
+    """(samples, seconds, real tokens, padded tokens) of one pass of `samples` through the loader."""
+    started = time.perf_counter()
+    done, real, padded = 0, 0, 0
+    while done < samples:
+        batch = task.collate([stream[done + i] for i in range(micro)])
+        done += micro
+        if "attention_mask" in batch:  # BERT: how much of each padded batch is padding
+            real, padded = real + int(batch["attention_mask"].sum()), padded + batch["attention_mask"].numel()
+    return done, time.perf_counter() - started, real, padded
 
 
 def _stored_bytes(dataset) -> float | None:
@@ -471,8 +494,10 @@ def run_cpu(tiny: bool, out_dir: Path, work: Path, generate_text, generate_image
         for case in ("gpt", "bert"):
             write(attention_paths(case, data, work))
         samples = 64 if tiny else 2048
-        for case, extra in (("bert", ()), ("gpt", ()), *(("resnet224", store) for store in RESNET_STORES)):
-            write(loader_throughput(case, data, work, samples // 4 if case == "resnet224" else samples, extra))
+        for case in ("bert", "gpt"):
+            write(loader_throughput(case, data, work, samples))
+        for record in loader_alternated("resnet224", list(RESNET_STORES), data, work, samples // 4, 1 if tiny else 5):
+            write(record)
         if not tiny:  # padding of real text's pairs, without and with data.group_by_length
             for seq, grouped in ((128, "false"), (128, "true"), (512, "false"), (512, "true")):
                 shape = (f"data.max_seq_len={seq}", f"data.max_predictions={seq * 3 // 20 + 1}")
