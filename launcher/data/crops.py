@@ -5,7 +5,7 @@ H x W x 3, seen as a 3 x H x W tensor. torch's uint8 antialiased resize has a ve
 exactly that layout once the input is channels-last contiguous; torchvision's `resized_crop` instead
 reshapes the cropped view, which copies it to 3 x H x W first and then resizes it the slow way.
 Measured on one core (a 256 x 341 picture, crops drawn as RandomResizedCrop, 224 px out):
-torchvision 0.43 ms, this 0.13 ms, with every pixel equal (tests/unit/test_crops.py).
+torchvision 0.43 ms, this 0.13 ms, with every pixel equal (tests/unit/data/test_crops.py).
 
 The crops therefore stay channels-last, and `stack` makes a channels-last batch with plain copies:
 the GPU recipes' models run channels-last anyway, and the CPU path's normaliser makes the batch
