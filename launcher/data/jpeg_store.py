@@ -114,6 +114,21 @@ def torchvision_decoder():
     return quiet, ImageReadMode.RGB
 
 
+def decode_with_torchvision(data: bytes | memoryview):
+    """JPEG bytes -> uint8 3 x H x W over H x W x 3 memory (the layout the crops read fastest), or
+    None where torchvision lacks its decoder or rejects the bytes, for Pillow to try."""
+    decoder = torchvision_decoder()
+    if decoder is None:
+        return None
+    import torch
+
+    decode_jpeg, rgb = decoder
+    try:
+        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=rgb)
+    except RuntimeError:  # e.g. a file named .jpg that is not one: Pillow knows more formats
+        return None
+
+
 class JpegStore:
     """(uint8 3 x H x W tensor, label) from a JPEG store. The packed file is memory-mapped lazily in
     each process, so DataLoader workers share the page cache instead of pickling it."""
@@ -142,13 +157,12 @@ class JpegStore:
         return torch.frombuffer(bytearray(self.encoded(index)), dtype=torch.uint8)
 
     def __getitem__(self, index: int):
-        decoder = torchvision_decoder()
-        if decoder is not None:
-            decode_jpeg, rgb = decoder
-            return decode_jpeg(self.encoded_tensor(index), mode=rgb), int(self.labels[index])
-        from launcher.data.images import read_image  # Pillow, the original files' fallback too
+        image = decode_with_torchvision(self.encoded(index))
+        if image is None:
+            from launcher.data.images import read_image  # Pillow, the original files' fallback too
 
-        return read_image(io.BytesIO(self.encoded(index))), int(self.labels[index])
+            image = read_image(io.BytesIO(self.encoded(index)))
+        return image, int(self.labels[index])
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_data": None}
