@@ -12,7 +12,6 @@ of the medians. Writes bench/results/checkpoint-checksum-<host>-<time>.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -28,19 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def sizes_only(checkpoint_module):
-    """The save as it was before checksums: no hashing writer, and a manifest of sizes."""
-
-    @contextlib.contextmanager
-    def no_hashing(_directory):
-        yield {}
-
-    def manifest_files(tmp: Path) -> dict:
-        for part in tmp.glob(".digests-rank*.json"):
-            part.unlink()
-        return {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-
-    return no_hashing, manifest_files
+def sizes_only(tmp: Path) -> dict:
+    """The manifest as it was before checksums: every file's size (the save then writes past the
+    hashing writer, with plain torch.save)."""
+    for part in tmp.glob(".digests-rank*.json"):
+        part.unlink()
+    return {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
 
 
 def main() -> int:
@@ -57,16 +49,20 @@ def main() -> int:
     torch.set_num_threads(1)
     state = {f"layer{i}.weight": torch.randn(args.mb * 2**20 // 4 // 8) for i in range(8)}
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="ckpt-bench-"))
-    real_hashing, real_manifest = ckpt.hashing_saves, ckpt._manifest_files
-    plain_hashing, plain_manifest = sizes_only(ckpt)
+    real_manifest = ckpt._manifest_files
+
+    def hashed(files) -> None:
+        files.save(state, "model.pt")
+
+    def plain(files) -> None:
+        torch.save(state, files.path("model.pt"))
 
     def save(variant: str, index: int) -> float:
         root = workdir / f"{variant}-{index}"
         manager = ckpt.CheckpointManager(str(root), keep_last=1, rank=0, barrier=lambda: None)
-        ckpt.hashing_saves, ckpt._manifest_files = ((real_hashing, real_manifest) if variant == "checksum"
-                                                    else (plain_hashing, plain_manifest))
+        ckpt._manifest_files = real_manifest if variant == "checksum" else sizes_only
         started = time.perf_counter()
-        committed = manager.save(1, {"step": 1}, lambda d: torch.save(state, os.path.join(d, "model.pt")))
+        committed = manager.save(1, {"step": 1}, hashed if variant == "checksum" else plain)
         elapsed = time.perf_counter() - started
         size = sum(p.stat().st_size for p in committed.rglob("*") if p.is_file())
         shutil.rmtree(root)

@@ -84,23 +84,50 @@ class AccelerateBackend:
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
 
-    def save(self, directory: str) -> None:
-        if self.recipe.backend.strategy == "fsdp":
-            self.accelerator.save_state(directory)  # sharded: every rank writes its part
-            return
-        if self.accelerator.is_main_process:  # DDP replicas are identical: one copy
-            torch.save(self.unwrapped().state_dict(), os.path.join(directory, "model.pt"))
-            torch.save(self.optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
+    def save(self, files) -> None:
+        """model.pt and optimizer.pt, written by global rank 0. DDP replicas are identical; under FSDP
+        every rank takes part in gathering the full state, which is the same file whatever the world
+        size that wrote it (a resume on another number of ranks shards it anew)."""
+        model_state, optimizer_state = self._full_state()
+        if self.accelerator.is_main_process:
+            files.save(model_state, "model.pt")
+            files.save(optimizer_state, "optimizer.pt")
 
     def load(self, directory: str) -> None:
-        if self.recipe.backend.strategy == "fsdp":
-            self.accelerator.load_state(directory)
+        if not os.path.exists(os.path.join(directory, "model.pt")):
+            self.accelerator.load_state(directory)  # FSDP, as earlier launchers wrote it (Accelerate's layout)
             return
-        model_state = torch.load(os.path.join(directory, "model.pt"), map_location="cpu", weights_only=True)
-        self.unwrapped().load_state_dict(model_state)
-        optimizer_state = torch.load(os.path.join(directory, "optimizer.pt"), map_location="cpu",
-                                     weights_only=True)
-        self.optimizer.load_state_dict(optimizer_state)
+        # mmap: the file's pages, not a copy per rank; each rank keeps only its shard of them (FSDP).
+        model_state = torch.load(os.path.join(directory, "model.pt"), map_location="cpu", weights_only=True, mmap=True)
+        optimizer_state = torch.load(os.path.join(directory, "optimizer.pt"), map_location="cpu", weights_only=True,
+                                     mmap=True)
+        if self.recipe.backend.strategy != "fsdp":
+            self.unwrapped().load_state_dict(model_state)
+            self.optimizer.load_state_dict(optimizer_state)
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.model, model_state, options=options)
+        set_optimizer_state_dict(self.model, self.optimizer.optimizer, optimizer_state, options=options)
+
+    def _full_state(self) -> tuple[dict, dict]:
+        """The model's and optimizer's whole state (collective under FSDP; on the CPU)."""
+        if self.recipe.backend.strategy != "fsdp":
+            return self.unwrapped().state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (get_model_state_dict(self.model, options=options),
+                get_optimizer_state_dict(self.model, self.optimizer.optimizer, options=options))
 
     def export_state_dict(self):
         state = self.accelerator.get_state_dict(self.model)

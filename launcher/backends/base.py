@@ -31,8 +31,9 @@ class Backend(Protocol):
     def autocast(self) -> Any:
         """Context for forward passes (mixed precision)."""
 
-    def save(self, directory: str) -> None:
-        """Every rank writes its part of model + optimizer state into `directory`."""
+    def save(self, files: Any) -> None:
+        """Every rank writes its part of model + optimizer state through `files`
+        (launcher.runtime.checkpoint.CheckpointFiles: the only way into a checkpoint)."""
 
     def load(self, directory: str) -> None: ...
 

@@ -1,4 +1,5 @@
-"""DeepSpeed: ZeRO 0-3, CPU offload, bf16/fp16, with a config generated from the recipe.
+"""DeepSpeed: ZeRO 0-3, CPU offload, bf16/fp16, with the config the plan makes of the recipe
+(launcher/plan/deepspeed.py).
 
 The trainer normalises the loss by the global target count, so we call backward with
 scale_wrt_gas=False (DeepSpeed would otherwise divide by the accumulation steps a second time).
@@ -16,45 +17,11 @@ import sys
 
 import torch
 
+from launcher.backends.deepspeed_schema import passthrough_problems
 from launcher.backends.optim import build_optimizer, set_lr
 from launcher.backends.precision import resolve_precision
+from launcher.plan.deepspeed import deepspeed_config
 from launcher.quiet import without_build_banner
-
-
-def deepspeed_config(recipe, math, precision: str, torch_autocast: bool = False) -> dict:
-    """The DeepSpeed config for the recipe. With torch_autocast, bf16/fp16 run as torch autocast
-    (fp32 weights and buffers, low-precision matmuls and convolutions) instead of DeepSpeed casting
-    the weights (see needs_torch_autocast)."""
-    backend = recipe.backend
-    zero: dict = {"stage": backend.zero_stage}
-    if backend.zero_stage >= 1:
-        zero.update({"overlap_comm": torch.cuda.is_available(), "contiguous_gradients": True,
-                     "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8})
-    if backend.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    if backend.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    config = {
-        "train_batch_size": math.global_batch,
-        "train_micro_batch_size_per_gpu": math.micro,
-        "gradient_accumulation_steps": math.accumulation,
-        "gradient_clipping": recipe.optimizer.grad_clip,
-        "zero_optimization": zero,
-        "bf16": {"enabled": precision == "bf16" and not torch_autocast},
-        "fp16": {"enabled": precision == "fp16" and not torch_autocast, "loss_scale": 0, "initial_scale_power": 16},
-        "steps_per_print": 10**9,  # the trainer logs; keep DeepSpeed quiet
-        "wall_clock_breakdown": False,
-        # Our optimizer is a plain torch one (the LR is ours; fused on the CPU under offload, see
-        # fused_optimizer_fits); allow it with offload.
-        "zero_force_ds_cpu_optimizer": False,
-        # DeepSpeed names only the Adam family as tested with ZeRO and refuses SGD otherwise. Both of
-        # our optimizers update element by element, so ZeRO's flat partitions are exact for them
-        # (the SGD equivalence test shows it).
-        "zero_allow_untested_optimizer": True,
-    }
-    if torch_autocast and precision in ("bf16", "fp16"):
-        config["torch_autocast"] = {"enabled": True, "dtype": precision}
-    return _merge(config, backend.deepspeed_config)
 
 
 def needs_torch_autocast(model) -> bool:
@@ -102,34 +69,6 @@ def fused_optimizer_fits(device, offload_optimizer: bool) -> bool:
     return offload_optimizer or device.type == "cuda"
 
 
-def passthrough_problems(config: dict) -> list[str]:
-    """Validate the merged config with DeepSpeed's own (pydantic) schema; [] when it is valid.
-
-    DeepSpeed forbids unknown keys inside its sections (zero_optimization, ...) but ignores unknown
-    top-level keys, so a typo there stays unnoticed by both of us. Outside a process group it
-    checks the batch keys for one process, so they are given to it as one process's (the plan
-    checks them for the real world size).
-    """
-    from deepspeed.runtime.config import DeepSpeedConfig
-
-    config = dict(config)
-    micro, accumulation = config.get("train_micro_batch_size_per_gpu"), config.get("gradient_accumulation_steps")
-    if not torch.distributed.is_initialized() and isinstance(micro, int) and isinstance(accumulation, int):
-        config["train_batch_size"] = micro * accumulation
-    try:
-        DeepSpeedConfig(config)
-    except Exception as exc:  # noqa: BLE001 - pydantic and DeepSpeed raise several types
-        return [" ".join(str(exc).split())[:600]]
-    return []
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def _announce_op_build() -> None:
     """On CPU, DeepSpeed's first run on a machine JIT-compiles its shared-memory collective op
     (about a minute, silently): say so, and where it is kept."""
@@ -142,6 +81,34 @@ def _announce_op_build() -> None:
     if not os.path.exists(os.path.join(directory, "deepspeed_shm_comm.so")):
         print(f"launcher: building DeepSpeed's shm_comm CPU op once (about a minute; needs g++ and ninja); "
               f"cached in {directory} (TORCH_EXTENSIONS_DIR)", file=sys.stderr, flush=True)
+
+
+_TAG = "deepspeed"  # the subdirectory of a step directory that DeepSpeed writes
+RECOVERY_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
+
+
+class CheckpointEngineSeam:
+    """DeepSpeed's checkpoint engine with our writer and loader in its place. DeepSpeed writes and
+    reads every state file through its engine's save() and load(), so these are where a checkpoint
+    gets its checksums (launcher.runtime.checkpoint.CheckpointFiles) and where a forged file is
+    refused (DeepSpeed itself unpickles with weights_only=False: a forged checkpoint would run
+    code). Everything else is DeepSpeed's own engine."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.files = None  # set by DeepSpeedBackend.save while DeepSpeed writes a checkpoint
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def save(self, state_dict, path: str) -> None:
+        if self.files is None:
+            raise RuntimeError(f"DeepSpeed wrote {path} outside a launcher checkpoint: it would have no checksum")
+        self.files.save_at(state_dict, path,
+                           _use_new_zipfile_serialization=getattr(self.inner, "zipfile_serialization", True))
+
+    def load(self, path: str, map_location=None):
+        return load_weights_only(path, map_location)
 
 
 class DeepSpeedBackend:
@@ -170,14 +137,12 @@ class DeepSpeedBackend:
         optimizer = build_optimizer(groups, self.recipe.optimizer,
                                     fused=fused_optimizer_fits(self.device, self.recipe.backend.offload_optimizer))
         torch_autocast = self.precision != "fp32" and needs_torch_autocast(model)
-        config = deepspeed_config(self.recipe, self.math, self.precision, torch_autocast)
+        config = deepspeed_config(self.recipe, self.math, self.precision, torch_autocast, torch.cuda.is_available())
         problems = passthrough_problems(config)
         if problems:
             raise ValueError(f"backend.deepspeed_config is not valid for DeepSpeed: {problems[0]}")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-        # DeepSpeed unpickles its files with weights_only=False: a forged checkpoint would run code.
-        # Its engine reads every checkpoint file through this one loader, so ours replaces it.
-        self.engine.checkpoint_engine.load = load_weights_only
+        self.engine.checkpoint_engine = CheckpointEngineSeam(self.engine.checkpoint_engine)
         if self.recipe.train.compile:
             self.engine.compile()
         self.model = self.engine
@@ -200,11 +165,19 @@ class DeepSpeedBackend:
     def unwrapped(self):
         return self.engine.module
 
-    def save(self, directory: str) -> None:
-        self.engine.save_checkpoint(directory, tag="deepspeed", save_latest=False)
+    def save(self, files) -> None:
+        seam = self.engine.checkpoint_engine
+        seam.files = files
+        try:
+            self.engine.save_checkpoint(str(files.directory), tag=_TAG, save_latest=False)
+        finally:
+            seam.files = None
+        for script in RECOVERY_SCRIPTS:  # copied beside its tag by DeepSpeed's rank 0, for its users' own tools
+            if os.path.isfile(files.path(script)):
+                files.adopt(script)
 
     def load(self, directory: str) -> None:
-        path, _ = self.engine.load_checkpoint(directory, tag="deepspeed", load_lr_scheduler_states=False)
+        path, _ = self.engine.load_checkpoint(directory, tag=_TAG, load_lr_scheduler_states=False)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {directory}")
 

@@ -9,7 +9,15 @@ from typing import Any
 
 from launcher.config.errors import Problem, RecipeError
 from launcher.config.files import RECIPE_LIMIT, UnreadableFile, read_small_text
-from launcher.config.modules import ModuleProblem, import_recipe_module, resolve_reference
+from launcher.config.modules import (
+    TRACKERS,
+    ModuleProblem,
+    import_recipe_module,
+    is_module_reference,
+    reference_problem,
+    resolve_reference,
+    resolve_tracker,
+)
 from launcher.config.overrides import apply_overrides
 from launcher.config.schema import Recipe
 from launcher.config.validate import Collector, build_dataclass, field_key
@@ -60,10 +68,29 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     else:  # still report every other problem in the file
         special = {"model": lambda value, key: value, "data": lambda value, key: value}
     recipe = build_dataclass(Recipe, raw, "", out, special)
+    trackers = _resolve_trackers(recipe, recipe_dir, out) if not out.problems else []
     if out.problems:
         raise RecipeError(source, out.problems, raw)
-    recipe = dataclasses.replace(recipe, recipe=resolve_reference(recipe.recipe, recipe_dir))
+    tracking = dataclasses.replace(recipe.tracking, backends=trackers)
+    recipe = dataclasses.replace(recipe, recipe=resolve_reference(recipe.recipe, recipe_dir), tracking=tracking)
     return LoadedRecipe(recipe, module, source)
+
+
+def _resolve_trackers(recipe: Recipe, recipe_dir: Path, out: Collector) -> list[str]:
+    """tracking.backends with a user's own tracker module made absolute, as `recipe:` is, so that it
+    means the same to every rank; one that cannot be found is a problem now, not in the ranks."""
+    resolved = []
+    for name in recipe.tracking.backends:
+        if is_module_reference(name):
+            reference = resolve_tracker(name, recipe_dir)
+            problem = reference_problem(reference)
+            if problem:
+                out.add("tracking.backends", f"tracker module `{name}`: {problem}",
+                        "a registered tracker (" + ", ".join(TRACKERS) + "), a dotted module on PYTHONPATH, or "
+                        "a .py file relative to the recipe file")
+            name = reference
+        resolved.append(name)
+    return resolved
 
 
 def _load_module(raw: dict[str, Any], recipe_dir: Path, out: Collector) -> ModuleType | None:

@@ -1,5 +1,7 @@
-"""Finding a recipe module: a built-in name, a dotted import path, or a .py file, checked
-against the contract in launcher/recipe_module.py (RecipeModule)."""
+"""Finding the modules a recipe names: its recipe module (`recipe:`), checked against the contract
+in launcher/recipe_module.py (RecipeModule), and its trackers (`tracking.backends`). Each is a
+registered name, a dotted import path, or a .py file beside the recipe. The registries hold
+module paths as text: nothing here imports a tracker, and a recipe module only when asked."""
 
 from __future__ import annotations
 
@@ -19,6 +21,28 @@ BUILTIN = {
 }
 
 
+# Trackers by name: a new tracker is a module with open_tracker(context) (launcher/tracking/base.py)
+# and one line here.
+TRACKERS = {
+    "wandb": "launcher.tracking.wandb_tracker",
+    "tensorboard": "launcher.tracking.tensorboard_tracker",
+}
+
+
+def is_module_reference(name: str) -> bool:
+    """A module of the user's own rather than a registered name: `pkg.module` or `file.py`."""
+    return name.endswith(".py") or "." in name
+
+
+def resolve_tracker(name: str, recipe_dir: Path | None = None) -> str:
+    """A tracker's module: the registered one, or the user's own (a .py file relative to the recipe)."""
+    if name in TRACKERS:
+        return TRACKERS[name]
+    if name.endswith(".py") and recipe_dir is not None:
+        return str((recipe_dir / name).resolve())
+    return name
+
+
 class ModuleProblem(Exception):
     def __init__(self, message: str, hint: str) -> None:
         super().__init__(message)
@@ -32,20 +56,39 @@ def resolve_reference(reference: str, recipe_dir: Path) -> str:
     return BUILTIN.get(reference, reference)
 
 
+def import_reference(reference: str) -> ModuleType:
+    """Import a resolved reference: a dotted module name, or an absolute .py path (executed anew at
+    each call, so an edited file is read as it is now)."""
+    if not reference.endswith(".py"):
+        return importlib.import_module(reference)
+    name = f"launcher_user_recipe_{abs(hash(reference))}"
+    spec = importlib.util.spec_from_file_location(name, reference)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses need their module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_problem(reference: str) -> str:
+    """Why a resolved reference cannot be imported, found without importing it ("" when it can)."""
+    if reference.endswith(".py"):
+        return "" if Path(reference).is_file() else f"{reference} does not exist"
+    try:
+        found = importlib.util.find_spec(reference.split(".")[0]) is not None
+    except (ImportError, ValueError):
+        found = False
+    return "" if found else f"no module named `{reference}` on PYTHONPATH"
+
+
 def import_recipe_module(reference: str) -> ModuleType:
     """Import a resolved reference (dotted name or absolute .py path); check the protocol."""
     if reference.endswith(".py"):
-        path = Path(reference)
-        if not path.is_file():
+        if not Path(reference).is_file():
             raise ModuleProblem(f"recipe module file {reference} does not exist",
                                 "give a path relative to the recipe file, or a built-in name: "
                                 + ", ".join(sorted(BUILTIN)))
-        name = f"launcher_user_recipe_{abs(hash(reference))}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses need their module registered
-        spec.loader.exec_module(module)
+        module = import_reference(reference)
     else:
         try:
             module = importlib.import_module(reference)

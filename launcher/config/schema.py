@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from launcher.config.modules import TRACKERS, is_module_reference
 from launcher.rundir.naming import name_problem
 
 Auto = Literal["auto"]
@@ -187,8 +188,7 @@ class CheckpointConfig:
         return out
 
 
-TRACKING_BACKENDS = ("wandb", "tensorboard")
-ALERT_KINDS = ("failure", "preemption", "nonfinite", "straggler", "completion")  # launcher/alerts.py
+ALERT_KINDS = ("failure", "preemption", "nonfinite", "straggler", "completion")  # tracking/alerts.py
 
 
 @dataclass(frozen=True)
@@ -203,14 +203,20 @@ class TrackingConfig:
     init_timeout: float = 30.0  # seconds to reach the server before falling back to offline
     log_model: bool = False  # upload the exported model as an artifact at the end
     # Where rank 0 logs: W&B (when `mode` is not disabled) and/or TensorBoard event files in
-    # <run_dir>/tensorboard (always, when listed; for clusters without a way to W&B).
+    # <run_dir>/tensorboard (always, when listed; for clusters without a way to W&B), or a tracker
+    # module of the user's own (config/modules.py: TRACKERS, tracking/base.py).
     backends: list[str] = field(default_factory=lambda: ["wandb"])
-    # Pushed to the trackers (W&B's own alerts) and metrics.jsonl: launcher/alerts.py.
+    # Pushed to the trackers (W&B's own alerts) and metrics.jsonl: launcher/tracking/alerts.py.
     alerts: list[str] = field(default_factory=lambda: list(ALERT_KINDS))
     alert_interval_s: float = 600.0  # one alert of a kind per this many seconds at most
     # W&B system metrics (CPU, memory, GPU) of rank 0's machine only, or of every node, each
-    # labelled in the one run (launcher/tracking_nodes.py).
+    # labelled in the one run (launcher/tracking/nodes.py).
     system_metrics: Literal["rank0", "all_nodes"] = "rank0"
+
+    @property
+    def uses_wandb(self) -> bool:
+        """W&B is among the backends and `mode` does not disable it."""
+        return "wandb" in self.backends and self.mode != "disabled"
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []
@@ -222,8 +228,10 @@ class TrackingConfig:
         if self.alert_interval_s < 0:
             out.append(("alert_interval_s", "must be >= 0", "seconds between two alerts of a kind, e.g. 600"))
         for name in self.backends:
-            if name not in TRACKING_BACKENDS:
-                out.append(("backends", f"unknown tracker `{name}`", f"use any of {', '.join(TRACKING_BACKENDS)}"))
+            if name not in TRACKERS and not is_module_reference(name):
+                out.append(("backends", f"unknown tracker `{name}`",
+                            f"use any of {', '.join(TRACKERS)}, or a tracker module of your own (pkg.module or "
+                            "file.py: launcher/tracking/base.py)"))
         if len(set(self.backends)) != len(self.backends):
             out.append(("backends", "lists a tracker twice", "list each once"))
         return out

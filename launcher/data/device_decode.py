@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher.data.jpeg_store import torchvision_decoder
+from launcher.data.decode import torchvision_decoder
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import importlib.util
 import random
 import struct
 from pathlib import Path
-from typing import BinaryIO
+
+from launcher.data.decode import decode_with_torchvision, read_image
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -63,16 +64,6 @@ class TensorImages:
         return self.images[index], int(self.labels[index])
 
 
-def read_image(path: str | Path | BinaryIO):
-    """A file (or file object) as a uint8 3 x H x W tensor (Pillow: torchvision 0.29 deprecates its own decoders)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
-
-
 class FolderImages:
     """Decodes one file per access; grayscale becomes 3 channels."""
 
@@ -87,8 +78,6 @@ class FolderImages:
         if path.suffix.lower() in _JPEG_SUFFIXES:
             # The JPEG store's decoder: Pillow's pixels, a third faster for a 500 x 375 photo here
             # (1.16 against 1.69 ms), in the layout the crops read fastest.
-            from launcher.data.jpeg_store import decode_with_torchvision
-
             image = decode_with_torchvision(path.read_bytes())
             if image is not None:
                 return image, label

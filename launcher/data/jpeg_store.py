@@ -16,17 +16,16 @@ quality, and committed with one rename by launcher.data.cache.build_once.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import os
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from launcher.data.cache import files_key
+from launcher.data.decode import decode_with_torchvision, read_image
 
 FORMAT_VERSION = 2  # 2: shapes.npy
 
@@ -92,43 +91,6 @@ def write_jpeg_store(files: list[tuple[Path, int]], short_side: int, quality: in
             "bytes_per_image": offsets[-1] / max(1, len(files)), "source_bytes": source_bytes}
 
 
-@functools.cache
-def torchvision_decoder():
-    """(torchvision.io.decode_jpeg, ImageReadMode.RGB), or None where torchvision no longer has it.
-
-    torchvision 0.29 marks its decoders deprecated in favour of TorchCodec, but they are the ones
-    with a batched nvJPEG path, and on the CPU they decode straight into a tensor: 0.47 ms against
-    Pillow's 0.62 ms for a 256 x 341 picture here, and 0.75 against 1.1 ms with the 224 crop."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            from torchvision.io import ImageReadMode, decode_jpeg
-        except ImportError:
-            return None
-
-    def quiet(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_jpeg(*args, **kwargs)
-
-    return quiet, ImageReadMode.RGB
-
-
-def decode_with_torchvision(data: bytes | memoryview):
-    """JPEG bytes -> uint8 3 x H x W over H x W x 3 memory (the layout the crops read fastest), or
-    None where torchvision lacks its decoder or rejects the bytes, for Pillow to try."""
-    decoder = torchvision_decoder()
-    if decoder is None:
-        return None
-    import torch
-
-    decode_jpeg, rgb = decoder
-    try:
-        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=rgb)
-    except RuntimeError:  # e.g. a file named .jpg that is not one: Pillow knows more formats
-        return None
-
-
 class JpegStore:
     """(uint8 3 x H x W tensor, label) from a JPEG store. The packed file is memory-mapped lazily in
     each process, so DataLoader workers share the page cache instead of pickling it."""
@@ -158,9 +120,7 @@ class JpegStore:
 
     def __getitem__(self, index: int):
         image = decode_with_torchvision(self.encoded(index))
-        if image is None:
-            from launcher.data.images import read_image  # Pillow, the original files' fallback too
-
+        if image is None:  # Pillow, the original files' fallback too
             image = read_image(io.BytesIO(self.encoded(index)))
         return image, int(self.labels[index])
 

@@ -46,6 +46,13 @@ class HostProblem:
         return f"{self.host}: {self.message}\n  hint: {self.hint}"
 
 
+class PreflightFailed(Exception):
+    """Hosts that cannot run the job (unreachable, no Python, a port taken): nothing was started."""
+
+    def __init__(self, problems: list[HostProblem]) -> None:
+        super().__init__("pre-flight check failed, nothing was started:\n" + "\n".join(f"  {p}" for p in problems))
+
+
 class LaunchView(Protocol):
     """What an engine reads of a launch plan (launcher.plan.launch.LaunchPlan is one)."""
 

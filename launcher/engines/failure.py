@@ -114,6 +114,54 @@ def write(run_dir: str, failure: Failure) -> None:
     path.write_text(json.dumps(asdict(failure), indent=2) + "\n", encoding="utf-8")
 
 
+ALERT_TEXT_LINES = 6  # the alert carries the summary's first lines
+
+
+def send_alert(run_dir: str, tracking, summary: str, status: int) -> None:
+    """The failure alert (tracking.alerts lists `failure`): an `alert` record in metrics.jsonl, and,
+    when W&B is on, wandb's own alert in the job's run. W&B is reached from a short-lived process
+    (launcher.tracking.alerts), bounded by its init timeout: the launcher imports no tracker, and a
+    W&B outage cannot hold the end of a failed job."""
+    if "failure" not in tracking.alerts:
+        return
+    run = RunDir(run_dir)
+    title = f"{Path(run_dir).name}: failed with exit status {status}"
+    text = "\n".join(summary.splitlines()[:ALERT_TEXT_LINES])
+    if run.metrics.exists():  # a run that failed before its first step has no metrics: W&B still hears of it
+        record = {"step": _last_logged_step(run.metrics),
+                  "alert": {"kind": "failure", "level": "ERROR", "title": title, "text": text}}
+        try:
+            with open(run.metrics, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError:
+            pass
+    if not tracking.uses_wandb:
+        return
+    import subprocess
+    import sys
+
+    alert = json.dumps({"run_dir": run_dir, "title": title, "text": text, "status": status})
+    try:
+        subprocess.run([sys.executable, "-m", "launcher.tracking.alerts"], input=alert, text=True, check=False,
+                       timeout=tracking.init_timeout + 120)
+    except subprocess.TimeoutExpired:
+        print("launcher: the failure alert did not reach W&B in time; metrics.jsonl has it", file=sys.stderr,
+              flush=True)
+
+
+def _last_logged_step(metrics: Path) -> int:
+    try:
+        lines = metrics.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line).get("step", 0))
+        except (ValueError, AttributeError):
+            continue
+    return 0
+
+
 def _stalls(records: list[dict]) -> tuple[str, ...]:
     out = []
     for record in sorted(records, key=lambda r: r["rank"]):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from launcher.live_bar import LiveBar
+    from launcher.engines.live_bar import LiveBar
 
 GRACE_SECONDS = 30.0
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
@@ -172,7 +172,7 @@ def _wait(view: GroupView, received: list[int], grace: float, stop_remote: Calla
                 if proc.stdin:
                     _close(proc.stdin)  # ssh: the remote guard reads EOF and stops torchrun gracefully
                 elif not stop_remote:
-                    _signal_group(proc, stop_signal(signum))  # what this engine's process turns into a stop
+                    signal_group(proc, stop_signal(signum))  # what this engine's process turns into a stop
             if not stop_remote:  # with a remote stopper, run_group's cleanup asks and waits
                 _wait_all(procs, grace)
             return 128 + signum
@@ -194,7 +194,7 @@ def _close(stream) -> None:
         pass
 
 
-def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+def signal_group(proc: subprocess.Popen, signum: int) -> None:
     try:
         os.killpg(proc.pid, signum)
     except ProcessLookupError:
@@ -206,10 +206,10 @@ def _stop(proc: subprocess.Popen, signum: int, grace: float) -> None:
     if proc.poll() is None:
         if proc.stdin:
             _close(proc.stdin)
-        _signal_group(proc, signum)
+        signal_group(proc, signum)
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             pass
-    _signal_group(proc, signal.SIGKILL)  # stragglers that left torchrun's control
+    signal_group(proc, signal.SIGKILL)  # stragglers that left torchrun's control
     proc.wait()

@@ -38,8 +38,8 @@ def execute(plan: LaunchView, secrets: Mapping[str, str] | None = None, grace: f
 
 
 def _live_bar(run_dir: str):
-    """A progress bar under the output, on a terminal only (launcher/live_bar.py)."""
-    from launcher import live_bar
+    """A progress bar under the output, on a terminal only (engines/live_bar.py)."""
+    from launcher.engines import live_bar
     from launcher.rundir.layout import RunDir
 
     if not live_bar.wanted():

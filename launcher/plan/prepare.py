@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.catalog import is_shipped
+from launcher.config.catalog import is_shipped
 from launcher.config.errors import Problem, RecipeError
 from launcher.config.load import LoadedRecipe, load_recipe, recipe_to_dict
 from launcher.plan.launch import LaunchPlan, build_plan

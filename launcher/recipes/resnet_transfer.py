@@ -477,7 +477,7 @@ def predict(export_dir: str, paths: list[str], top: int = 3) -> list[dict]:
     import torchvision
     import torchvision.transforms.v2.functional as F
 
-    from launcher.data.images import read_image
+    from launcher.data.decode import read_image
 
     export = Path(export_dir)
     spec = json.loads((export / "transforms.json").read_text())

@@ -34,6 +34,7 @@ from pathlib import Path
 CLAIMABLE_NAMES = frozenset({".lock", "run.json.tmp"})
 LEGACY_FILES = ("recipe.yaml", "plan.json", "environment.json")
 SWEEP_TASK = re.compile(r"task-(\d+)")  # a sweep's array task i runs in RUN_DIR/task-<i>
+SWEEP_RECORD = "sweep.json"  # `launcher sweep`: each point's values and status
 
 
 class RunDir:

@@ -1,4 +1,5 @@
-"""What ran and how: recipe.yaml, plan.json and environment.json, secrets redacted."""
+"""What ran and how: recipe.yaml, plan.json and environment.json, secrets redacted; the tracker's
+run id (tracking.json)."""
 
 from __future__ import annotations
 
@@ -135,6 +136,20 @@ def git_sha() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def tracker_run_id(run: RunDir) -> str:
+    """The tracker run id of this run directory (tracking.json), made on first use: by the launcher
+    before any rank starts, so that every rank and every later job of the run share it."""
+    import secrets
+
+    path = run.tracking
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))["run_id"]
+    run_id = secrets.token_hex(4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"run_id": run_id}) + "\n", encoding="utf-8")
+    return run_id
 
 
 def write_atomic(path, text: str) -> None:

@@ -1,17 +1,17 @@
-"""Checkpoints that survive a kill at any instant, and prove their content on resume.
+"""Writing checkpoints that survive a kill at any instant and prove their content on resume.
 
 Commit protocol (every rank takes part):
   1. rank 0 empties `.tmp-step-N/`; barrier
-  2. every rank writes its files there (backend shards + its RNG state), hashing each file as it
-     is written (xxh3-128, in the same pass: no second read of a large shard); fsync; barrier
+  2. every rank writes its files there (backend shards + its RNG state) through CheckpointFiles,
+     the one way into a step directory: each file is hashed (xxh3-128) in the same pass that
+     writes it, with no second read of a large shard; fsync; barrier
   3. rank 0 writes manifest.json (every file, its size and checksum), fsyncs, renames the
      directory to `step-N/`, then replaces the `latest` pointer (write temp + rename), then deletes
      checkpoints beyond keep_last (only now that the new one is committed); barrier
-A kill before the rename leaves only a `.tmp-*` directory, which resume never reads. A committed
-directory always has a manifest, and loading checks every file against it (size and checksum), so
-a truncated, zeroed or bit-flipped shard is a hard error naming the file, never a silent resume.
-The functions that read checkpoints use the standard library (and xxhash) only: the CLI checks a
-run's checkpoints before it starts anything.
+A kill before the rename leaves only a `.tmp-*` directory, which resume never reads. A file that
+did not pass through CheckpointFiles has no checksum, so the commit refuses it rather than let it
+in unchecked; loading checks every file against the manifest (launcher/rundir/checkpoints.py), so
+a truncated, zeroed, bit-flipped or unlisted file is a hard error naming it, never a silent resume.
 """
 
 from __future__ import annotations
@@ -20,155 +20,21 @@ import contextlib
 import json
 import os
 import random
-import re
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-POINTER = "latest"
-MANIFEST = "manifest.json"
-CHECKSUM = "xxh3_128"
-_STEP_DIR = re.compile(r"^step-(\d{8,})$")  # zero-padded to 8 digits, longer past 99,999,999
+from launcher.rundir.checkpoints import (
+    CHECKSUM,
+    MANIFEST,
+    POINTER,
+    CheckpointError,
+    committed_steps,
+    file_digest,
+    step_dir_name,
+)
+
 _DIGESTS = ".digests-rank"  # per-rank checksums of the files it wrote, merged into the manifest
-_HINT = "\n      HINT: "
-
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class Restored:
-    step: int
-    samples: int
-    meta: dict
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def committed_steps(root: Path) -> list[tuple[int, Path]]:
-    """(step, directory) of every committed checkpoint under root, oldest first (by number)."""
-    try:
-        entries = list(root.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    found = [(int(m.group(1)), p) for p in entries if (m := _STEP_DIR.match(p.name)) and (p / MANIFEST).is_file()]
-    return sorted(found)
-
-
-def read_pointer(root: Path) -> str | None:
-    """The step directory `latest` names, None without a pointer, CheckpointError when unusable."""
-    pointer = root / POINTER
-    if not os.path.lexists(pointer):
-        return None
-    problem = None
-    if pointer.is_symlink() or not pointer.is_file():
-        problem = "is not a plain file (a link or a directory)"
-    else:
-        try:
-            data = pointer.read_bytes()[:256]
-            name = data.decode("ascii").strip()
-        except (OSError, UnicodeDecodeError) as error:
-            problem = f"is unreadable ({type(error).__name__})"
-        else:
-            if not _STEP_DIR.match(name):
-                problem = f"is corrupt ({name[:40]!r})"
-    if problem:
-        raise CheckpointError(f"{pointer} {problem}; it should name the newest step-N directory. Refusing to "
-                              f"start from scratch or to guess{_HINT}write the newest committed step-N directory's "
-                              "name into it, set checkpoint.resume to a step-N directory, or start a new run")
-    return name
-
-
-def find_resume_dir(root: Path, resume: str) -> Path | None:
-    """The directory to resume from, None for a fresh start, CheckpointError when unusable."""
-    if resume == "never":
-        return None
-    if resume != "auto":
-        path = Path(resume)
-        if path.is_dir() and os.path.lexists(path / POINTER) and not (path / MANIFEST).exists():
-            return find_resume_dir(path, "auto")  # a checkpoints/ root was given
-        if not (path / MANIFEST).is_file():
-            raise CheckpointError(f"checkpoint.resume={resume}: no committed checkpoint there "
-                                  f"(no {MANIFEST}); refusing to start from scratch{_HINT}give a step-N directory "
-                                  "or a checkpoints/ directory, or checkpoint.resume=auto")
-        return path
-    name = read_pointer(root)
-    if name is not None:
-        target = root / name
-        if not (target / MANIFEST).is_file():
-            raise CheckpointError(f"{root / POINTER} names {name}, which is missing or incomplete{_HINT}set "
-                                  "checkpoint.resume to an older step-N directory, or start a new run")
-        return target
-    committed = committed_steps(root)
-    # A kill between the rename and the pointer update leaves a committed directory and no pointer.
-    return committed[-1][1] if committed else None
-
-
-def read_manifest(directory: Path) -> dict:
-    """manifest.json, checked for shape: {"meta": {"step": int, ...}, "files": {name: entry}}."""
-    path = directory / MANIFEST
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise CheckpointError(f"{path} is unreadable ({type(error).__name__}: {str(error)[:120]}): the checkpoint "
-                              f"cannot prove its content{_HINT}resume from an earlier checkpoint "
-                              "(checkpoint.resume=PATH/step-N), or start a new run") from None
-    meta = data.get("meta") if isinstance(data, dict) else None
-    files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(meta, dict) or not isinstance(files, dict) or not isinstance(meta.get("step", 0), int):
-        raise CheckpointError(f"{path} is not a checkpoint manifest (no meta/files){_HINT}resume from an earlier "
-                              "checkpoint (checkpoint.resume=PATH/step-N), or start a new run")
-    return data
-
-
-def file_problems(directory: Path, manifest: dict, rank: int = 0, world_size: int = 1,
-                  checksums: bool = True) -> list[str]:
-    """Every file of the manifest checked for presence, size and (unless not `checksums`) its
-    checksum; each rank checks every world_size-th file, so a large checkpoint is read once in all."""
-    problems = []
-    for index, (relative, entry) in enumerate(sorted(manifest["files"].items())):
-        if index % world_size != rank:
-            continue
-        size, expected = (entry, None) if isinstance(entry, int) else (entry.get("size"), entry.get(CHECKSUM))
-        path = directory / relative
-        if not path.is_file() or ".." in Path(relative).parts:
-            problems.append(f"{relative} is missing")
-            continue
-        actual = path.stat().st_size
-        if actual != size or size == 0:
-            problems.append(f"{relative} has {actual} bytes, manifest says {size}")
-        elif checksums and expected and file_digest(path) != expected:
-            problems.append(f"{relative}: its content differs from the manifest ({CHECKSUM} checksum)")
-    return problems
-
-
-def corrupt(directory: Path, problems: list[str]) -> CheckpointError:
-    return CheckpointError(f"checkpoint {directory} is damaged: {'; '.join(problems)}. Resuming would load "
-                           f"damaged weights or optimizer state{_HINT}resume from an earlier checkpoint "
-                           "(checkpoint.resume=PATH/step-N), or start a new run")
-
-
-def verify(directory: Path) -> dict:
-    """The checkpoint's meta, after checking every file (CheckpointError naming what is wrong)."""
-    manifest = read_manifest(directory)
-    problems = file_problems(directory, manifest)
-    if problems:
-        raise corrupt(directory, problems)
-    return manifest["meta"]
-
-
-def file_digest(path: Path) -> str:
-    import xxhash
-
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 _OVERLAP_BYTES = 1 << 20  # chunks this large are hashed on a helper thread while they are written
 
@@ -217,33 +83,54 @@ class HashingWriter:
         return self._digest.hexdigest()
 
 
-@contextlib.contextmanager
-def hashing_saves(directory: Path):
-    """While open, torch.save into `directory` (by the backends, DeepSpeed's and Accelerate's
-    included: they call torch.save by name) streams through a HashingWriter. Yields the checksums,
-    {relative path: {"size", CHECKSUM}}; files written otherwise are hashed at commit."""
-    import torch
+class CheckpointFiles:
+    """The one way into a step directory being written: every file passes through here and is
+    hashed while it is written. The backends save their state with save() or open(); a library
+    that writes files itself is given a path and a writer of ours (DeepSpeed's checkpoint engine,
+    backends/deepspeed_backend.py); a file a library copies in by itself is adopted by name. What
+    none of them wrote is refused at commit: it would be a file without a checksum."""
 
-    digests: dict[str, dict] = {}
-    original = torch.save
-    inside = os.path.abspath(directory) + os.sep
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.digests: dict[str, dict] = {}  # relative path -> {"size", CHECKSUM}
 
-    def save(obj, f, *args, **kwargs):
-        if not isinstance(f, (str, os.PathLike)) or not os.path.abspath(f).startswith(inside):
-            return original(obj, f, *args, **kwargs)
-        writer = HashingWriter(os.fspath(f))
+    def path(self, relative: str) -> str:
+        return str(self.directory / relative)
+
+    @contextlib.contextmanager
+    def open(self, relative: str) -> Iterator[HashingWriter]:
+        """A binary file to write, hashed as it is written."""
+        target = self._inside(self.path(relative))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        writer = HashingWriter(str(target))
         try:
-            original(obj, writer, *args, **kwargs)
+            yield writer
         finally:
             writer.close()
-        digests[os.path.relpath(os.path.abspath(f), inside)] = {"size": writer.size, CHECKSUM: writer.hexdigest()}
-        return None
+        self.digests[str(target.relative_to(self.directory))] = {"size": writer.size, CHECKSUM: writer.hexdigest()}
 
-    torch.save = save
-    try:
-        yield digests
-    finally:
-        torch.save = original
+    def save(self, obj, relative: str, **torch_save_options) -> None:
+        """torch.save of `obj` into the step directory."""
+        import torch
+
+        with self.open(relative) as writer:
+            torch.save(obj, writer, **torch_save_options)
+
+    def save_at(self, obj, path: str, **torch_save_options) -> None:
+        """save() for a library that names the file by its path (inside the step directory)."""
+        self.save(obj, str(self._inside(path).relative_to(self.directory)), **torch_save_options)
+
+    def adopt(self, relative: str) -> None:
+        """Hash a file a library wrote into the step directory by itself (read back once; for small
+        files the integration names, never for model or optimizer state)."""
+        target = self._inside(self.path(relative))
+        self.digests[relative] = {"size": target.stat().st_size, CHECKSUM: file_digest(target)}
+
+    def _inside(self, path: str) -> Path:
+        target = Path(os.path.abspath(path))
+        if self.directory.resolve() not in target.resolve().parents:
+            raise CheckpointError(f"{path} is outside the checkpoint being written ({self.directory})")
+        return target
 
 
 class CheckpointManager:
@@ -253,8 +140,8 @@ class CheckpointManager:
         self.rank = rank
         self.barrier = barrier
 
-    def save(self, step: int, meta: dict, write_shards) -> Path:
-        """`write_shards(tmp_dir)` is called on every rank; returns the committed directory."""
+    def save(self, step: int, meta: dict, write_shards: Callable[[CheckpointFiles], None]) -> Path:
+        """`write_shards(files)` is called on every rank; returns the committed directory."""
         tmp = self.root / f".tmp-{step_dir_name(step)}"
         final = self.root / step_dir_name(step)
         if self.rank == 0:
@@ -262,15 +149,15 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
         self.barrier()
-        with hashing_saves(tmp) as digests:
-            write_shards(str(tmp))
-            save_rank_state(tmp, self.rank)
-        _write_atomic(tmp / f"{_DIGESTS}{self.rank:05d}.json", json.dumps(digests))
+        files = CheckpointFiles(tmp)
+        write_shards(files)
+        save_rank_state(files, self.rank)
+        _write_atomic(tmp / f"{_DIGESTS}{self.rank:05d}.json", json.dumps(files.digests))
         _fsync_tree(tmp, self.rank)
         self.barrier()
         if self.rank == 0:
-            files = _manifest_files(tmp)
-            _write_atomic(tmp / MANIFEST, json.dumps({"meta": meta, "files": files}, indent=1))
+            listed = _manifest_files(tmp)
+            _write_atomic(tmp / MANIFEST, json.dumps({"meta": meta, "files": listed}, indent=1))
             if final.exists():  # an earlier attempt committed this step already; ours replaces it
                 shutil.rmtree(final)
             os.rename(tmp, final)
@@ -290,24 +177,34 @@ class CheckpointManager:
 
 
 def _manifest_files(tmp: Path) -> dict[str, dict]:
-    """Every file with its size and checksum: the ranks' own (streamed while writing), and a hash
-    read back for the few written otherwise (DeepSpeed's copied recovery scripts, say)."""
+    """Every file with the size and checksum its writer recorded. A file no rank wrote through
+    CheckpointFiles, or one changed after it was written, fails the save: committed, it would be
+    a file the manifest cannot vouch for."""
     digests: dict[str, dict] = {}
     for part in sorted(tmp.glob(f"{_DIGESTS}*.json")):
         digests.update(json.loads(part.read_text(encoding="utf-8")))
         part.unlink()
-    files = {}
+    files, problems = {}, []
     for path in sorted(tmp.rglob("*")):
-        if path.is_file():
-            relative = str(path.relative_to(tmp))
-            size = path.stat().st_size
-            known = digests.get(relative)
-            checksum = known[CHECKSUM] if known and known["size"] == size else file_digest(path)
-            files[relative] = {"size": size, CHECKSUM: checksum}
+        if not path.is_file():
+            continue
+        relative = str(path.relative_to(tmp))
+        known = digests.get(relative)
+        if known is None:
+            problems.append(f"{relative} was written outside the checkpoint writer (no checksum)")
+        elif known["size"] != path.stat().st_size:
+            problems.append(f"{relative} changed after it was written ({known['size']} bytes hashed, "
+                            f"{path.stat().st_size} on disk)")
+        else:
+            files[relative] = known
+    if problems:
+        raise CheckpointError(f"checkpoint {tmp} was not committed: {'; '.join(problems)}\n      HINT: this is a "
+                              "bug in a backend's save (every file must go through CheckpointFiles); the previous "
+                              "checkpoint is intact")
     return files
 
 
-def save_rank_state(directory: Path, rank: int) -> None:
+def save_rank_state(files: CheckpointFiles, rank: int) -> None:
     import torch
 
     state = {
@@ -315,7 +212,7 @@ def save_rank_state(directory: Path, rank: int) -> None:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    torch.save(state, directory / f"rng-rank{rank:05d}.pt")
+    files.save(state, f"rng-rank{rank:05d}.pt")
 
 
 def load_rank_state(directory: Path, rank: int) -> bool:

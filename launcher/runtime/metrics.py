@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.durations import duration
+
 # Dense peak FLOP/s per device and precision (NVIDIA's datasheets; the "with sparsity" figures
 # halved), for MFU. fp32 is the plain fp32 rate: torch does not use TF32 for matmuls by default.
 # Matched against torch.cuda.get_device_name() in this order, the specific SKUs first: an
@@ -92,7 +94,7 @@ class Progress:
 
 
 class StepProgress:
-    """Rank 0's step in a small file, for the launcher's live bar (launcher/live_bar.py): at most
+    """Rank 0's step in a small file, for the launcher's live bar (engines/live_bar.py): at most
     one write a second, so a step pays one clock read."""
 
     EVERY_S = 1.0
@@ -114,16 +116,6 @@ class StepProgress:
             partial.replace(self.path)  # the launcher never reads half a file
         except OSError:
             self.path = None  # a full or read-only disk: training goes on without the bar
-
-
-def duration(seconds: float) -> str:
-    """12s, 4m05s, 3h07m: short and sortable by eye."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def console_line(record: dict, total_steps: int, progress: str = "") -> str:

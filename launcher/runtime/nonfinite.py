@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from launcher.runtime import checkpoint as ckpt
+from launcher.rundir import checkpoints as ckpt
 from launcher.runtime.dist import all_reduce_sum
 
 

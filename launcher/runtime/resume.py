@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launcher.runtime import checkpoint as ckpt
+from launcher.rundir import checkpoints as ckpt
+from launcher.runtime.checkpoint import load_rank_state
 from launcher.runtime.dist import DistEnv, gather_lists
 from launcher.runtime.metrics import emit
 from launcher.runtime.run import Run
@@ -39,7 +40,7 @@ def restore(recipe, root: Path, backend, env: DistEnv) -> tuple[int, list[str], 
                                    f"has {recipe.batch.global_}; the sample position would be wrong. "
                                    "Keep batch.global, or start a new run directory")
     backend.load(str(directory))
-    if not ckpt.load_rank_state(directory, env.rank):
+    if not load_rank_state(directory, env.rank):
         warnings.append(f"rank {env.rank}: no RNG state in {directory.name}; dropout/masking streams restart")
     if env.rank == 0:
         emit(f"resumed from {directory} at step {meta['step']}")

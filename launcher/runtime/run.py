@@ -24,11 +24,11 @@ class Run:
     startup: StartupClock
     checkpoints: CheckpointManager
     log: MetricsLog
-    tracker: Any  # launcher.tracking: a W&B tracker on rank 0, a null one elsewhere
+    tracker: Any  # launcher.tracking.base.Tracker: the recipe's trackers on rank 0, a null one elsewhere
     start_step: int  # where this invocation starts (a resumed checkpoint's step, or 0)
     end_step: int  # where it stops: train.steps, or earlier with train.stop_after_steps
     run_id: str  # the tracker's run id, kept in every checkpoint
-    alerts: Any = None  # launcher.alerts.Alerts on rank 0 (NoAlerts elsewhere)
+    alerts: Any = None  # launcher.tracking.alerts.Alerts on rank 0 (NoAlerts elsewhere)
 
     @property
     def main(self) -> bool:

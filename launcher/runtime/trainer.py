@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from launcher.alerts import Alerts, NoAlerts
 from launcher.backends.optim import param_groups
 from launcher.plan.batch import BatchMath
 from launcher.recipe_module import Task
 from launcher.rundir.layout import RunDir
+from launcher.rundir.record import tracker_run_id
 from launcher.runtime import checkpoint as ckpt
 from launcher.runtime.device import on_device, to_device
 from launcher.runtime.dist import DistEnv, all_reduce_sum, barrier, gather_hosts, gather_rows
@@ -37,8 +37,11 @@ from launcher.runtime.schedule import lr_at
 from launcher.runtime.startup import StartupClock
 from launcher.runtime.stopping import StopRequest
 from launcher.runtime.stuck import arm_stall_dump, disarm_stall_dump, stall_dump_after
-from launcher.tracking import NullTracker, SkipLoggedSteps, job_run_id, make_tracker
-from launcher.tracking_nodes import start_node_writer, writes_node_metrics
+from launcher.tracking import make_tracker
+from launcher.tracking.alerts import Alerts, NoAlerts
+from launcher.tracking.base import NullTracker, SkipLoggedSteps, TrackerContext
+from launcher.tracking.nodes import start_node_writer, writes_node_metrics
+from launcher.tracking.wandb_tracker import node_label
 
 
 class Stopped(Exception):
@@ -67,11 +70,11 @@ def train(recipe, task: Task, backend, math: BatchMath, env: DistEnv, run_dir: s
              f"resuming at step {start_step}")
     # The checkpoint's run id wins: a resumed job continues the run it was part of.
     # Only rank 0 tracks and writes checkpoint metadata, so only it needs the id.
-    run_id = meta.get("tracker_run_id") or (job_run_id(run_dir) if main else "")
-    tracker = make_tracker(recipe.tracking, run_dir, run_id, Path(run_dir).name,
-                           _tracker_config(recipe, math, env), main) if main else NullTracker()
+    run_id = meta.get("tracker_run_id") or (tracker_run_id(RunDir(run_dir)) if main else "")
+    tracker = make_tracker(recipe.tracking, _tracker_context(recipe, math, env, run_dir, run_id), main)
     # tracking.system_metrics=all_nodes: local rank 0 of every other node records its machine in the same run.
-    node_writer = start_node_writer(recipe.tracking, run_dir, meta.get("tracker_run_id") or job_run_id(run_dir)) \
+    node_writer = start_node_writer(recipe.tracking, run_dir, meta.get("tracker_run_id") or
+                                    tracker_run_id(RunDir(run_dir))) \
         if writes_node_metrics(recipe.tracking, env.rank, env.local_rank) else NullTracker()
     # Steps between the checkpoint and the kill were already sent to the tracker by the earlier
     # attempt; exact resume recomputes identical values, so they are not sent twice.
@@ -349,6 +352,12 @@ def _export(run: Run) -> None:
         barrier()
     if run.main and run.recipe.tracking.log_model and task.export is not None:
         run.tracker.log_model(str(RunDir(run.run_dir).export), f"model-{Path(run.run_dir).name}")
+
+
+def _tracker_context(recipe, math, env: DistEnv, run_dir: str, run_id: str) -> TrackerContext:
+    label = node_label() if recipe.tracking.system_metrics == "all_nodes" else ""
+    return TrackerContext(recipe.tracking, run_dir, run_id, Path(run_dir).name, _tracker_config(recipe, math, env),
+                          label)
 
 
 def _tracker_config(recipe, math, env: DistEnv) -> dict:

@@ -42,8 +42,8 @@ def _run_rank(loaded, run_dir: str, env) -> int:
     """This rank's part of the job, from the process group to the last barrier; its exit status."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
+    from launcher.rundir.checkpoints import CheckpointError
     from launcher.runtime import stuck
-    from launcher.runtime.checkpoint import CheckpointError
     from launcher.runtime.nonfinite import NonFinite
     from launcher.runtime.trainer import Stopped
 

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib import image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from launcher.report import read_history
+from launcher.cli.report import read_history
 from tests.helpers import ROOT, launch, launcher_env, train_records, write_recipe
 from tests.integration.test_tracking import RECIPE, offline_runs
 

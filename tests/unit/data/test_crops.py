@@ -21,7 +21,7 @@ def _decoded_jpeg(height: int, width: int, seed: int) -> torch.Tensor:
     coarse = Image.fromarray(rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8))
     out = io.BytesIO()
     coarse.resize((width, height), Image.Resampling.BICUBIC).save(out, "JPEG", quality=90)
-    from launcher.data.jpeg_store import torchvision_decoder
+    from launcher.data.decode import torchvision_decoder
 
     decode_jpeg, rgb = torchvision_decoder()
     return decode_jpeg(torch.frombuffer(bytearray(out.getvalue()), dtype=torch.uint8), mode=rgb)

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from launcher.data.images import FolderImages, read_image
+from launcher.data.decode import read_image
+from launcher.data.images import FolderImages
 
 
 def test_folder_jpegs_decode_to_pillows_pixels_in_the_crops_fast_layout(tmp_path):

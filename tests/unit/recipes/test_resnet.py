@@ -78,8 +78,8 @@ SIZES = [(300, 200, "RGB", "jpg"), (120, 160, "L", "png"), (640, 480, "RGB", "jp
 def test_decoded_square_matches_a_full_decode_then_resize_and_centre_crop(tmp_path):
     import torchvision.transforms.v2.functional as F
 
+    from launcher.data.decode import read_image
     from launcher.data.decoded import decode_square
-    from launcher.data.images import read_image
 
     for path, _ in _image_tree(tmp_path, SIZES):
         ours = torch.from_numpy(decode_square(path, 64)).permute(2, 0, 1)
@@ -133,7 +133,7 @@ def test_jpeg_store_keeps_every_picture_small_with_its_short_side_and_label(tmp_
 
     import numpy as np
 
-    from launcher.data.images import read_image
+    from launcher.data.decode import read_image
     from launcher.data.jpeg_store import JpegStore, write_jpeg_store
 
     files = _image_tree(tmp_path / "tree", SIZES * 3)

@@ -6,6 +6,8 @@ import json
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -27,8 +29,8 @@ def _run_dir(tmp_path, steps_logged: int, pid: int, host: str | None = None):
 def _commit_checkpoint(root, step: int) -> None:
     from launcher.runtime.checkpoint import CheckpointManager
 
-    def write(directory: str) -> None:
-        with open(f"{directory}/model.bin", "wb") as handle:
+    def write(files) -> None:
+        with files.open("model.bin") as handle:
             handle.write(bytes(range(256)) * 8)
 
     CheckpointManager(str(root), 2, rank=0, barrier=lambda: None).save(step, {"step": step}, write)
@@ -40,9 +42,20 @@ def _status(run_dir) -> str:
     return result.output
 
 
+def _started(argv: list[str]) -> subprocess.Popen:
+    """A process whose command line is already `argv`: right after fork it is still the parent's,
+    which under load stays long enough for a status check to see another command."""
+    process = subprocess.Popen(argv)
+    deadline = time.monotonic() + 30
+    while argv[-1].encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the process never started"
+        time.sleep(0.01)
+    return process
+
+
 def test_a_live_rank_whose_command_line_names_the_run_is_running(tmp_path):
     run_dir = tmp_path / "run"
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--run-dir", str(run_dir)])
+    sleeper = _started([sys.executable, "-c", "import time; time.sleep(60)", "--run-dir", str(run_dir)])
     try:
         _run_dir(tmp_path, 10, sleeper.pid)
         assert f"state: running: 1 rank(s) on this host (pids {sleeper.pid}); attempt 1" in _status(run_dir)

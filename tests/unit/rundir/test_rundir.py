@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -95,9 +94,12 @@ def _record(run: RunDir, resolved: dict, *, step: int) -> None:
     identity = Identity.of(resolved)
     run.identity.write_text(json.dumps({"kind": "run", "fixed": identity.fixed, "schedule": identity.schedule,
                                         "recipe_file": "/x/recipe.yaml"}))
+    def write(files) -> None:
+        with files.open("model.bin") as handle:
+            handle.write(b"m" * 64)
+
     if step:
-        CheckpointManager(str(run.checkpoints()), 2, 0, lambda: None).save(
-            step, {"step": step}, lambda d: Path(d, "model.bin").write_bytes(b"m" * 64))
+        CheckpointManager(str(run.checkpoints()), 2, 0, lambda: None).save(step, {"step": step}, write)
 
 
 def test_claims_refuse_another_experiment_and_allow_a_changed_schedule_on_purpose(tmp_path):

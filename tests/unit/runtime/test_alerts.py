@@ -1,6 +1,6 @@
 """Alerts: the wanted kinds only, one per kind per interval, recorded and sent alike."""
 
-from launcher.alerts import Alerts
+from launcher.tracking.alerts import Alerts
 
 
 class Recorder:
@@ -37,7 +37,8 @@ def test_unknown_alert_kinds_are_named_in_the_recipe():
 
 def test_every_node_joins_the_one_run_as_a_labelled_secondary_writer():
     from launcher.config.schema import TrackingConfig
-    from launcher.tracking_nodes import node_settings, writes_node_metrics
+    from launcher.tracking.nodes import writes_node_metrics
+    from launcher.tracking.wandb_tracker import node_settings
 
     all_nodes = TrackingConfig(mode="offline", system_metrics="all_nodes")
     # Local rank 0 of the nodes other than global rank 0's: one writer per node.

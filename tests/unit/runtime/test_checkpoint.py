@@ -7,24 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from launcher.runtime import checkpoint as ckpt
+from launcher.rundir import checkpoints as ckpt
+from launcher.runtime.checkpoint import CheckpointFiles, CheckpointManager
 
 
 class Killed(Exception):
     """Stands in for SIGKILL: the writer stops dead at that point."""
 
 
-def _manager(root: Path, keep_last: int = 2) -> ckpt.CheckpointManager:
-    return ckpt.CheckpointManager(str(root), keep_last, rank=0, barrier=lambda: None)
+def _manager(root: Path, keep_last: int = 2) -> CheckpointManager:
+    return CheckpointManager(str(root), keep_last, rank=0, barrier=lambda: None)
 
 
 def _writer(payload: bytes, kill_after: int | None = None):
     """Writes three shard files in chunks; with kill_after=N it dies at the N-th write call."""
     calls = {"n": 0}
 
-    def write(directory: str) -> None:
+    def write(files: CheckpointFiles) -> None:
         for shard in ("model.bin", "optim.bin", "extra.bin"):
-            with open(Path(directory) / shard, "wb") as handle:
+            with files.open(shard) as handle:
                 for start in range(0, len(payload), 64):
                     calls["n"] += 1
                     if kill_after is not None and calls["n"] > kill_after:
@@ -129,7 +130,7 @@ _FILE_SYSTEM_CALLS = {"write_record", "write_end_of_file", "write", "flush", "fs
                       "mkdir", "unlink", "rmdir", "open", "close", "truncate"}
 
 
-def _save_and_die_at(manager: ckpt.CheckpointManager, step: int, writer, kill_at: int,
+def _save_and_die_at(manager: CheckpointManager, step: int, writer, kill_at: int,
                      tally: Path | None = None) -> None:
     """In a forked child: save, and SIGKILL itself just before its kill_at-th file-system call
     (with `tally`, a save that is never killed writes its number of calls there)."""
@@ -177,9 +178,9 @@ def test_sigkill_at_every_file_system_call_of_a_real_save_never_breaks_resume(tm
         optimizer.step()
         return {k: v.clone() for k, v in model.state_dict().items()}
 
-    def writer(directory: str) -> None:
-        torch.save(model.state_dict(), os.path.join(directory, "model.pt"))
-        torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
+    def writer(files: CheckpointFiles) -> None:
+        files.save(model.state_dict(), "model.pt")
+        files.save(optimizer.state_dict(), "optimizer.pt")
 
     expected = {1: train_one_step()}
     expected[2] = train_one_step()  # the state the killed save was writing
@@ -223,7 +224,7 @@ def _second_save_in_a_child(root: Path, writer, model, expected: dict, kill_at: 
     file-system call (counting them into `tally`). (manager, the child's wait status)."""
     import os
 
-    manager = ckpt.CheckpointManager(str(root), 1, rank=0, barrier=lambda: None)
+    manager = CheckpointManager(str(root), 1, rank=0, barrier=lambda: None)
     model.load_state_dict(expected[1])
     manager.save(1, {"step": 1}, writer)
     model.load_state_dict(expected[2])
@@ -235,7 +236,8 @@ def _second_save_in_a_child(root: Path, writer, model, expected: dict, kill_at: 
 
 def _real_checkpoint(root: Path, step: int = 1) -> Path:
     """A checkpoint as the trainer writes one: torch.save of a model and AdamW state (hashed while
-    written), plus a file written another way (hashed at commit), plus the RNG state."""
+    written), plus a file written as bytes, plus one a library copied in by itself (adopted by
+    name), plus the RNG state."""
     import torch
     from torch import nn
 
@@ -244,11 +246,14 @@ def _real_checkpoint(root: Path, step: int = 1) -> Path:
     model(torch.randn(2, 16)).sum().backward()
     optimizer.step()
 
-    def writer(directory: str) -> None:
-        torch.save(model.state_dict(), Path(directory) / "model.pt")
-        torch.save(optimizer.state_dict(), str(Path(directory) / "optimizer.pt"))
-        torch.save({"embedding": torch.randn(1 << 19)}, Path(directory) / "big.pt")  # 2 MB: hashed beside the write
-        (Path(directory) / "notes.json").write_text('{"written": "without torch.save"}')
+    def writer(files: CheckpointFiles) -> None:
+        files.save(model.state_dict(), "model.pt")
+        files.save_at(optimizer.state_dict(), files.path("optimizer.pt"))  # a library that names the path
+        files.save({"embedding": torch.randn(1 << 19)}, "big.pt")  # 2 MB: hashed beside the write
+        with files.open("notes.json") as handle:
+            handle.write(b'{"written": "without torch.save"}')
+        Path(files.path("script.py")).write_text("print('copied in by a library')\n")
+        files.adopt("script.py")
 
     return _manager(root).save(step, {"step": step}, writer)
 
@@ -257,7 +262,8 @@ def test_every_byte_flip_at_20_places_of_every_file_is_refused(tmp_path):
     """Same size, one bit changed: the manifest's checksum catches each of them (0 silent resumes)."""
     committed = _real_checkpoint(tmp_path)
     manifest = json.loads((committed / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"model.pt", "optimizer.pt", "big.pt", "notes.json", "rng-rank00000.pt"}
+    assert set(manifest["files"]) == {"model.pt", "optimizer.pt", "big.pt", "notes.json", "script.py",
+                                      "rng-rank00000.pt"}
     assert all(set(entry) == {"size", "xxh3_128"} for entry in manifest["files"].values())
     refused = silent = 0
     for name in manifest["files"]:
@@ -275,12 +281,11 @@ def test_every_byte_flip_at_20_places_of_every_file_is_refused(tmp_path):
                 assert f"{name}: its content differs from the manifest" in str(error)
                 refused += 1
         path.write_bytes(original)
-    assert (refused, silent) == (100, 0)
+    assert (refused, silent) == (120, 0)
     assert ckpt.verify(committed) == {"step": 1}  # restored: intact again
 
 
 def test_checksums_are_streamed_while_writing_and_split_between_ranks(tmp_path):
-    import torch
 
     committed = _real_checkpoint(tmp_path)
     manifest = ckpt.read_manifest(committed)
@@ -293,10 +298,34 @@ def test_checksums_are_streamed_while_writing_and_split_between_ranks(tmp_path):
     (committed / "model.pt").write_bytes(b"\0" * (committed / "model.pt").stat().st_size)
     shares = [ckpt.file_problems(committed, manifest, rank, 3) for rank in range(3)]
     assert sum(len(s) for s in shares) == 1
-    # torch.save outside the checkpoint being written is left alone (and works as before).
-    with ckpt.hashing_saves(tmp_path / "elsewhere") as digests:
-        torch.save({"x": torch.ones(2)}, tmp_path / "outside.pt")
-    assert digests == {} and torch.load(tmp_path / "outside.pt")["x"].sum() == 2
+
+
+
+def test_a_file_written_past_the_checkpoint_writer_fails_the_save_and_keeps_the_last_one(tmp_path):
+    """Checksums by construction: a writer that bypasses CheckpointFiles (a plain open, or a library
+    writing by itself without being adopted) cannot commit a file without a checksum."""
+    import torch
+
+    committed = _real_checkpoint(tmp_path)
+
+    def bypassing(files: CheckpointFiles) -> None:
+        files.save({"w": torch.ones(3)}, "model.pt")
+        torch.save({"w": torch.zeros(3)}, files.path("sneaked.pt"))  # torch.save itself: no seam
+
+    with pytest.raises(ckpt.CheckpointError, match="sneaked.pt was written outside the checkpoint writer"):
+        _manager(tmp_path).save(2, {"step": 2}, bypassing)
+    assert ckpt.find_resume_dir(tmp_path, "auto") == committed and ckpt.verify(committed) == {"step": 1}
+    with pytest.raises(ckpt.CheckpointError, match="outside the checkpoint being written"):
+        _manager(tmp_path).save(3, {"step": 3}, lambda files: files.save({}, "../escaped.pt"))
+
+
+def test_a_file_the_manifest_does_not_list_is_damage(tmp_path):
+    committed = _real_checkpoint(tmp_path)
+    (committed / "extra.pt").write_bytes(b"dropped in later")
+    with pytest.raises(ckpt.CheckpointError, match="extra.pt is not in the manifest"):
+        ckpt.verify(committed)
+    manifest = ckpt.read_manifest(committed)
+    assert ckpt.file_problems(committed, manifest, rank=1, world_size=2) == []  # rank 0 looks for strays
 
 
 @pytest.mark.parametrize("pointer", [b"\xff\xfe\x00garbage", b"step-12", b"x" * 5000])

@@ -9,11 +9,32 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.report import History, eval_keys, read_history
-from launcher.rundir.layout import SWEEP_TASK, RunDir
+import click
 
-SWEEP_RECORD = "sweep.json"
+from launcher.cli.common import fail
+from launcher.cli.report import History, eval_keys, read_history
+from launcher.rundir.layout import SWEEP_RECORD, SWEEP_TASK, RunDir
+
 _LOWER_IS_BETTER = ("loss", "perplexity", "error")
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="compare.png", show_default=True,
+              help="Where to write the PNG of the overlaid curves.")
+def compare(run_dirs, output):
+    """Final and best evaluation metrics of runs side by side (a sweep's directory: its points),
+    and their curves overlaid in one PNG."""
+    runs = expand([Path(d) for d in run_dirs])
+    if not runs:
+        fail(ValueError(f"no metrics.jsonl in {', '.join(run_dirs)}\n      HINT: give run directories (or a "
+                        "sweep's) that have logged a step"))
+    click.echo(table(runs), nl=False)
+    try:
+        path = plot(runs, ", ".join(Path(d).name for d in run_dirs), Path(output))
+    except ImportError as error:
+        fail(ValueError(f"the PNG needs matplotlib ({error})\n      HINT: pip install matplotlib"))
+    click.echo(f"wrote {path}", err=True)
 
 
 @dataclass
@@ -69,7 +90,7 @@ def table(runs: list[Compared]) -> str:
 
 def plot(runs: list[Compared], title: str, output: Path) -> Path:
     """Their curves overlaid in one PNG (ImportError without matplotlib)."""
-    from launcher.report import draw_overlay
+    from launcher.cli.report import draw_overlay
 
     return draw_overlay({run.label: run.history for run in runs}, title, output)
 

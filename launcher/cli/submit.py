@@ -1,5 +1,6 @@
-"""`launcher submit`: plan the job as it will run inside its Slurm allocation, then queue it.
+"""`launcher submit RECIPE`: plan the job as it will run inside its Slurm allocation, then queue it.
 
+    submit(...)          the command: print the script (--dry-run), or queue it and print the job id
     plan_submission(...) -> the sbatch script and what it needs, checked (bad recipes and
                             impossible batch arithmetic fail here, not after hours in the queue)
     queue(...)           -> the run directory claimed, job.sbatch written, the job id
@@ -15,10 +16,15 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import click
+
+from launcher.cli.common import ALLOW_HELP, OVERRIDES_HELP, claim_run, recipe_argument, refusing
 from launcher.config.errors import RecipeError
-from launcher.config.load import LoadedRecipe
-from launcher.slurm.sbatch import SbatchRequest
+
+if TYPE_CHECKING:
+    from launcher.config.load import LoadedRecipe
 
 
 @dataclass(frozen=True)
@@ -50,11 +56,48 @@ class Submission:
     secret_env: dict[str, str] = field(default_factory=dict)
 
 
+@click.command(epilog=OVERRIDES_HELP)
+@recipe_argument
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Nodes to allocate.")
+@click.option("--nproc", type=click.IntRange(min=1), help="Processes per node (default: --gpus-per-node, "
+              "else cluster.nproc_per_node).")
+@click.option("--gpus-per-node", type=click.IntRange(min=0), default=0, help="GPUs per node to allocate.")
+@click.option("--cpus-per-task", type=click.IntRange(min=0), default=0, help="CPUs per node for its torchrun.")
+@click.option("--time", "time_limit", default="", help="Time limit, e.g. 4:00:00 or 2-00:00:00.")
+@click.option("--partition", default="", help="Slurm partition.")
+@click.option("--account", default="", help="Slurm account.")
+@click.option("--signal-lead", type=click.IntRange(min=0), default=120, show_default=True,
+              help="Seconds before the time limit when Slurm sends USR1: a checkpoint, then a requeue.")
+@click.option("--requeue/--no-requeue", default=True, show_default=True, help="Let Slurm requeue the job.")
+@click.option("--sweep", multiple=True, metavar="KEY=V1,V2", help="A job array: one task per combination.")
+@click.option("--sbatch", "extra", multiple=True, metavar="--OPTION=VALUE", help="More #SBATCH options.")
+@click.option("--run-dir", help="Run directory (default: <output_dir>/<name>).")
+@click.option("--dry-run", is_flag=True, help="Print the sbatch script; submit nothing.")
+@click.option("--allow-schedule-change", is_flag=True, help=ALLOW_HELP)
+def submit(recipe_path, overrides, dry_run, **options):
+    """Submit the recipe to Slurm as a batch job (from a login node); print the job id."""
+    from launcher.slurm.jobs import SlurmError
+
+    options = SubmitOptions(**options)
+    submission = refusing(lambda: plan_submission(recipe_path, overrides, options))
+    if dry_run:
+        click.echo(submission.script, nl=False)
+        return
+    try:
+        path, job_id = refusing(lambda: queue(recipe_path, submission, options.allow_schedule_change))
+    except SlurmError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"launcher: submitted {path} as job {job_id}; follow with `launcher logs {submission.run_dir} -f`",
+               err=True)
+    click.echo(job_id)
+
+
 def plan_submission(recipe_path: str, overrides: tuple[str, ...], options: SubmitOptions) -> Submission:
     """Everything checked and rendered; raises RecipeError. Nothing is written."""
     from launcher.plan.prepare import Placement, prepare
     from launcher.secrets import split_secret_overrides
-    from launcher.slurm.sbatch import check_request, render_sbatch, slurm_job_name, sweep_tasks
+    from launcher.slurm.sbatch import SbatchRequest, check_request, render_sbatch, slurm_job_name, sweep_tasks
 
     public, secret_env = split_secret_overrides(overrides)
     per_node = options.nproc or options.gpus_per_node or None
@@ -85,7 +128,6 @@ def queue(recipe_path: str, submission: Submission, allow_schedule_change: bool)
     RunDirError or CheckpointError before anything is written, SlurmError when sbatch refuses."""
     from launcher.rundir import RunDir
     from launcher.slurm import jobs
-    from launcher.start import claim_run
 
     kind = "sweep" if submission.sweep_tasks else "run"
     claim = claim_run(submission.loaded, str(submission.run_dir), submission.resolved, recipe_path,

@@ -2,7 +2,7 @@
 
 Kinds (tracking.alerts lists the wanted ones; all by default):
 - failure: the job failed; sent by the launcher after its failure summary, whose first lines it
-  carries (a dead rank 0 could not send it);
+  carries (a dead rank 0 could not send it; engines/failure.py);
 - preemption: the ranks stopped on a signal (Slurm's preemption or time-limit USR1, a cancel) with
   a checkpoint committed; a requeued job resumes there;
 - nonfinite: the loss or gradient norm became NaN or inf;
@@ -57,50 +57,28 @@ class NoAlerts:
         return False
 
 
-def send_failure(run_dir: str, tracking, summary: str, status: int) -> None:
-    """The launcher's failure alert, after its summary (whose first lines it carries): to
-    metrics.jsonl, and to the job's W&B run when W&B is on (its own client here, joining the run
-    rank 0 wrote to, which it also marks failed). TensorBoard has it from rank 0's log only."""
-    if "failure" not in tracking.alerts:
-        return
+def send_failure_to_wandb(run_dir: str, title: str, text: str, status: int) -> None:
+    """The launcher's failure alert to the job's W&B run: its own client, joining the run rank 0
+    wrote to, which it also marks failed. The launcher runs this in a process of its own
+    (engines/failure.py: send_alert), so that neither wandb nor a W&B outage reaches it."""
     from pathlib import Path
 
+    from launcher.config.load import load_recipe
     from launcher.rundir.layout import RunDir
+    from launcher.rundir.record import tracker_run_id
+    from launcher.tracking.base import TrackerContext
+    from launcher.tracking.wandb_tracker import open_tracker
 
-    name = Path(run_dir).name
-    title = f"{name}: failed with exit status {status}"
-    text = "\n".join(summary.splitlines()[:6])
-    metrics = RunDir(run_dir).metrics
-    record = {"step": _last_step(metrics), "alert": {"kind": "failure", "level": LEVELS["failure"], "title": title,
-                                                      "text": text}}
-    if metrics.exists():  # a run that failed before its first step has no metrics: W&B still hears of it
-        import json
-
-        try:
-            with open(metrics, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-        except OSError:
-            pass
-    from launcher.tracking import _wandb_tracker, job_run_id, wandb_on
-
-    if not wandb_on(tracking):
-        return
-
-    tracker = _wandb_tracker(tracking, run_dir, job_run_id(run_dir), name, {})
+    run = RunDir(run_dir)
+    tracking = load_recipe(run.recipe).recipe.tracking
+    tracker = open_tracker(TrackerContext(tracking, run_dir, tracker_run_id(run), Path(run_dir).name))
     tracker.alert("failure", title, text, LEVELS["failure"], tracking.alert_interval_s)
     tracker.finish(exit_code=status)
 
 
-def _last_step(metrics) -> int:
+if __name__ == "__main__":
     import json
+    import sys
 
-    try:
-        lines = metrics.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return 0
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line).get("step", 0))
-        except (ValueError, AttributeError):
-            continue
-    return 0
+    alert = json.load(sys.stdin)
+    send_failure_to_wandb(alert["run_dir"], alert["title"], alert["text"], alert["status"])

@@ -4,8 +4,8 @@ Four panels over the global step: training and evaluation loss, the other evalua
 the learning rate, and throughput. metrics.jsonl holds one history across resumes and restarts
 (a resumed run drops the records after its checkpoint); each start writes a startup record at its
 first step, and those steps are marked on every panel. `launcher compare` and a sweep's summary
-overlay several runs with `draw_overlay`; nothing here knows the command line. matplotlib is
-imported here only, with the file-only Agg backend (no display on a cluster node).
+overlay several runs with `draw_overlay`. matplotlib is imported in the drawing functions only,
+with the file-only Agg backend (no display on a cluster node).
 """
 
 from __future__ import annotations
@@ -13,6 +13,32 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import click
+
+from launcher.cli.common import fail
+from launcher.rundir.layout import RunDir
+
+
+@click.command()
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Where to write the PNG (default: RUN_DIR/report.png).")
+def report(run_dir, output):
+    """Plot a run's loss, evaluation metrics, learning rate and throughput over its steps into a
+    PNG, resumes and restarts marked."""
+    run = RunDir(run_dir)
+    if not run.metrics.is_file():
+        fail(ValueError(f"{run_dir}: no metrics.jsonl\n      HINT: give a run directory that has logged a step"))
+    history = read_history(run.metrics)
+    if not history.train and not history.evals:
+        fail(ValueError(f"{run.metrics}: no step logged yet\n      HINT: wait for the first log step"))
+    try:
+        path = draw(history, Path(run_dir).resolve().name, Path(output) if output else run.report)
+    except ImportError as error:  # matplotlib comes with the tracking extra
+        fail(ValueError(f"launcher report needs matplotlib ({error})\n      HINT: pip install matplotlib"))
+    click.echo(f"wrote {path}")
+
 
 _NOT_EVAL = {"step", "startup", "launch_to_first_step_s", "launch_overhead_s"}
 

@@ -11,7 +11,7 @@ from launcher.config.modules import BUILTIN
 # The package's view of the repository's recipes/ and hostfiles/: symlinks in a source checkout
 # (and an editable install), real files in a wheel (package data), so `launcher ls` and
 # `launcher run mlp-tiny` work however the launcher was installed.
-SHIPPED_DIR = Path(__file__).resolve().parent / "_shipped"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "_shipped"
 RECIPE_DIR = (SHIPPED_DIR / "recipes").resolve()
 HOSTFILE_DIR = (SHIPPED_DIR / "hostfiles").resolve()
 

@@ -2,7 +2,7 @@
 that cannot reach W&B. Event files go to <run_dir>/tensorboard/; `tensorboard --logdir RUN_DIR`
 reads them. Resume works as for W&B: every invocation appends its own event file to the same
 directory, with the global optimizer step as the axis, and steps an earlier attempt already logged
-are not written again (tracking.SkipLoggedSteps), so each step appears once across restarts.
+are not written again (tracking/base.py: SkipLoggedSteps), so each step appears once across restarts.
 """
 
 from __future__ import annotations
@@ -10,6 +10,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Any
+
+from launcher.rundir.layout import RunDir
+from launcher.tracking.base import TrackerContext
+
+
+def open_tracker(context: TrackerContext) -> TensorBoardTracker:
+    return TensorBoardTracker(RunDir(context.run_dir).tensorboard)
 
 
 class TensorBoardTracker:

@@ -1,6 +1,6 @@
-"""A run directory's state, read without torch: `launcher status RUN_DIR` for a run started with
-`launcher run` (no Slurm job to ask), and, before a run starts, how far its directory has trained
-and whether its checkpoints can be resumed (the ranks verify every checksum again).
+"""`launcher status RUN_DIR|JOB_ID`: a submitted job's Slurm state and its last logged step; for
+a run started with `launcher run` (no Slurm job to ask), the run directory's state, read without
+torch.
 
 Everything comes from the run directory: the rank records say where the ranks run (and are
 checked against the process table when they run on this host), the lock whether a launcher works
@@ -13,15 +13,44 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import yaml
 
+from launcher.cli.common import fail
 from launcher.engines.failure import rank_records
+from launcher.rundir import checkpoints as ckpt
 from launcher.rundir.layout import RunDir
 from launcher.rundir.lock import describe_holder, is_locked, read_holder
-from launcher.runtime import checkpoint as ckpt
+
+
+@click.command()
+@click.argument("target", metavar="RUN_DIR|JOB_ID")
+def status(target):
+    """State of a submitted job, and the run's last logged step. For a run started with `launcher
+    run`: whether its ranks still run, its last step, newest checkpoint and failure."""
+    from launcher.slurm import jobs
+
+    try:
+        job_id, run_dir = jobs.resolve_job(target)
+    except jobs.SlurmError as error:
+        if not is_run_dir(Path(target)):
+            fail(error)
+        click.echo("\n".join(describe(Path(target))))  # started with `launcher run`
+        return
+    try:
+        state = jobs.job_state(job_id)
+    except jobs.SlurmError as error:
+        fail(error)
+    if not state:
+        click.echo(f"job {job_id}: unknown to slurmctld (finished long ago, or never existed)")
+    else:
+        keys = ("JobState", "Reason", "RunTime", "TimeLimit", "NodeList", "Restarts", "ExitCode")
+        click.echo(f"job {job_id}: " + "  ".join(f"{k}={state[k]}" for k in keys if k in state))
+    step = last_step(RunDir(run_dir).metrics) if run_dir else None
+    if step:
+        click.echo(f"last step {step['step']}: loss {step['loss']:.4g}")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -77,46 +106,6 @@ def _checkpoint_state(root: Path) -> str:
     except ckpt.CheckpointError as error:
         return "DAMAGED: " + str(error).replace("\n      HINT:", "; hint:")
     return f"{directory} (step {meta.get('step')}; every file matches its manifest)"
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    directory: Path
-    step: int
-
-
-def trained_step(run: RunDir, checkpoint_dirs: list[str]) -> int:
-    """The newest committed checkpoint's step in any of the given checkpoint.dir values (the one
-    run.json recorded and the current one); 0 when there is none, and nothing to lose."""
-    steps = [0]
-    for configured in checkpoint_dirs:
-        committed = ckpt.committed_steps(run.checkpoints(configured))
-        steps.append(committed[-1][0] if committed else 0)
-    return max(steps)
-
-
-def resume_point(run: RunDir, recipe, trained: int) -> ResumePoint | None:
-    """Where the ranks will resume (None: a fresh start); CheckpointError when they could not, or
-    should not: a checkpoint past train.steps, or a fresh start over a run that trained."""
-    root = run.checkpoints(recipe.checkpoint.dir)
-    if recipe.checkpoint.resume == "never" and trained:
-        raise ckpt.CheckpointError(
-            f"checkpoint.resume=never would start {run.root} over, but it has trained to step {trained}: its "
-            "checkpoints and metrics would be overwritten\n      HINT: start a new run (name: or --run-dir), or "
-            "resume it (checkpoint.resume=auto)")
-    directory = ckpt.find_resume_dir(root, recipe.checkpoint.resume)
-    if directory is None:
-        return None
-    manifest = ckpt.read_manifest(directory)
-    problems = ckpt.file_problems(directory, manifest, checksums=False)
-    if problems:
-        raise ckpt.corrupt(directory, problems)
-    step = manifest["meta"].get("step", 0)
-    if step > recipe.train.steps:
-        raise ckpt.CheckpointError(
-            f"{directory} is at step {step}, past train.steps={recipe.train.steps}: there is nothing to train\n"
-            "      HINT: raise train.steps (with --allow-schedule-change), or start a new run")
-    return ResumePoint(directory, step)
 
 
 def _runs_for(pid: object, run_dir: Path) -> bool:

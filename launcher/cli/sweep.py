@@ -22,11 +22,30 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.compare import SWEEP_RECORD
+import click
+
+from launcher.cli.common import ALLOW_HELP, OVERRIDES_HELP, claim_run, recipe_file, refusing
 from launcher.config.errors import Problem, RecipeError
-from launcher.rundir.layout import RunDir
+from launcher.rundir.layout import SWEEP_RECORD, RunDir
 
 DONE, PENDING, STOPPED, FAILED = "done", "pending", "stopped", "failed"
+
+
+@click.command(epilog=OVERRIDES_HELP)
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False), callback=recipe_file)
+@click.argument("overrides", nargs=-1, metavar="KEY=V1,V2... [KEY=VALUE...]")
+@click.option("--nproc", type=click.IntRange(min=1), help="Processes per point (default: cluster.nproc_per_node).")
+@click.option("-k", "--parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Points run side by side (their consoles go to RUN_DIR/logs/task-N.log).")
+@click.option("--run-dir", help="The sweep's directory; point i runs in RUN_DIR/task-i.")
+@click.option("--allow-schedule-change", is_flag=True, help=ALLOW_HELP)
+def sweep(recipe_path, overrides, nproc, parallel, run_dir, allow_schedule_change):
+    """Run a grid of points on this machine: each KEY=V1,V2 is an axis, every combination a run
+    of its own (RUN_DIR/task-N). The same command again runs only the points not done. Ends with
+    the comparison table and RUN_DIR/compare.png. (`launcher submit --sweep` makes a Slurm array.)"""
+    loaded, resolved, plan = refusing(lambda: plan_sweep(recipe_path, overrides, nproc, run_dir))
+    sys.exit(refusing(lambda: run_sweep(recipe_path, loaded, resolved, plan, nproc, parallel,
+                                        allow_schedule_change)))
 
 
 @dataclass
@@ -72,8 +91,6 @@ def run_sweep(recipe_path: str, loaded, resolved: dict, plan: SweepPlan, nproc: 
               allow_schedule_change: bool) -> int:
     """Claim the sweep's directory, run the points not done yet, then compare them. Exit status:
     0 when every point is done, 128+N after a stop on signal N, 1 when a point failed."""
-    from launcher.start import claim_run
-
     claim = claim_run(loaded, str(plan.root), resolved, recipe_path, allow_schedule_change, "sweep")
     try:
         claim.commit("sweep")
@@ -131,10 +148,10 @@ def _run_points(recipe_path: str, plan: SweepPlan, record: dict, nproc: int | No
                 if proc.poll() is not None:
                     del running[task]
                     _finish(plan, record, task, proc.returncode)
-        from launcher.engines.group import _signal_group
+        from launcher.engines.group import signal_group
 
         for proc in running.values():  # a stop: each point commits a checkpoint and exits
-            _signal_group(proc, signal.SIGTERM)
+            signal_group(proc, signal.SIGTERM)
         for task, proc in running.items():
             _finish(plan, record, task, proc.wait())
     finally:
@@ -181,7 +198,7 @@ def _finish(plan: SweepPlan, record: dict, task: str, returncode: int) -> None:
 
 
 def _summarize(root: Path) -> None:
-    from launcher.compare import expand, plot, table
+    from launcher.cli.compare import expand, plot, table
 
     runs = expand([root])
     if not runs:

@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import IO
 
+from launcher.durations import duration
+
 CLEAR_LINE = "\r\x1b[K"
 REDRAW_EVERY_S = 0.5
 
@@ -34,8 +36,6 @@ def wanted(stdout: IO | None = None, stderr: IO | None = None) -> bool:
 
 def render(step: int, total: int, steps_per_s: float | None, width: int) -> str:
     """The bar's text for `width` columns."""
-    from launcher.runtime.metrics import duration  # standard library only: no torch
-
     fraction = min(1.0, step / total) if total else 0.0
     tail = f" {step}/{total} {fraction:4.0%}"
     if steps_per_s:

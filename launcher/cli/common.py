@@ -1,0 +1,116 @@
+"""What the verbs share: the recipe argument and placement options, planning a recipe, and the
+one way a problem the user can fix becomes `error: ...` with exit status 2.
+
+Light on purpose: every verb module imports this at `launcher --help`, so anything heavier than
+click and the standard library is imported inside the function that needs it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import NoReturn
+
+import click
+
+from launcher.config.errors import EXIT_BAD_INPUT
+
+STARTED_AT = time.time()  # launch time (`launcher run` to the first optimizer step) counts from here
+
+OVERRIDES_HELP = "Overrides: `section.key=value` sets a key, `~section.key` deletes it."
+ALLOW_HELP = "Continue a run whose train.steps, optimizer or scheduler values changed (recorded in run.json)."
+
+
+def fail(error: Exception) -> NoReturn:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def say(message: str) -> None:
+    print(f"launcher: {message}", file=sys.stderr, flush=True)
+
+
+def prepare_or_fail(recipe_path: str, overrides: tuple[str, ...], placement: dict):
+    """Recipe + flags -> (loaded recipe, plan, resolved dict). Exits 2 on bad input."""
+    from launcher.config.errors import RecipeError
+    from launcher.plan.prepare import Placement, prepare
+
+    master_addr = placement.pop("master_addr", None)
+    if master_addr:  # a recipe key like any other: recorded in recipe.yaml, checked by the schema
+        overrides = (*overrides, f"cluster.master_addr={master_addr}")
+    try:
+        return prepare(recipe_path, overrides, Placement(**placement))
+    except RecipeError as error:
+        fail(error)
+
+
+def recipe_file(ctx, param, value):
+    """Click callback: a shipped recipe's name (`mlp-tiny`) means its file (launcher.config.catalog)."""
+    from launcher.config.catalog import resolve_recipe_file
+
+    if isinstance(value, tuple):
+        return tuple(resolve_recipe_file(v) for v in value)
+    return resolve_recipe_file(value)
+
+
+def recipe_argument(func):
+    """RECIPE and its overrides, the two positional arguments of every verb that plans a recipe."""
+    func = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE | ~KEY]...")(func)
+    return click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False),
+                          callback=recipe_file)(func)
+
+
+_PLACEMENT = [
+    click.option("--nproc", type=click.IntRange(min=1), help="Processes per node (default: cluster.nproc_per_node)."),
+    click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes (default: cluster.nodes)."),
+    click.option("--hostfile", type=click.Path(dir_okay=False), help="DeepSpeed-style hostfile: `host slots=N` lines."),
+    click.option("--include", default="", help="Hostfile filter, DeepSpeed syntax: `host1:0,1@host2` keeps these."),
+    click.option("--exclude", default="", help="Hostfile filter, DeepSpeed syntax: `host1:0@host3` drops these."),
+    click.option("--run-dir", help="Run directory (default: <output_dir>/<name>; reused to resume)."),
+    click.option("--master-addr", help="Rendezvous host the nodes dial (default: the first node's name; "
+                                       "cluster.master_addr)."),
+]
+
+
+def with_placement(func):
+    """RECIPE, overrides and the placement options (`run` and `plan`)."""
+    for decorator in reversed(_PLACEMENT):
+        func = decorator(func)
+    return recipe_argument(func)
+
+
+def refusing(action):
+    """action(), with the problems a user can fix (a recipe, a run directory, a checkpoint, a host
+    that fails pre-flight) turned into `error: ...` and exit 2: nothing was started."""
+    from launcher.config.errors import RecipeError
+    from launcher.engines.commands import PreflightFailed
+    from launcher.rundir.checkpoints import CheckpointError
+    from launcher.rundir.claim import RunDirError
+
+    try:
+        return action()
+    except (RecipeError, RunDirError, CheckpointError, PreflightFailed) as error:
+        fail(error)
+
+
+def claim_run(loaded, run_dir: str, resolved: dict, recipe_path: str, allow_schedule_change: bool,
+              kind: str = "run"):
+    """The run directory locked for this experiment (`run`, `submit`, `sweep`); raises RunDirError or
+    CheckpointError, with nothing written."""
+    from pathlib import Path
+
+    from launcher.rundir import RunDir
+    from launcher.rundir.checkpoints import resume_point, trained_step
+    from launcher.rundir.claim import check_run_dir, claim_run_dir, read_record
+    from launcher.rundir.identity import Identity
+
+    run = RunDir(run_dir)
+    identity = Identity.of(resolved, getattr(loaded.recipe_module, "IDENTITY_EXEMPT", ()))
+    record = read_record(run) or {}
+    checkpoint = loaded.recipe.checkpoint
+    recorded_dir = (record.get("fixed") or {}).get("checkpoint.dir", checkpoint.dir)
+    trained = trained_step(run, [recorded_dir, checkpoint.dir])
+    check_run_dir(run, identity, trained, allow_schedule_change, kind)  # whose it is, before anything else
+    if kind == "run":  # its checkpoints can be resumed
+        resume_point(run, checkpoint.dir, checkpoint.resume, loaded.recipe.train.steps, trained)
+    return claim_run_dir(run, identity, str(Path(recipe_path).resolve()), trained, allow_schedule_change, kind)

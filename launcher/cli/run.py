@@ -1,0 +1,109 @@
+"""`launcher run RECIPE`: check and lock the run directory, write it, run the plan on its engine,
+report how it ended.
+
+    run(...)        the command: plan (exit 2 on bad input), claim, start, wait; exit = the job's
+    start_run(...)  pre-flight, the run records, the job on its engine, its exit status
+
+Everything the user can fix is raised before anything starts or is written (RecipeError,
+RunDirError, CheckpointError, PreflightFailed); the command turns these into exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from launcher.cli.common import (
+    ALLOW_HELP,
+    OVERRIDES_HELP,
+    STARTED_AT,
+    claim_run,
+    prepare_or_fail,
+    refusing,
+    say,
+    with_placement,
+)
+
+
+@click.command(epilog=OVERRIDES_HELP)
+@with_placement
+@click.option("--no-preflight", is_flag=True, help="Skip the ssh/port checks of hostfile hosts.")
+@click.option("--allow-schedule-change", is_flag=True, help=ALLOW_HELP)
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show third-party notices the console holds back (LAUNCHER_VERBOSE=1; always in the rank logs).")
+def run(recipe_path, overrides, no_preflight, allow_schedule_change, verbose, **placement):
+    """Write the run directory, then start the job and wait for it (exit status = the job's).
+
+    \b
+    One node: torchrun. --hostfile: one torchrun per host over pdsh (or ssh).
+    Inside a Slurm allocation (salloc/sbatch): one torchrun per node with srun.
+    A run directory belongs to one experiment and one launcher at a time (run.json, .lock).
+    """
+    from launcher.plan.deepspeed import check_deepspeed_passthrough
+
+    if verbose:
+        os.environ["LAUNCHER_VERBOSE"] = "1"  # every rank's environment, on every engine (LAUNCHER_*)
+    loaded, launch_plan, resolved = prepare_or_fail(recipe_path, overrides, placement)
+
+    def checked_claim():
+        check_deepspeed_passthrough(recipe_path, loaded.recipe, launch_plan.math)
+        return claim_run(loaded, launch_plan.run_dir, resolved, recipe_path, allow_schedule_change)
+
+    claim = refusing(checked_claim)
+    try:
+        status = refusing(lambda: start_run(loaded, launch_plan, resolved, claim, not no_preflight, STARTED_AT))
+    finally:
+        claim.release()
+    sys.exit(status)
+
+
+def start_run(loaded, launch_plan, resolved: dict, claim, preflight: bool, started_at: float) -> int:
+    """Run the job in the claimed run directory; its exit status."""
+    from launcher.engines.commands import PreflightFailed
+    from launcher.engines.group import STOP_STATUSES
+    from launcher.engines.process import execute
+    from launcher.engines.registry import engine_named
+    from launcher.rundir import RunDir
+    from launcher.rundir.record import tracker_run_id, write_run_dir
+
+    engine = engine_named(launch_plan.engine)
+    problems = engine.preflight(launch_plan, sys.executable, os.getcwd()) if preflight else []
+    if problems:
+        raise PreflightFailed(problems)
+    for change in claim.changes:
+        say(f"continuing with a changed schedule: {change.render()}")
+    claim.commit()
+    write_run_dir(RunDir(launch_plan.run_dir), resolved, launch_plan.to_dict())
+    tracker_run_id(RunDir(launch_plan.run_dir))  # one tracker run per job, made before any rank starts
+    math = launch_plan.math
+    say(f"run dir {launch_plan.run_dir}")
+    say(f"{launch_plan.engine}, {launch_plan.layout}; "
+        f"global batch {math.global_batch} = {math.micro} x {math.accumulation} x {math.world_size}; "
+        f"{math.optimizer_steps} steps")
+    cluster = loaded.recipe.cluster
+    secrets = {name: cluster.env.get(name, os.environ.get(name, "")) for name in launch_plan.secret_names}
+    status = execute(launch_plan, secrets, started_at=started_at, keep_fds=(claim.lock_fd,))
+    if status in STOP_STATUSES:  # a requested stop (Slurm's preemption signal: a requeue)
+        status = engine.after_stop(launch_plan, status, cluster.timeout_requeues)
+    elif status != 0:
+        report_failure(launch_plan.run_dir, status, cluster.max_restarts, loaded.recipe.tracking)
+    say(f"job finished with exit status {status}")
+    return status
+
+
+def report_failure(run_dir: str, status: int, max_restarts: int, tracking=None) -> None:
+    from launcher.engines import failure
+
+    found = failure.summarize(run_dir, status)
+    if found is None:
+        say("the job failed before any rank started; see the output above")
+        return
+    summary = failure.render(found, max_restarts)
+    if tracking is not None:
+        # Before failure.json (`launcher status` reads a failure newer than the metrics as how the
+        # run ended) and before the summary (which stays the console's last lines).
+        failure.send_alert(run_dir, tracking, summary, status)
+    failure.write(run_dir, found)
+    say(summary.replace("\n", "\nlauncher: "))
