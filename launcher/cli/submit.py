@@ -11,7 +11,6 @@ script (launcher.secrets.split_secret_overrides).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -25,25 +24,7 @@ from launcher.config.errors import RecipeError
 
 if TYPE_CHECKING:
     from launcher.config.load import LoadedRecipe
-
-
-@dataclass(frozen=True)
-class SubmitOptions:
-    """The command line of `launcher submit`, beside the recipe and its overrides."""
-
-    nodes: int = 1
-    nproc: int | None = None
-    gpus_per_node: int = 0
-    cpus_per_task: int = 0
-    time_limit: str = ""
-    partition: str = ""
-    account: str = ""
-    signal_lead: int = 120
-    requeue: bool = True
-    sweep: tuple[str, ...] = ()
-    extra: tuple[str, ...] = ()
-    run_dir: str | None = None
-    allow_schedule_change: bool = False
+    from launcher.slurm.sbatch import SlurmOptions
 
 
 @dataclass(frozen=True)
@@ -59,27 +40,28 @@ class Submission:
 @click.command(epilog=OVERRIDES_HELP)
 @recipe_argument
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Nodes to allocate.")
-@click.option("--nproc", type=click.IntRange(min=1), help="Processes per node (default: --gpus-per-node, "
-              "else cluster.nproc_per_node).")
+@click.option("--nproc", "nproc_per_node", type=click.IntRange(min=1),
+              help="Processes per node (default: --gpus-per-node, else cluster.nproc_per_node).")
 @click.option("--gpus-per-node", type=click.IntRange(min=0), default=0, help="GPUs per node to allocate.")
 @click.option("--cpus-per-task", type=click.IntRange(min=0), default=0, help="CPUs per node for its torchrun.")
-@click.option("--time", "time_limit", default="", help="Time limit, e.g. 4:00:00 or 2-00:00:00.")
+@click.option("--time", default="", help="Time limit, e.g. 4:00:00 or 2-00:00:00.")
 @click.option("--partition", default="", help="Slurm partition.")
 @click.option("--account", default="", help="Slurm account.")
-@click.option("--signal-lead", type=click.IntRange(min=0), default=120, show_default=True,
+@click.option("--signal-lead", "signal_lead_s", type=click.IntRange(min=0), default=120, show_default=True,
               help="Seconds before the time limit when Slurm sends USR1: a checkpoint, then a requeue.")
 @click.option("--requeue/--no-requeue", default=True, show_default=True, help="Let Slurm requeue the job.")
-@click.option("--sweep", multiple=True, metavar="KEY=V1,V2", help="A job array: one task per combination.")
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2", help="A job array: one task per combination.")
 @click.option("--sbatch", "extra", multiple=True, metavar="--OPTION=VALUE", help="More #SBATCH options.")
 @click.option("--run-dir", help="Run directory (default: <output_dir>/<name>).")
 @click.option("--dry-run", is_flag=True, help="Print the sbatch script; submit nothing.")
 @click.option("--allow-schedule-change", is_flag=True, help=ALLOW_HELP)
-def submit(recipe_path, overrides, dry_run, **options):
+def submit(recipe_path, overrides, run_dir, dry_run, **slurm):
     """Submit the recipe to Slurm as a batch job (from a login node); print the job id."""
     from launcher.slurm.jobs import SlurmError
+    from launcher.slurm.sbatch import SlurmOptions
 
-    options = SubmitOptions(**options)
-    submission = refusing(lambda: plan_submission(recipe_path, overrides, options))
+    options = SlurmOptions(**slurm)
+    submission = refusing(lambda: plan_submission(recipe_path, overrides, options, run_dir))
     if dry_run:
         click.echo(submission.script, nl=False)
         return
@@ -93,33 +75,36 @@ def submit(recipe_path, overrides, dry_run, **options):
     click.echo(job_id)
 
 
-def plan_submission(recipe_path: str, overrides: tuple[str, ...], options: SubmitOptions) -> Submission:
+def plan_submission(recipe_path: str, overrides: tuple[str, ...], options: SlurmOptions,
+                    run_dir: str | None = None) -> Submission:
     """Everything checked and rendered; raises RecipeError. Nothing is written."""
     from launcher.plan.prepare import Placement, prepare
     from launcher.secrets import split_secret_overrides
-    from launcher.slurm.sbatch import SbatchRequest, check_request, render_sbatch, slurm_job_name, sweep_tasks
+    from launcher.slurm.sbatch import (
+        SbatchRequest,
+        check_options,
+        check_run_dir,
+        render_sbatch,
+        slurm_job_name,
+        sweep_tasks,
+    )
 
+    _check(check_options(options))  # the flags, before planning uses them (the sweep's product)
     public, secret_env = split_secret_overrides(overrides)
-    per_node = options.nproc or options.gpus_per_node or None
-    request = SbatchRequest("", "", options.run_dir or "", os.getcwd(), sys.executable, options.nodes, options.nproc,
-                            options.gpus_per_node, options.cpus_per_task, options.time_limit, options.partition,
-                            options.account, options.signal_lead, options.requeue, tuple(public), options.sweep,
-                            options.extra, secret_names=tuple(sorted(secret_env)),
-                            allow_schedule_change=options.allow_schedule_change)
-    _check(check_request(request))
     # Plan the job as it will run inside an allocation of `nodes` nodes, each sweep task.
     nodes = options.nodes
     fake_allocation = {"SLURM_JOB_ID": "0", "SLURM_JOB_NODELIST": f"node[1-{nodes}]" if nodes > 1 else "node1"}
-    array = sweep_tasks(options.sweep)
+    array = sweep_tasks(options.sweeps)
     for sweep_task in array or [()]:
         loaded, launch_plan, resolved = prepare(recipe_path, (*public, *sweep_task),
-                                                Placement(nproc=per_node, nodes=nodes, run_dir=options.run_dir),
+                                                Placement(nproc=options.processes_per_node, nodes=nodes,
+                                                          run_dir=run_dir),
                                                 environ=fake_allocation)
     directory = Path(launch_plan.run_dir)
-    request = dataclasses.replace(request, job_name=slurm_job_name(directory.name),
-                                  recipe_path=str(Path(recipe_path).absolute()), run_dir=str(directory),
-                                  nproc_per_node=per_node)
-    _check(check_request(request))
+    _check(check_run_dir(str(directory)))
+    request = SbatchRequest(job_name=slurm_job_name(directory.name), recipe_path=str(Path(recipe_path).absolute()),
+                            run_dir=str(directory), workdir=os.getcwd(), python=sys.executable, options=options,
+                            overrides=tuple(public), secret_names=tuple(sorted(secret_env)))
     return Submission(render_sbatch(request), directory, loaded, resolved, len(array), secret_env)
 
 

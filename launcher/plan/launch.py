@@ -96,22 +96,42 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
     math = _batch_math(loaded, topology)
     engine = engine_named(topology.engine)
     standalone = engine.standalone and topology.nodes == 1
+    rendezvous = _rendezvous(cluster, topology, run_dir, standalone)
+    method = start_method(cluster.start_method, standalone)
+    torchrun = TorchrunCommand(python, topology.nodes, rendezvous, cluster.max_restarts, run_dir, method)
+    by_nproc = {nproc: tuple(torchrun.argv(nproc)) for nproc in set(topology.procs_by_node)}
+    env = rank_env(cluster, run_dir, method, environ, topology.nproc_per_node if standalone else 0)
+    commands = engine.commands(NodeRequest(topology.hosts, topology.slot_ids,
+                                           tuple(by_nproc[n] for n in topology.procs_by_node), env, environ,
+                                           tuple(cluster.forward_env), python, cwd, run_dir))
+    return LaunchPlan(run_dir, engine.name, commands.nodes, commands.processes, topology.procs_by_node,
+                      rendezvous.endpoint, math, commands.secret_names, topology.slurm_job_id)
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the nodes' torchrun agents meet: `--standalone` on one local node (torchrun picks a free
+    port itself, so two local jobs never collide), else a c10d store on the master's port."""
+
+    standalone: bool
+    master: str = ""
+    port: int = 0
+    run_id: str = ""  # the rendezvous id: one per run directory
+    join_timeout: int = 900
+
+    @property
+    def endpoint(self) -> str:
+        return "standalone" if self.standalone else f"c10d://{self.master}:{self.port}"
+
+
+def _rendezvous(cluster: ClusterConfig, topology: Topology, run_dir: str, standalone: bool) -> Rendezvous:
     master = cluster.master_addr or topology.hosts[0]
     port = rendezvous_port(cluster.master_port, topology.slurm_job_id, _rdzv_id(run_dir))
     if topology.slurm_job_id and port != cluster.master_port and _is_this_host(topology.hosts[0]):
         # Inside the job, on its first node (where `launcher run` runs and the store will listen):
         # another job whose id ends in the same 4 digits may hold the port on a shared node.
         port = first_free_port(port)
-    method = start_method(cluster.start_method, standalone)
-    torchrun = {nproc: tuple(torchrun_argv(python, topology, cluster, master, port, run_dir, standalone, method, nproc))
-                for nproc in set(topology.procs_by_node)}
-    env = rank_env(cluster, run_dir, method, environ, topology.nproc_per_node if standalone else 0)
-    commands = engine.commands(NodeRequest(topology.hosts, topology.slot_ids,
-                                           tuple(torchrun[n] for n in topology.procs_by_node), env, environ,
-                                           tuple(cluster.forward_env), python, cwd, run_dir))
-    return LaunchPlan(run_dir, engine.name, commands.nodes, commands.processes, topology.procs_by_node,
-                      "standalone" if standalone else f"c10d://{master}:{port}", math, commands.secret_names,
-                      topology.slurm_job_id)
+    return Rendezvous(standalone, master, port, _rdzv_id(run_dir), cluster.rdzv_timeout)
 
 
 def interface_env(interfaces: str) -> dict[str, str]:
@@ -226,29 +246,41 @@ def worker_entry(start_method: str) -> list[str]:
 AGENT_PRELOADS = ("torch._dynamo",)  # imported by the agent before it forks the ranks (runtime/agent.py)
 
 
-def torchrun_argv(python: str, topology: Topology, cluster: ClusterConfig, master: str, port: int, run_dir: str,
-                  standalone: bool, method: str, nproc: int) -> list[str]:
-    """One node's torchrun command; `nproc` is that node's process count (nodes may differ: each
-    agent tells the rendezvous its own, and torchrun numbers the ranks node after node)."""
-    argv = [python, "-m", "launcher.runtime.agent", *(AGENT_PRELOADS if method == "fork" else ()), "--"]
-    if standalone:
-        # --standalone picks a free port itself: two local jobs never collide.
-        argv += ["--standalone", "--nnodes=1"]
-    else:
-        # c10d rendezvous assigns node ranks itself, so every node runs the same command.
-        argv += [f"--nnodes={topology.nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={master}:{port}",
-                 f"--rdzv-id={_rdzv_id(run_dir)}", f"--rdzv-conf=join_timeout={cluster.rdzv_timeout}"]
-    argv += [
-        f"--nproc-per-node={nproc}",
-        f"--max-restarts={cluster.max_restarts}",
-        # Per-rank stdout/stderr files under the run directory; console shows local rank 0 only.
-        f"--log-dir={RunDir(run_dir).torchrun_logs}",
-        "--tee=3",
-        "--local-ranks-filter=0",
-        "--log-line-prefix-template=[rank${rank}]: ",
-        *worker_entry(method), "--run-dir", run_dir,
-    ]
-    return argv
+@dataclass(frozen=True)
+class TorchrunCommand:
+    """The torchrun command every node runs; nodes differ only in their process count (each agent
+    tells the rendezvous its own, and torchrun numbers the ranks node after node)."""
+
+    python: str
+    nodes: int
+    rendezvous: Rendezvous
+    max_restarts: int
+    run_dir: str
+    start_method: str
+
+    def argv(self, nproc: int) -> list[str]:
+        """One node's command for its `nproc` processes."""
+        preloads = AGENT_PRELOADS if self.start_method == "fork" else ()
+        argv = [self.python, "-m", "launcher.runtime.agent", *preloads, "--"]
+        rendezvous = self.rendezvous
+        if rendezvous.standalone:
+            argv += ["--standalone", "--nnodes=1"]
+        else:
+            # c10d rendezvous assigns node ranks itself, so every node runs the same command.
+            argv += [f"--nnodes={self.nodes}", "--rdzv-backend=c10d",
+                     f"--rdzv-endpoint={rendezvous.master}:{rendezvous.port}", f"--rdzv-id={rendezvous.run_id}",
+                     f"--rdzv-conf=join_timeout={rendezvous.join_timeout}"]
+        return [
+            *argv,
+            f"--nproc-per-node={nproc}",
+            f"--max-restarts={self.max_restarts}",
+            # Per-rank stdout/stderr files under the run directory; console shows local rank 0 only.
+            f"--log-dir={RunDir(self.run_dir).torchrun_logs}",
+            "--tee=3",
+            "--local-ranks-filter=0",
+            "--log-line-prefix-template=[rank${rank}]: ",
+            *worker_entry(self.start_method), "--run-dir", self.run_dir,
+        ]
 
 
 def _rdzv_id(run_dir: str) -> str:

@@ -142,20 +142,42 @@ def build(recipe, ctx):
     bert = _build_model(recipe.model, tokenizer, data_cfg.max_seq_len)
     model = _pretraining_module(bert, nsp_weight=data_cfg.mask_prob * data_cfg.max_seq_len,
                                 compile_loss=recipe.train.compile and ctx.device.type == "cuda")
+    probe = _probe_batch(torch.load(cache / "probe.pt", weights_only=True), ctx.rank, ctx.world_size,
+                         data_cfg.max_predictions)
+    seq = data_cfg.max_seq_len
+    return Task(
+        model=model,
+        train_data=PairData(train_pairs, masker, data_cfg.seed),
+        # [CLS] A [SEP] B [SEP]: the pair's tokens and three specials
+        lengths=(train_pairs["offsets"].diff() + 3).tolist() if data_cfg.group_by_length else None,
+        eval_data=PairData(eval_pairs, masker, data_cfg.seed + 1),
+        collate=lambda samples: collate(samples, tokenizer.pad_token_id, data_cfg.max_predictions),
+        loss=_loss,
+        count_targets=lambda batch: int((batch["mlm_labels"] != -100).sum()),
+        evaluate=_evaluator(tokenizer, train_pairs, eval_pairs, probe),
+        flops_per_sample=_flops_per_sample(bert, seq),
+        tokens_per_sample=seq,
+        export=_exporter(tokenizer),
+        loader_workers=data_cfg.workers,
+    )
 
-    def loss(model, batch):
-        out = model(**batch)
-        return out["loss_sum"], out["masked"]
 
-    # The baselines the accuracies are read against, on the same held-out positions and pairs:
-    # always guessing the training text's most frequent token, and always the held-out majority label.
+def _loss(model, batch):
+    out = model(**batch)
+    return out["loss_sum"], out["masked"]
+
+
+def _evaluator(tokenizer, train_pairs: dict, eval_pairs: dict, probe: dict):
+    """evaluate(model, batches): MLM and NSP on the held-out pairs, each beside its baseline (always
+    guessing the training text's most frequent token; always the held-out majority label, on the
+    same positions and pairs), and this rank's share of the fill-mask probe."""
+    import torch
+
     special = torch.tensor(tokenizer.all_special_ids)
     counts = torch.bincount(train_pairs["tokens"].long())
     counts[special[special < len(counts)]] = 0
     most_frequent = int(counts.argmax())
     majority = int(eval_pairs["labels"].float().mean() >= 0.5)
-    probe = _probe_batch(torch.load(cache / "probe.pt", weights_only=True), ctx.rank, ctx.world_size,
-                         data_cfg.max_predictions)
 
     def evaluate(model, batches):
         totals = torch.zeros(7, dtype=torch.float64, device=batches[0]["input_ids"].device)
@@ -178,30 +200,24 @@ def build(recipe, ctx):
             metrics["fill_mask_top5"] = (hits, torch.tensor(float(probe["total"]), dtype=torch.float64, device=device))
         return metrics
 
+    return evaluate
+
+
+def _exporter(tokenizer):
     def export(model, state, directory):
         prefix = "bert."  # the wrapper's attribute holding BertForPreTraining
         inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         model.bert.save_pretrained(directory, state_dict=inner)
         tokenizer.save_pretrained(directory)
 
+    return export
+
+
+def _flops_per_sample(bert, seq: int) -> float:
+    """Forward and backward: 6 x the non-embedding parameters per token, and attention's scores."""
     config = bert.config
     non_embedding = sum(p.numel() for n, p in bert.named_parameters() if "embeddings" not in n)
-    seq = data_cfg.max_seq_len
-    return Task(
-        model=model,
-        train_data=PairData(train_pairs, masker, data_cfg.seed),
-        # [CLS] A [SEP] B [SEP]: the pair's tokens and three specials
-        lengths=(train_pairs["offsets"].diff() + 3).tolist() if data_cfg.group_by_length else None,
-        eval_data=PairData(eval_pairs, masker, data_cfg.seed + 1),
-        collate=lambda samples: collate(samples, tokenizer.pad_token_id, data_cfg.max_predictions),
-        loss=loss,
-        count_targets=lambda batch: int((batch["mlm_labels"] != -100).sum()),
-        evaluate=evaluate,
-        flops_per_sample=seq * (6 * non_embedding + 12 * config.num_hidden_layers * config.hidden_size * seq),
-        tokens_per_sample=seq,
-        export=export,
-        loader_workers=data_cfg.workers,
-    )
+    return seq * (6 * non_embedding + 12 * config.num_hidden_layers * config.hidden_size * seq)
 
 
 def _pretraining_module(bert, nsp_weight: float, compile_loss: bool = False):

@@ -26,14 +26,11 @@ _TIME = re.compile(r"^(\d+|\d+:\d{1,2}(:\d{1,2})?|\d+-\d{1,2}(:\d{1,2}){0,2})$")
 
 
 @dataclass(frozen=True)
-class SbatchRequest:
-    job_name: str
-    recipe_path: str  # absolute
-    run_dir: str  # absolute; array tasks use run_dir/task-<i>
-    workdir: str  # absolute; relative paths in the recipe resolve from here
-    python: str
+class SlurmOptions:
+    """What the user asks of Slurm: `launcher submit`'s flags, checked before anything is planned."""
+
     nodes: int = 1
-    nproc_per_node: int | None = None  # passed to `launcher run --nproc`
+    nproc_per_node: int | None = None  # passed to `launcher run --nproc` (default: gpus_per_node)
     gpus_per_node: int = 0
     cpus_per_task: int = 0
     time: str = ""
@@ -41,13 +38,30 @@ class SbatchRequest:
     account: str = ""
     signal_lead_s: int = SIGNAL_LEAD_S
     requeue: bool = True
-    overrides: tuple[str, ...] = ()
     sweeps: tuple[str, ...] = ()  # `key=v1,v2,...`: one array task per combination
     extra: tuple[str, ...] = ()  # more `--option=value` lines for #SBATCH
+    allow_schedule_change: bool = False  # passed on to `launcher run`
+
+    @property
+    def processes_per_node(self) -> int | None:
+        """Processes each node starts: --nproc, else one per GPU, else the recipe's (None)."""
+        return self.nproc_per_node or self.gpus_per_node or None
+
+
+@dataclass(frozen=True)
+class SbatchRequest:
+    """The planned job and the options it is submitted with."""
+
+    job_name: str
+    recipe_path: str  # absolute
+    run_dir: str  # absolute; array tasks use run_dir/task-<i>
+    workdir: str  # absolute; relative paths in the recipe resolve from here
+    python: str
+    options: SlurmOptions = field(default_factory=SlurmOptions)
+    overrides: tuple[str, ...] = ()
     environment: dict[str, str] = field(default_factory=dict)  # exported by the script (never secrets)
     # Secret variables the job gets from the environment sbatch runs in (names only, for the reader).
     secret_names: tuple[str, ...] = ()
-    allow_schedule_change: bool = False  # passed on to `launcher run`
 
 
 def slurm_job_name(run_name: str) -> str:
@@ -65,28 +79,22 @@ def sweep_tasks(sweeps: tuple[str, ...]) -> list[tuple[str, ...]]:
     return [tuple(combo) for combo in itertools.product(*axes)] if axes else []
 
 
-def check_request(request: SbatchRequest) -> list[Problem]:
+def check_options(options: SlurmOptions) -> list[Problem]:
+    """Every flag that would not survive an #SBATCH line or the array's product."""
     problems = []
-
-    def check(flag: str, value: str, hint: str) -> None:
+    for flag, value, hint in (("--partition", options.partition, "a partition name from `sinfo`"),
+                              ("--account", options.account, "an account name from `sacctmgr show assoc`")):
         if value and not _SAFE_VALUE.match(value):
             problems.append(Problem(flag, f"{value!r} cannot go into an #SBATCH line", hint))
-
-    check("--job-name", request.job_name, "letters, digits and ._-")
-    check("--partition", request.partition, "a partition name from `sinfo`")
-    check("--account", request.account, "an account name from `sacctmgr show assoc`")
-    if request.time and not _TIME.match(request.time):
-        problems.append(Problem("--time", f"{request.time!r} is not a Slurm time",
+    if options.time and not _TIME.match(options.time):
+        problems.append(Problem("--time", f"{options.time!r} is not a Slurm time",
                                 "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"))
-    if request.run_dir and not re.match(r"^[^\s%]+$", request.run_dir):
-        problems.append(Problem("--run-dir", f"{request.run_dir!r} cannot be a Slurm output path",
-                                "use a run directory without spaces, newlines or `%`"))
-    for option in request.extra:
+    for option in options.extra:
         name, _, value = option.partition("=")
         if not re.match(r"^--[a-z][a-z-]*$", name) or (value and not _SAFE_VALUE.match(value)):
             problems.append(Problem("--sbatch", f"{option!r} is not a safe sbatch option",
                                     "write --option=value, e.g. --sbatch --qos=high"))
-    for sweep in request.sweeps:
+    for sweep in options.sweeps:
         key, sep, values = sweep.partition("=")
         if not sep or not key or not values or any(not v for v in values.split(",")):
             problems.append(Problem("--sweep", f"{sweep!r} is not KEY=V1,V2,...",
@@ -94,41 +102,50 @@ def check_request(request: SbatchRequest) -> list[Problem]:
         elif is_secret_name(key.rsplit(".", 1)[-1]):
             problems.append(Problem("--sweep", f"{key} is a secret: its values would be written into the script",
                                     f"give it once as an override ({key}=...) or in the environment"))
-    if request.signal_lead_s < 0:
+    if options.signal_lead_s < 0:
         problems.append(Problem("--signal-lead", "must be >= 0 seconds", "e.g. 120"))
     return problems
 
 
+def check_run_dir(run_dir: str) -> list[Problem]:
+    """The run directory names the job's output files (#SBATCH --output)."""
+    if run_dir and not re.match(r"^[^\s%]+$", run_dir):
+        return [Problem("--run-dir", f"{run_dir!r} cannot be a Slurm output path",
+                        "use a run directory without spaces, newlines or `%`")]
+    return []
+
+
 def render_sbatch(request: SbatchRequest) -> str:
-    array = sweep_tasks(request.sweeps)  # one array task per combination (sweep_task i: RUN_DIR/task-i)
+    options = request.options
+    array = sweep_tasks(options.sweeps)  # one array task per combination (sweep_task i: RUN_DIR/task-i)
     log = f"{request.run_dir}/slurm/%A_%a.out" if array else f"{request.run_dir}/slurm/%j.out"
     lines = ["#!/bin/bash",
              f"# Written by `launcher submit` for {request.recipe_path}.",
              "# Slurm re-runs this same script on requeue; the run directory is fixed, so the job resumes.",
              f"#SBATCH --job-name={request.job_name}",
-             f"#SBATCH --nodes={request.nodes}",
+             f"#SBATCH --nodes={options.nodes}",
              "#SBATCH --ntasks-per-node=1"]
-    if request.gpus_per_node:
-        lines.append(f"#SBATCH --gpus-per-node={request.gpus_per_node}")
-    if request.cpus_per_task:
-        lines.append(f"#SBATCH --cpus-per-task={request.cpus_per_task}")
-    for flag, value in (("time", request.time), ("partition", request.partition), ("account", request.account)):
+    if options.gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={options.gpus_per_node}")
+    if options.cpus_per_task:
+        lines.append(f"#SBATCH --cpus-per-task={options.cpus_per_task}")
+    for flag, value in (("time", options.time), ("partition", options.partition), ("account", options.account)):
         if value:
             lines.append(f"#SBATCH --{flag}={value}")
     lines += [f"#SBATCH --output={log}", "#SBATCH --open-mode=append"]
-    if request.signal_lead_s:
+    if options.signal_lead_s:
         # B: only the batch shell (exec'd into `launcher run`) gets it; the launcher relays it.
-        lines.append(f"#SBATCH --signal=B:USR1@{request.signal_lead_s}")
-    lines.append("#SBATCH --requeue" if request.requeue else "#SBATCH --no-requeue")
+        lines.append(f"#SBATCH --signal=B:USR1@{options.signal_lead_s}")
+    lines.append("#SBATCH --requeue" if options.requeue else "#SBATCH --no-requeue")
     if array:
         lines.append(f"#SBATCH --array=0-{len(array) - 1}")
-    lines += [f"#SBATCH {option}" for option in request.extra]
+    lines += [f"#SBATCH {option}" for option in options.extra]
     lines += [""]
     if request.secret_names:
         lines.append("# Secrets reach the job in the environment `launcher submit` gave sbatch, never in this file: "
                      + " ".join(request.secret_names))
     lines += ["set -eu", f"cd {shlex.quote(request.workdir)}",
-              f"export LAUNCHER_SLURM_SIGNAL_LEAD={request.signal_lead_s}"]
+              f"export LAUNCHER_SLURM_SIGNAL_LEAD={options.signal_lead_s}"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in request.environment.items()]
     if not array:
         lines.append(_exec_line(request, request.run_dir, request.overrides))
@@ -142,11 +159,12 @@ def render_sbatch(request: SbatchRequest) -> str:
 
 
 def _exec_line(request: SbatchRequest, run_dir: str, overrides: tuple[str, ...]) -> str:
+    options = request.options
     argv = [request.python, "-m", "launcher.cli", "run", request.recipe_path, "--run-dir", run_dir,
-            "--nodes", str(request.nodes)]
-    if request.nproc_per_node:
-        argv += ["--nproc", str(request.nproc_per_node)]
-    if request.allow_schedule_change:
+            "--nodes", str(options.nodes)]
+    if options.processes_per_node:
+        argv += ["--nproc", str(options.processes_per_node)]
+    if options.allow_schedule_change:
         argv.append("--allow-schedule-change")
     # `--` ends the options: an override can never be read as a flag of `launcher run`.
     return "exec " + shlex.join([*argv, "--", *overrides])

@@ -167,3 +167,56 @@ def test_a_nan_and_the_failure_it_causes_are_alerts_in_wandb_tensorboard_and_met
     assert "alerts/nonfinite/text_summary" in events.Tags()["tensors"], events.Tags()
     # The summary is still the console's last word.
     assert "first failure: rank" in "\n".join(result.stderr.splitlines()[-8:]), result.stderr[-2000:]
+
+
+CSV_TRACKER = '''\
+"""A tracker of the user's own: every logged record as a CSV row, alerts as rows of their own."""
+import csv
+import os
+
+from launcher.tracking.base import NullTracker
+
+
+class CsvTracker(NullTracker):
+    mode = "csv"
+
+    def __init__(self, path):
+        self.handle = open(path, "a", newline="", encoding="utf-8")
+        self.rows = csv.writer(self.handle)
+
+    def log(self, record, step):
+        self.rows.writerow(["log", step, record.get("loss", "")])
+
+    def alert(self, kind, title, text, level, wait_s):
+        self.rows.writerow(["alert", kind, level])
+
+    def finish(self, exit_code=0):
+        self.rows.writerow(["finish", exit_code, ""])
+        self.handle.close()
+
+
+def open_tracker(context):
+    return CsvTracker(os.path.join(context.run_dir, "metrics.csv"))
+'''
+
+
+def test_a_tracker_of_ones_own_is_one_module_and_a_real_run_uses_it(tmp_path):
+    """The Tracker protocol from outside the package: a CSV tracker beside the recipe, named in
+    tracking.backends like `recipe:` names a module, opened by rank 0 of a real 2-process run next
+    to TensorBoard."""
+    import csv
+
+    (tmp_path / "csv_tracker.py").write_text(CSV_TRACKER)
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("tracking: {mode: offline,",
+                                                              "tracking: {backends: [csv_tracker.py, tensorboard],"
+                                                              " mode: offline,"))
+    result = launch(recipe, tmp_path / "run", nproc=2, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.reader((tmp_path / "run" / "metrics.csv").open()))
+    logged = {int(step): float(loss) for kind, step, loss in rows if kind == "log" and loss}
+    assert logged == {r["step"]: r["loss"] for r in metrics(tmp_path / "run") if "loss" in r}
+    assert ["alert", "completion", "INFO"] in rows and rows[-1] == ["finish", "0", ""]
+    assert list((tmp_path / "run" / "tensorboard").glob("events.*"))  # beside the built-in one
+    assert not offline_runs(tmp_path / "run")  # W&B was not listed, so it did not run
+    missing = launch(recipe, tmp_path / "other", "tracking.backends=[nowhere.py]", nproc=1)
+    assert missing.returncode == 2 and "tracking.backends" in missing.stderr and "nowhere.py" in missing.stderr

@@ -188,9 +188,11 @@ def test_deepspeed_runs_batchnorm_models_in_bf16_through_torch_autocast():
     import torch
     import torchvision
 
-    from launcher.backends.deepspeed_backend import deepspeed_config, needs_torch_autocast, passthrough_problems
+    from launcher.backends.deepspeed_backend import needs_torch_autocast
+    from launcher.backends.deepspeed_schema import passthrough_problems
     from launcher.config.load import load_recipe
     from launcher.plan.batch import batch_math
+    from launcher.plan.deepspeed import deepspeed_config
     from tests.helpers import ROOT
 
     assert needs_torch_autocast(torchvision.models.resnet18())

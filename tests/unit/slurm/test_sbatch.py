@@ -12,19 +12,29 @@ from click.testing import CliRunner
 from launcher.cli import main
 from launcher.slurm.jobs import parse_slurm_duration
 from launcher.slurm.preemption import decide
-from launcher.slurm.sbatch import SbatchRequest, check_request, render_sbatch, sweep_tasks
+from launcher.slurm.sbatch import (
+    SbatchRequest,
+    SlurmOptions,
+    check_options,
+    check_run_dir,
+    render_sbatch,
+    sweep_tasks,
+)
 from tests.helpers import ROOT
 
 GOLDEN = ROOT / "tests" / "golden"
 
 
-def _request(**changes) -> SbatchRequest:
-    base = dict(job_name="bert-base", recipe_path="/work/recipes/bert-base-pretrain.yaml",
-                run_dir="/scratch/runs/bert-base", workdir="/work", python="/venv/bin/python", nodes=4,
-                nproc_per_node=8, gpus_per_node=8, cpus_per_task=64, time="2-00:00:00", partition="gpu",
-                account="ml-team", overrides=("optimizer.lr=1e-4", "tracking.mode=online"))
-    base.update(changes)
-    return SbatchRequest(**base)
+def _options(**changes) -> SlurmOptions:
+    base = dict(nodes=4, nproc_per_node=8, gpus_per_node=8, cpus_per_task=64, time="2-00:00:00", partition="gpu",
+                account="ml-team")
+    return SlurmOptions(**{**base, **changes})
+
+
+def _request(overrides=("optimizer.lr=1e-4", "tracking.mode=online"), **changes) -> SbatchRequest:
+    return SbatchRequest(job_name="bert-base", recipe_path="/work/recipes/bert-base-pretrain.yaml",
+                         run_dir="/scratch/runs/bert-base", workdir="/work", python="/venv/bin/python",
+                         options=_options(**changes), overrides=overrides)
 
 
 @pytest.mark.parametrize("name,request_", [
@@ -51,13 +61,14 @@ def test_sweep_product_and_array_lines():
     ({"partition": "gpu\n#SBATCH --uid=0"}, "--partition"),
     ({"account": "a b"}, "--account"),
     ({"time": "2 days"}, "--time"),
-    ({"run_dir": "/runs/my run"}, "--run-dir"),
     ({"extra": ("--qos=high; rm -rf /",)}, "--sbatch"),
     ({"sweeps": ("lr",)}, "--sweep"),
 ])
 def test_sbatch_refuses_values_that_cannot_be_quoted(changes, flag):
-    problems = check_request(_request(**changes))
+    problems = check_options(_options(**changes))
     assert [p.path for p in problems] == [flag]
+    assert [p.path for p in check_run_dir("/runs/my run")] == ["--run-dir"]
+    assert check_run_dir("/runs/my-run") == []
 
 
 def test_sbatch_exec_line_quotes_hostile_overrides(tmp_path):
@@ -172,5 +183,5 @@ def test_a_failed_submit_leaves_no_secret_behind(tmp_path, monkeypatch):
 
 
 def test_a_secret_cannot_be_swept():
-    problems = check_request(_request(sweeps=("cluster.env.HF_TOKEN=a,b",)))
+    problems = check_options(_options(sweeps=("cluster.env.HF_TOKEN=a,b",)))
     assert [p.path for p in problems] == ["--sweep"] and "secret" in problems[0].message
