@@ -7,6 +7,8 @@
     environment.json   host, versions, git sha, environment (secrets redacted)
     tracking.json      the tracker's run id, one per run directory
     metrics.jsonl      one JSON object per logged step (rank 0)
+    progress.json      rank 0's step, rewritten at most once a second (the terminal's live bar)
+    sweep.json         `launcher sweep`: each point's values and status (a sweep's directory)
     tensorboard/       TensorBoard event files (tracking.backends: [tensorboard])
     report.png         `launcher report`: the run's curves
     samples.jsonl      generated samples (language models)
