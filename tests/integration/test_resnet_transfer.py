@@ -10,7 +10,7 @@ import torch
 
 from tests.helpers import ROOT, launch, metrics
 
-pytestmark = pytest.mark.slow  # minutes of real training; CI runs it, `-m "not slow"` skips it
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # minutes of real training: the opt-in set CI runs
 
 TRANSFER = ROOT / "recipes" / "resnet-transfer-tiny.yaml"
 
@@ -79,7 +79,6 @@ def test_feature_extraction_on_an_image_folder_trains_only_the_head(pretrained, 
     assert len(results) == len(files) == 100 and correct / len(files) > 0.4, correct / len(files)
 
 
-@pytest.mark.heavy  # two more ResNet runs; the default set is near its 15 minutes
 def test_deepspeed_bf16_trains_batchnorm_like_accelerate_autocast(tmp_path):
     """DeepSpeed's bf16 mode casts the weights but not BatchNorm's statistics; the first step used to
     fail on the dtypes. The backend runs such models under torch autocast, as Accelerate does."""
@@ -101,7 +100,6 @@ def test_deepspeed_bf16_trains_batchnorm_like_accelerate_autocast(tmp_path):
     assert exported["bn1.running_mean"].dtype == torch.float32
 
 
-@pytest.mark.heavy  # four short ResNet runs
 def test_jpeg_store_resumes_exactly_and_device_decoding_trains_the_same_steps(tmp_path):
     """data.jpeg_cache: the compact store, through `launcher run`: stopped at step 3 and resumed, the
     losses equal an uninterrupted run's bitwise; with data.decode: device (here the CPU device:

@@ -53,9 +53,7 @@ RUNS = {
     "ds3-offload-2x4x2": (2, ["backend.name=deepspeed", "backend.zero_stage=3", "backend.offload_optimizer=true",
                               "backend.offload_params=true"]),
     "acc-2x4x2-sgd": (2, [*SGD]),
-    "ds2-2x4x2-sgd": (2, ["backend.name=deepspeed", "backend.zero_stage=2", *SGD]),
     "ds3-2x4x2-sgd": (2, ["backend.name=deepspeed", "backend.zero_stage=3", *SGD]),
-    "ds2-1x4x4": (1, ["backend.name=deepspeed", "backend.zero_stage=2"]),
     "ds2-1x16": (1, ["backend.name=deepspeed", "backend.zero_stage=2", "batch.micro=16"]),
 }
 
@@ -89,7 +87,7 @@ def test_accelerate_accumulation_and_world_size_equivalence(runs, name):
 HEAVY = pytest.mark.heavy
 
 
-@pytest.mark.parametrize("name", [pytest.param("ds2-1x4x4", marks=HEAVY), "ds2-2x4x2"])
+@pytest.mark.parametrize("name", ["ds2-2x4x2"])
 def test_deepspeed_accumulation_and_world_size_equivalence(runs, name):
     reference = exported_state(runs("ds2-1x16"))
     assert max_relative_difference(exported_state(runs(name)), reference) <= 1e-5
@@ -104,7 +102,7 @@ def test_deepspeed_zero_stages_and_fsdp_agree_with_accelerate_ddp(runs, name):
     assert max_relative_difference(state, reference) <= 1e-5
 
 
-@pytest.mark.parametrize("name", [pytest.param("ds2-2x4x2-sgd", marks=HEAVY), "ds3-2x4x2-sgd"])
+@pytest.mark.parametrize("name", ["ds3-2x4x2-sgd"])
 def test_zero_with_sgd_agrees_with_accelerate_ddp(runs, name):
     """DeepSpeed refuses non-Adam optimizers under ZeRO unless told; ours are exact there."""
     reference = exported_state(runs("acc-2x4x2-sgd"))
@@ -161,8 +159,7 @@ def test_exact_resume_mid_epoch_and_accumulation(tmp_path, backend):
 
 
 @pytest.mark.parametrize("name, world", [(name, 1) for name in ("constant", "linear", "exponential", "step")]
-                         + [("linear", 2)] + [pytest.param(name, 2, marks=HEAVY) for name in ("constant",
-                                                                                         "exponential", "step")])
+                         + [("linear", 2)])  # the LR is a function of the step: one 2-rank case shows it
 def test_every_schedule_logs_the_closed_form_lr(tmp_path, name, world):
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
     schedule = [f"scheduler.name={name}", "scheduler.warmup_steps=2", "scheduler.min_lr_ratio=0.1",

@@ -73,3 +73,39 @@ def test_rendezvous_timeout_is_read_from_the_agents_error_files(tmp_path):
     (errors / "node2-9.error.json").write_text(
         '{"message": {"message": "RendezvousTimeoutError: "}}')
     assert rendezvous_timed_out(str(tmp_path))
+
+
+_CHILD = """
+import signal, sys, time
+def record(signum, _frame):
+    open(sys.argv[1], "w").write(signal.Signals(signum).name)
+    sys.exit(0)
+for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(signum, record)
+open(sys.argv[1] + ".ready", "w").close()
+time.sleep(60)
+"""
+_LAUNCHER = """
+import os, sys
+from launcher.engines.group import Command, run_group
+sys.exit(run_group([Command([sys.executable, "-c", sys.argv[1], sys.argv[2]], dict(os.environ))], grace=5))
+"""
+
+
+def test_sigint_sighup_and_sigterm_reach_the_job_alike(tmp_path):
+    """The launcher relays each stop signal to its processes' group as it came (torchrun relays INT,
+    TERM and HUP to its ranks, which commit a checkpoint), and exits 128 + that signal."""
+    import signal
+    import subprocess
+    import sys
+
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        seen = tmp_path / f"seen-{signum}"
+        launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, _CHILD, str(seen)])
+        deadline = time.monotonic() + 30
+        while not (tmp_path / f"seen-{signum}.ready").exists():
+            assert time.monotonic() < deadline and launcher.poll() is None
+            time.sleep(0.05)
+        launcher.send_signal(signum)
+        assert launcher.wait(timeout=30) == 128 + signum
+        assert seen.read_text() == signal.Signals(signum).name

@@ -52,7 +52,7 @@ def test_next_token_loss_shifts_labels_not_logits():
     assert torch.all(logits.grad[:, -1] == 0)  # the last position predicts nothing
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # inductor compiles C++ on the CPU: 15 s; the opt-in set with the other compile tests
 def test_compiled_chunks_match_eager():
     """The kernels torch.compile fuses on a GPU, here through inductor's CPU backend."""
     torch.manual_seed(3)
