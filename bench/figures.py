@@ -3,7 +3,7 @@ held against the ones its header promises. They take minutes each and test no co
 test sets do not (tests/integration runs the same recipes shorter); their point is the figure, so
 they run here, before a release or when a recipe or its area changes, not in every CI run.
 
-    python bench/figures.py                       # every case (about 12 minutes on 2 cores)
+    python bench/figures.py                       # every case (about 25 minutes on 2 cores)
     python bench/figures.py --cases bert-tiny     # one
 
 Each case writes one JSON line into bench/results/figures-<time>.jsonl: the command, the wall time,
@@ -69,13 +69,20 @@ CASES = {
         _ratio("mlm_accuracy", "mlm_baseline_accuracy", 2.0),
         _margin("nsp_accuracy", "nsp_baseline_accuracy", 0.08),
     )),
-    # Twice its budget (the LR schedule stretched to 3000 steps): the fill-mask probe's rare words,
-    # which no frequency guess finds, and MLM well past its baseline.
+    # Twice its budget (the LR schedule stretched to 3000 steps): MLM well past its baseline. (The
+    # fill-mask probe's rare words stay at 0 here: measured 2026-12-02, figures-20261202-120645; they
+    # come on the longer schedule below.)
     "bert-tiny-2x": Case("recipes/bert-pretrain-tiny.yaml",
                          ("train.steps=3000", "train.eval_every=1500", "train.log_every=500",
                           "checkpoint.every_steps=0"), 3000, (
-        _minimum("fill_mask_top5", 0.03),
         _ratio("mlm_accuracy", "mlm_baseline_accuracy", 3.5),
+    )),
+    # The curve in the recipe's header: four times its budget, evaluated every 500 steps.
+    "bert-tiny-4x": Case("recipes/bert-pretrain-tiny.yaml",
+                         ("train.steps=6000", "train.eval_every=500", "train.log_every=500",
+                          "checkpoint.every_steps=1000"), 6000, (
+        _minimum("fill_mask_top5", 0.1),
+        _ratio("mlm_accuracy", "mlm_baseline_accuracy", 5.0),
     )),
 }
 
