@@ -39,6 +39,7 @@ class AccelerateBackend:
         self.model = None
         self.optimizer = None
         self.last_step_skipped = False  # train.on_nonfinite=skip: the last step's update was skipped
+        self.input_dtype = None  # autocast takes fp32 inputs
 
     def prepare(self, model, groups) -> None:
         optimizer = build_optimizer(groups, self.recipe.optimizer, fused=self.device.type == "cuda")
@@ -63,6 +64,9 @@ class AccelerateBackend:
                 loss.backward()
             else:
                 self.accelerator.backward(loss)
+
+    def scheduled_lr(self) -> float | None:
+        return None  # the trainer's schedule sets every LR
 
     def step(self, lr: float, step: int = 0):
         set_lr(self.optimizer, lr, step)

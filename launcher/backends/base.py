@@ -4,7 +4,8 @@ Per optimizer step the trainer calls, for each of the `accumulation` micro-batch
     loss = task.loss(backend.model, batch) ...; backend.backward(scaled_loss, last=k == accumulation - 1)
 and then once:
     grad_norm = backend.step(lr, step)
-The LR is set by the trainer from the closed-form schedule; backends never own a scheduler.
+The LR is set by the trainer from the closed-form schedule; the one exception is a DeepSpeed config's
+own scheduler (scheduler.name=deepspeed), whose LR the trainer reads back (scheduled_lr) and logs.
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ class Backend(Protocol):
     model: Any  # the wrapped module: call it for forward passes
     precision: str  # fp32 | bf16 | fp16, resolved (recipe precision `auto` decided for this device)
     last_step_skipped: bool  # train.on_nonfinite=skip: step() skipped its update (non-finite norm)
+    input_dtype: Any  # float inputs are cast to this dtype (the engine casts the weights), or None
 
     def prepare(self, model: Any, groups: list[dict]) -> None: ...
 
     def backward(self, loss: Any, last: bool) -> None:
         """Backpropagate one micro-batch; gradients sync across ranks only when `last`."""
+
+    def scheduled_lr(self) -> float | None:
+        """The LR the engine's own scheduler set for the next update (a DeepSpeed config's scheduler,
+        scheduler.name=deepspeed), read without a device sync; None when the trainer's closed-form
+        schedule sets it."""
 
     def step(self, lr: float, step: int) -> Any:
         """Clip, update, zero grads; return the global grad norm (a tensor, no host sync), or None

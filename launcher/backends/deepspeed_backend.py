@@ -20,6 +20,7 @@ import torch
 from launcher.backends.deepspeed_schema import passthrough_problems
 from launcher.backends.optim import build_optimizer, set_lr
 from launcher.backends.precision import resolve_precision
+from launcher.config.deepspeed_import import MONITOR_DIR
 from launcher.plan.deepspeed import deepspeed_config
 from launcher.quiet import without_build_banner
 
@@ -111,13 +112,23 @@ class CheckpointEngineSeam:
         return load_weights_only(path, map_location)
 
 
+def _check_one_lr(groups: list[dict]) -> None:
+    """DeepSpeed's schedulers set one LR for every parameter group; a recipe whose groups scale
+    theirs (a backbone at 0.1x, layers unfrozen later) needs the recipe's own schedule."""
+    scaled = [g for g in groups if g.get("lr_scale", 1.0) != 1.0 or g.get("unfreeze_step", 0)]
+    if scaled:
+        raise ValueError("scheduler.name=deepspeed: DeepSpeed's scheduler sets one LR for every parameter group, and "
+                         "this recipe scales or delays the LR of some (lr_scale, unfreeze_step); remove the scheduler "
+                         "section of the DeepSpeed config and set the recipe's scheduler")
+
+
 class DeepSpeedBackend:
     name = "deepspeed"
 
-    def __init__(self, recipe, math, dist_env) -> None:
+    def __init__(self, recipe, math, dist_env, run_dir: str = "") -> None:
         import deepspeed
 
-        self.recipe, self.math = recipe, math
+        self.recipe, self.math, self.run_dir, self.rank = recipe, math, run_dir, dist_env.rank
         self.precision = resolve_precision(recipe.precision)
         cuda = torch.cuda.is_available()
         if not cuda and dist_env.rank == 0:
@@ -130,22 +141,45 @@ class DeepSpeedBackend:
         self.engine = None
         self.model = None
         self.last_step_skipped = False  # train.on_nonfinite=skip is refused for DeepSpeed (schema)
+        self.input_dtype = None  # DeepSpeed casts the weights to bf16/fp16: float inputs must follow
+        # scheduler.name=deepspeed: the DeepSpeed config's scheduler sets the LR (trainer: scheduled_lr)
+        self.owns_schedule = recipe.scheduler.name == "deepspeed"
 
     def prepare(self, model, groups) -> None:
         import deepspeed
 
+        if self.owns_schedule:
+            _check_one_lr(groups)
         optimizer = build_optimizer(groups, self.recipe.optimizer,
                                     fused=fused_optimizer_fits(self.device, self.recipe.backend.offload_optimizer))
         torch_autocast = self.precision != "fp32" and needs_torch_autocast(model)
-        config = deepspeed_config(self.recipe, self.math, self.precision, torch_autocast, torch.cuda.is_available())
-        problems = passthrough_problems(config)
-        if problems:
-            raise ValueError(f"backend.deepspeed_config is not valid for DeepSpeed: {problems[0]}")
+        if self.precision != "fp32" and not torch_autocast:
+            self.input_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        config = self._config(torch_autocast)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         self.engine.checkpoint_engine = CheckpointEngineSeam(self.engine.checkpoint_engine)
         if self.recipe.train.compile:
             self.engine.compile()
         self.model = self.engine
+
+    def _config(self, torch_autocast: bool) -> dict:
+        """The config DeepSpeed is given, checked by its own schema, with its monitors' files in the
+        run directory; rank 0 keeps it there as deepspeed_config.json."""
+        import json
+
+        config = deepspeed_config(self.recipe, self.math, self.precision, torch_autocast, torch.cuda.is_available())
+        monitor = config.get("csv_monitor")
+        if isinstance(monitor, dict) and monitor.get("enabled") and self.run_dir:
+            relative = str(monitor.get("output_path") or "")
+            config["csv_monitor"] = {**monitor, "output_path": os.path.join(self.run_dir, MONITOR_DIR, relative)}
+        problems = passthrough_problems(config)
+        if problems:
+            raise ValueError("backend.deepspeed_config is not valid for DeepSpeed: "
+                             + "; ".join(f"{key}: {message}" for key, message in problems))
+        if self.rank == 0 and self.run_dir:
+            with open(os.path.join(self.run_dir, "deepspeed_config.json"), "w", encoding="utf-8") as handle:
+                json.dump(config, handle, indent=2)
+        return config
 
     def autocast(self):
         return contextlib.nullcontext()  # DeepSpeed casts the model, or autocasts in its own forward
@@ -155,8 +189,13 @@ class DeepSpeedBackend:
         if not last:
             self.engine.step()  # advances the micro-step counter; no update before the boundary
 
+    def scheduled_lr(self) -> float | None:
+        """The LR DeepSpeed's own scheduler set for the next update (None: the trainer's schedule)."""
+        return float(self.engine.get_lr()[0]) if self.owns_schedule else None
+
     def step(self, lr: float, step: int = 0):
-        set_lr(self.engine.optimizer, lr, step)
+        if not self.owns_schedule:
+            set_lr(self.engine.optimizer, lr, step)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         # None: DeepSpeed did not compute one (ZeRO-0 in fp32 steps a plain torch optimizer).
@@ -177,12 +216,12 @@ class DeepSpeedBackend:
                 files.adopt(script)
 
     def load(self, directory: str) -> None:
-        path, _ = self.engine.load_checkpoint(directory, tag=_TAG, load_lr_scheduler_states=False)
+        path, _ = self.engine.load_checkpoint(directory, tag=_TAG, load_lr_scheduler_states=self.owns_schedule)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {directory}")
 
     def export_state_dict(self):
-        if self.recipe.backend.zero_stage == 3:
+        if self.engine.zero_optimization_stage() == 3:  # what runs, whoever set it
             # Gathers the partitioned parameters; every rank must call it.
             state = self.engine._zero3_consolidated_16bit_state_dict()
         else:

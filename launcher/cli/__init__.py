@@ -9,6 +9,7 @@ import click
 
 from launcher.cli.cancel import cancel
 from launcher.cli.compare import compare
+from launcher.cli.convert import convert
 from launcher.cli.cp import copy_recipe
 from launcher.cli.logs import logs
 from launcher.cli.ls import list_recipes
@@ -31,10 +32,11 @@ def main() -> None:
     launcher cp mlp-tiny my.yaml                  copy a shipped recipe file to edit
     launcher validate recipes/mlp-tiny.yaml       check a recipe (all errors at once)
     launcher plan recipes/mlp-tiny.yaml --nproc 2 show what would run, start nothing
+    launcher convert accelerate.yaml              an accelerate or DeepSpeed config as recipe keys
     launcher run recipes/mlp-tiny.yaml --nproc 2 optimizer.lr=3e-3
     """
 
 
 for _command in (plan, run, submit, status, logs, report, sweep, compare, cancel, validate, list_recipes,
-                 copy_recipe):
+                 copy_recipe, convert):
     main.add_command(_command)

@@ -69,6 +69,9 @@ _PLACEMENT = [
     click.option("--run-dir", help="Run directory (default: <output_dir>/<name>; reused to resume)."),
     click.option("--master-addr", help="Rendezvous host the nodes dial (default: the first node's name; "
                                        "cluster.master_addr)."),
+    click.option("--node-rank", type=click.IntRange(min=0),
+                 help="Run this machine's node only, when something else starts each node (pods, a VM group): "
+                      "0 on the rendezvous host (--master-addr), with --nodes N."),
 ]
 
 

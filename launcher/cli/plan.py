@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from launcher.cli.common import OVERRIDES_HELP, prepare_or_fail, with_placement
+from launcher.cli.common import OVERRIDES_HELP, prepare_or_fail, refusing, with_placement
 
 
 @click.command(epilog=OVERRIDES_HELP)
@@ -16,11 +16,16 @@ def plan(recipe_path, overrides, as_json, **placement):
 
     import yaml
 
+    from launcher.plan.deepspeed import check_before_start
     from launcher.plan.launch import render_plan
     from launcher.rundir.record import plan_json
 
-    _, launch_plan, resolved = prepare_or_fail(recipe_path, overrides, placement)
+    loaded, launch_plan, resolved = prepare_or_fail(recipe_path, overrides, placement)
+    refusing(lambda: check_before_start(recipe_path, loaded, launch_plan))
     if as_json:
-        click.echo(plan_json({"recipe": resolved, "plan": launch_plan.to_dict()}), nl=False)
+        data = {"recipe": resolved, "plan": launch_plan.to_dict()}
+        if loaded.taken:
+            data["taken"] = [{"key": t.key, "value": t.value, "source": t.source} for t in loaded.taken]
+        click.echo(plan_json(data), nl=False)
     else:
-        click.echo(render_plan(launch_plan, yaml.safe_dump(resolved, sort_keys=False)), nl=False)
+        click.echo(render_plan(launch_plan, yaml.safe_dump(resolved, sort_keys=False), loaded.taken), nl=False)

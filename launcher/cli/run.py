@@ -41,14 +41,16 @@ def run(recipe_path, overrides, no_preflight, allow_schedule_change, verbose, **
     Inside a Slurm allocation (salloc/sbatch): one torchrun per node with srun.
     A run directory belongs to one experiment and one launcher at a time (run.json, .lock).
     """
-    from launcher.plan.deepspeed import check_deepspeed_passthrough
+    from launcher.plan.deepspeed import check_before_start
 
     if verbose:
         os.environ["LAUNCHER_VERBOSE"] = "1"  # every rank's environment, on every engine (LAUNCHER_*)
     loaded, launch_plan, resolved = prepare_or_fail(recipe_path, overrides, placement)
+    if launch_plan.node_rank:  # one node of many, not node 0: node 0's launcher owns the run directory
+        sys.exit(refusing(lambda: start_node(recipe_path, loaded, launch_plan, resolved, STARTED_AT)))
 
     def checked_claim():
-        check_deepspeed_passthrough(recipe_path, loaded.recipe, launch_plan.math)
+        check_before_start(recipe_path, loaded, launch_plan)
         return claim_run(loaded, launch_plan.run_dir, resolved, recipe_path, allow_schedule_change)
 
     claim = refusing(checked_claim)
@@ -90,6 +92,28 @@ def start_run(loaded, launch_plan, resolved: dict, claim, preflight: bool, start
     elif status != 0:
         report_failure(launch_plan.run_dir, status, cluster.max_restarts, loaded.recipe.tracking)
     say(f"job finished with exit status {status}")
+    return status
+
+
+def start_node(recipe_path: str, loaded, launch_plan, resolved: dict, started_at: float) -> int:
+    """This machine's node of a job started node by node (--node-rank R > 0, or an srun task): node
+    0's launcher claims and writes the run directory; this one waits until it has, with the very
+    recipe this node was given, then runs its own torchrun, which meets node 0's."""
+    import socket
+
+    from launcher.engines.commands import HostProblem, PreflightFailed
+    from launcher.engines.process import execute
+    from launcher.plan.deepspeed import check_before_start
+    from launcher.rundir.record import await_run_dir
+
+    check_before_start(recipe_path, loaded, launch_plan)
+    problem = await_run_dir(launch_plan.run_dir, resolved, loaded.recipe.cluster.rdzv_timeout)
+    if problem:
+        raise PreflightFailed([HostProblem(socket.gethostname(), *problem)])
+    say(f"node {launch_plan.node_rank} of {len(launch_plan.procs_by_node)}, run dir {launch_plan.run_dir}; "
+        f"rendezvous {launch_plan.rendezvous}")
+    status = execute(launch_plan, {}, started_at=started_at)
+    say(f"node {launch_plan.node_rank} finished with exit status {status}")
     return status
 
 

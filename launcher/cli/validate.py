@@ -17,18 +17,26 @@ from launcher.config.errors import EXIT_BAD_INPUT
 def validate(recipe_paths):
     """Check recipe files (schema, batch arithmetic for their cluster); exit 2 on any problem."""
     from launcher.config.errors import RecipeError
-    from launcher.plan.deepspeed import check_deepspeed_passthrough
+    from launcher.plan.deepspeed import precision_problems, schema_problems
     from launcher.plan.prepare import prepare
 
-    failed = 0
+    failed, prepared = 0, []
     for path in recipe_paths:
         try:
             # The whole planning pipeline, so batch arithmetic and hostfiles are checked too.
             loaded, launch_plan, _ = prepare(path, ())
-            check_deepspeed_passthrough(path, loaded.recipe, launch_plan.math)
-            click.echo(f"ok: {path}")
+            prepared.append((path, loaded, launch_plan))
         except RecipeError as error:
             failed += 1
             click.echo(f"error: {error}", err=True)
+    # DeepSpeed's schema over every DeepSpeed config at once (one DeepSpeed import, not one a file).
+    verdicts = schema_problems([(loaded, launch_plan.math) for _, loaded, launch_plan in prepared])
+    for (path, loaded, launch_plan), schema in zip(prepared, verdicts, strict=True):
+        problems = precision_problems(loaded, launch_plan) + schema
+        if problems:
+            failed += 1
+            click.echo(f"error: {RecipeError(path, problems)}", err=True)
+        else:
+            click.echo(f"ok: {path}")
     if failed:
         sys.exit(EXIT_BAD_INPUT)

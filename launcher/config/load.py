@@ -7,6 +7,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from launcher.config.accelerate_import import import_accelerate
+from launcher.config.deepspeed_import import Taken, import_deepspeed, resolve_bucket_autos
 from launcher.config.errors import Problem, RecipeError
 from launcher.config.files import RECIPE_LIMIT, UnreadableFile, read_small_text
 from launcher.config.modules import (
@@ -31,6 +33,18 @@ class LoadedRecipe:
     recipe: Recipe
     recipe_module: ModuleType
     source: str  # the recipe file (recipe_path)
+    explicit: frozenset[str] = frozenset()  # the key paths the file or an override sets (not defaults)
+    taken: tuple[Taken, ...] = ()  # recipe values taken from a DeepSpeed or accelerate config
+    where: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)  # key -> file:line
+    not_mapped: tuple[str, ...] = ()  # imported keys with no recipe equivalent that change nothing, and why
+
+    def location(self, key: str) -> str:
+        """file:line of a key, or of the nearest section that has one; the recipe file else."""
+        while key:
+            if key in self.where:
+                return self.where[key]
+            key = key.rpartition(".")[0]
+        return self.source
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
@@ -58,7 +72,13 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     out = Collector(where, source)
     out.problems = problems
     recipe_dir = Path(path).resolve().parent
+    explicit = frozenset(_key_paths(raw))
     module = _load_module(raw, recipe_dir, out)
+    taken, ignored, import_problems = import_accelerate(raw, recipe_dir, where)
+    out.problems += import_problems
+    from_deepspeed, import_problems = import_deepspeed(raw, recipe_dir, where)
+    taken += from_deepspeed
+    out.problems += import_problems
     special = None
     if module is not None:
         special = {
@@ -73,7 +93,34 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise RecipeError(source, out.problems, raw)
     tracking = dataclasses.replace(recipe.tracking, backends=trackers)
     recipe = dataclasses.replace(recipe, recipe=resolve_reference(recipe.recipe, recipe_dir), tracking=tracking)
-    return LoadedRecipe(recipe, module, source)
+    recipe = _with_bucket_sizes(recipe, module, where, source)
+    # Explicit: what the file, an override or a config the recipe names set (not a default).
+    explicit |= {entry.key for entry in taken}
+    return LoadedRecipe(recipe, module, source, explicit, tuple(taken), where, tuple(ignored))
+
+
+def _with_bucket_sizes(recipe: Recipe, module: ModuleType, where: dict[str, str], source: str) -> Recipe:
+    """DeepSpeed bucket sizes left "auto": from the model's hidden size, which the recipe module
+    gives (`hidden_size(recipe)`), as the Hugging Face integration derives them."""
+    config = recipe.backend.deepspeed_config
+    if recipe.backend.name != "deepspeed" or not isinstance(config, dict):
+        return recipe
+    hidden = getattr(module, "hidden_size", None)
+    resolved, problems = resolve_bucket_autos(config, hidden(recipe) if hidden else None,
+                                              where.get("backend.deepspeed_config", ""))
+    if problems:
+        raise RecipeError(source, problems)
+    return dataclasses.replace(recipe, backend=dataclasses.replace(recipe.backend, deepspeed_config=resolved))
+
+
+def _key_paths(data: dict, prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        paths.append(path)
+        if isinstance(value, dict):
+            paths += _key_paths(value, path)
+    return paths
 
 
 def _resolve_trackers(recipe: Recipe, recipe_dir: Path, out: Collector) -> list[str]:

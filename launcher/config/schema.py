@@ -67,7 +67,8 @@ class OptimizerConfig:
 class SchedulerConfig:
     """Linear warmup, then a decay over the remaining optimizer steps."""
 
-    name: Literal["constant", "linear", "cosine", "exponential", "step"] = "cosine"
+    # deepspeed: the scheduler section of backend.deepspeed_config runs, as DeepSpeed's own
+    name: Literal["constant", "linear", "cosine", "exponential", "step", "deepspeed"] = "cosine"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # floor for linear/cosine, as a fraction of optimizer.lr
     gamma: float = 0.5  # exponential: lr *= gamma per decay_steps; step: lr *= gamma every step_size
@@ -160,15 +161,21 @@ class BackendConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2  # deepspeed only
     offload_optimizer: bool = False  # deepspeed only
     offload_params: bool = False  # deepspeed only (needs zero_stage 3)
-    deepspeed_config: dict[str, Any] = field(default_factory=dict)  # raw keys over ours
+    # DeepSpeed's own config: a JSON file (relative to the recipe) or a mapping; what the recipe has
+    # keys for is taken into them (config/deepspeed_import.py), the rest goes to DeepSpeed as written.
+    deepspeed_config: Union[dict[str, Any], str] = field(default_factory=dict)
+    # An accelerate config file (`accelerate config`'s output, relative to the recipe): its keys become
+    # the recipe's (config/accelerate_import.py); emptied once they are.
+    accelerate_config: str = ""
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []
         if self.offload_params and self.zero_stage != 3:
             out.append(("offload_params", "parameter offload needs zero_stage: 3",
                         "set backend.zero_stage=3 or backend.offload_params=false"))
-        out += [(f"deepspeed_config.{key}", message, hint) for key, message, hint in
-                deepspeed_config_problems(self.deepspeed_config)]
+        if isinstance(self.deepspeed_config, dict):
+            out += [(f"deepspeed_config.{key}", message, hint) for key, message, hint in
+                    deepspeed_config_problems(self.deepspeed_config)]
         return out
 
 
@@ -331,6 +338,10 @@ class Recipe:
             out.append(("train.on_nonfinite", "`skip` needs backend.name=accelerate: DeepSpeed applies the update "
                         "inside engine.step(), before the norm can be checked",
                         "use `stop` (the default); fp16 runs skip overflowing steps by DeepSpeed's loss scaling"))
+        if self.scheduler.name == "deepspeed" and (self.backend.name != "deepspeed" or not isinstance(
+                self.backend.deepspeed_config, dict) or "scheduler" not in self.backend.deepspeed_config):
+            out.append(("scheduler.name", "`deepspeed` runs the scheduler section of backend.deepspeed_config, and "
+                        "there is none", "add one to the DeepSpeed config, or choose one of the recipe's schedules"))
         if self.scheduler.warmup_steps >= self.train.steps and self.train.steps > 0:
             out.append(("scheduler.warmup_steps",
                         f"warmup ({self.scheduler.warmup_steps}) must be shorter than train.steps ({self.train.steps})",

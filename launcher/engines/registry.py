@@ -8,13 +8,14 @@ from collections.abc import Callable
 from launcher.config.errors import Problem
 from launcher.engines.base import Engine
 from launcher.engines.local import LocalEngine
+from launcher.engines.node import NodeEngine
 from launcher.engines.pdsh import PdshEngine
 from launcher.engines.slurm import SlurmEngine
 from launcher.engines.ssh import SshEngine
 
 _ENGINES: dict[str, Engine] = {engine.name: engine for engine in (LocalEngine(), SshEngine(), PdshEngine(),
-                                                                  SlurmEngine())}
-LOCAL, SLURM = LocalEngine.name, SlurmEngine.name
+                                                                  SlurmEngine(), NodeEngine())}
+LOCAL, SLURM, NODE = LocalEngine.name, SlurmEngine.name, NodeEngine.name
 
 
 def engine_named(name: str) -> Engine:

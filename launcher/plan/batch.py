@@ -94,21 +94,18 @@ def _divisible_hint(global_batch: int, micro: int, world: int) -> str:
     return hint
 
 
-# DeepSpeed's own batch keys, and what the plan's arithmetic makes them.
-DEEPSPEED_BATCH_KEYS = {"train_batch_size": "global_batch", "train_micro_batch_size_per_gpu": "micro",
-                        "gradient_accumulation_steps": "accumulation"}
-
-
 def deepspeed_batch_problems(raw: dict, math: BatchMath) -> list[Problem]:
-    """backend.deepspeed_config may repeat DeepSpeed's batch keys, but only with the values the
-    plan derives for this world size: anything else would silently change the batch."""
-    problems = []
-    for key, attribute in DEEPSPEED_BATCH_KEYS.items():
-        if key in raw and raw[key] != getattr(math, attribute):
-            problems.append(Problem(
-                f"backend.deepspeed_config.{key}",
-                f"{raw[key]!r} disagrees with the plan: global batch {math.global_batch} = micro {math.micro} x "
-                f"accumulation {math.accumulation} x world size {math.world_size}, so {key} is "
-                f"{getattr(math, attribute)}",
-                "remove the key: batch.global and batch.micro decide it, for any world size"))
-    return problems
+    """A DeepSpeed config's gradient_accumulation_steps must be what the plan derives for this world
+    size (its train_batch_size and micro batch were taken into batch.global and batch.micro when
+    the recipe was read): anything else would silently change the batch. The refusal offers the
+    recipe values that keep the config's batch."""
+    steps = raw.get("gradient_accumulation_steps")
+    if steps is None or steps == math.accumulation:
+        return []
+    kept = math.micro * steps * math.world_size if isinstance(steps, int) and steps > 0 else None
+    keep = f"; or keep the config's {steps} steps at this world size: batch.global={kept}" if kept else ""
+    return [Problem(
+        "backend.deepspeed_config.gradient_accumulation_steps",
+        f"{steps!r} disagrees with the plan: global batch {math.global_batch} = micro {math.micro} x accumulation "
+        f"{math.accumulation} x world size {math.world_size}",
+        f"remove it from the DeepSpeed config: the plan derives it from batch.global for any world size{keep}")]

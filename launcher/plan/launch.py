@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -38,6 +39,7 @@ class LaunchPlan:
     # 0600 file that the node guard reads, removed when the job ends.
     secret_names: tuple[str, ...] = ()
     slurm_job_id: str = ""
+    node_rank: int | None = None  # this launcher starts one node of the job (engines/node.py)
 
     @property
     def layout(self) -> str:
@@ -51,14 +53,14 @@ class LaunchPlan:
     @property
     def master_addr(self) -> str:
         """The rendezvous host ("" for a single local node)."""
-        if not self.rendezvous.startswith("c10d://"):
+        if "://" not in self.rendezvous:
             return ""
-        return self.rendezvous.removeprefix("c10d://").rsplit(":", 1)[0]
+        return self.rendezvous.split("://", 1)[1].rsplit(":", 1)[0]
 
     @property
     def master_port(self) -> int:
         """The rendezvous port (0 for a single local node: torchrun's --standalone picks one)."""
-        return int(self.rendezvous.rsplit(":", 1)[1]) if self.rendezvous.startswith("c10d://") else 0
+        return int(self.rendezvous.rsplit(":", 1)[1]) if "://" in self.rendezvous else 0
 
     @property
     def secrets_file(self) -> str:
@@ -87,7 +89,8 @@ class LaunchPlan:
                 "processes": [{"argv": list(p.argv), "hosts": list(p.hosts), "env": env(p.env),
                                "keep_stdin": p.keep_stdin} for p in self.processes],
                 "procs_by_node": list(self.procs_by_node), "rendezvous": self.rendezvous, "math": asdict(self.math),
-                "secret_names": list(self.secret_names), "slurm_job_id": self.slurm_job_id}
+                "secret_names": list(self.secret_names), "slurm_job_id": self.slurm_job_id,
+                **({"node_rank": self.node_rank} if self.node_rank is not None else {})}
 
 
 def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: str,
@@ -96,16 +99,20 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
     math = _batch_math(loaded, topology)
     engine = engine_named(topology.engine)
     standalone = engine.standalone and topology.nodes == 1
-    rendezvous = _rendezvous(cluster, topology, run_dir, standalone)
+    rendezvous = _rendezvous(cluster, topology, run_dir, standalone, "cluster.master_port" in loaded.explicit)
     method = start_method(cluster.start_method, standalone)
     torchrun = TorchrunCommand(python, topology.nodes, rendezvous, cluster.max_restarts, run_dir, method)
     by_nproc = {nproc: tuple(torchrun.argv(nproc)) for nproc in set(topology.procs_by_node)}
-    env = rank_env(cluster, run_dir, method, environ, topology.nproc_per_node if standalone else 0)
-    commands = engine.commands(NodeRequest(topology.hosts, topology.slot_ids,
-                                           tuple(by_nproc[n] for n in topology.procs_by_node), env, environ,
+    here = topology.nproc_per_node if standalone or topology.node_rank is not None else 0  # ranks on this machine
+    env = rank_env(cluster, run_dir, method, environ, here)
+    here = [topology.hosts.index(h) if topology.node_rank is None else topology.node_rank
+            for h in topology.started_here]
+    commands = engine.commands(NodeRequest(topology.started_here, tuple(topology.slot_ids[i] for i in here)
+                                           if topology.slot_ids else (),
+                                           tuple(by_nproc[topology.procs_by_node[i]] for i in here), env, environ,
                                            tuple(cluster.forward_env), python, cwd, run_dir))
     return LaunchPlan(run_dir, engine.name, commands.nodes, commands.processes, topology.procs_by_node,
-                      rendezvous.endpoint, math, commands.secret_names, topology.slurm_job_id)
+                      rendezvous.endpoint, math, commands.secret_names, topology.slurm_job_id, topology.node_rank)
 
 
 @dataclass(frozen=True)
@@ -118,20 +125,28 @@ class Rendezvous:
     port: int = 0
     run_id: str = ""  # the rendezvous id: one per run directory
     join_timeout: int = 900
+    node_rank: int | None = None  # nodes started one by one: torchrun's static rendezvous, node 0 hosts it
 
     @property
     def endpoint(self) -> str:
-        return "standalone" if self.standalone else f"c10d://{self.master}:{self.port}"
+        if self.standalone:
+            return "standalone"
+        return f"{'static' if self.node_rank is not None else 'c10d'}://{self.master}:{self.port}"
 
 
-def _rendezvous(cluster: ClusterConfig, topology: Topology, run_dir: str, standalone: bool) -> Rendezvous:
+def _rendezvous(cluster: ClusterConfig, topology: Topology, run_dir: str, standalone: bool,
+                explicit_port: bool) -> Rendezvous:
+    """Where the nodes meet. A port the recipe sets is used as given; the default is derived per job
+    or run directory (rendezvous_port)."""
     master = cluster.master_addr or topology.hosts[0]
-    port = rendezvous_port(cluster.master_port, topology.slurm_job_id, _rdzv_id(run_dir))
-    if topology.slurm_job_id and port != cluster.master_port and _is_this_host(topology.hosts[0]):
+    port = cluster.master_port if explicit_port else rendezvous_port(None, topology.slurm_job_id, _rdzv_id(run_dir))
+    if (topology.slurm_job_id and not explicit_port and topology.node_rank is None
+            and _is_this_host(topology.hosts[0])):
         # Inside the job, on its first node (where `launcher run` runs and the store will listen):
-        # another job whose id ends in the same 4 digits may hold the port on a shared node.
+        # another job whose id ends in the same 4 digits may hold the port on a shared node. (Nodes
+        # started one by one each derive the port, so none of them may move it.)
         port = first_free_port(port)
-    return Rendezvous(standalone, master, port, _rdzv_id(run_dir), cluster.rdzv_timeout)
+    return Rendezvous(standalone, master, port, _rdzv_id(run_dir), cluster.rdzv_timeout, topology.node_rank)
 
 
 def interface_env(interfaces: str) -> dict[str, str]:
@@ -188,27 +203,27 @@ def _batch_math(loaded: LoadedRecipe, topology: Topology) -> BatchMath:
                           tokens(recipe) if tokens else None)
     except ValueError as exc:
         problem: Problem = exc.args[0]
-        raise RecipeError(loaded.source, [problem]) from None
+        raise RecipeError(loaded.source, [dataclasses.replace(problem, where=loaded.location(problem.path))]) from None
     if recipe.backend.name == "deepspeed":
         problems = deepspeed_batch_problems(recipe.backend.deepspeed_config, math)
         if problems:
-            raise RecipeError(loaded.source, problems)
+            raise RecipeError(loaded.source, [dataclasses.replace(p, where=loaded.location(p.path)) for p in problems])
     return math
 
 
-def rendezvous_port(configured: int, slurm_job_id: str, run_id: str = "") -> int:
+def rendezvous_port(configured: int | None, slurm_job_id: str, run_id: str = "") -> int:
     """The default port is never used as such, so two jobs whose first node is shared do not meet
     in one rendezvous store: inside a Slurm job it becomes 15000 + the job id's last 4 digits (as
     Lightning does; build_plan moves on to the next free port when another job holds it there);
     for a hostfile job, a port in 20000-29999 derived from the run directory (the pre-flight check
-    then makes sure it is free). A port the recipe sets is used as given."""
-    if configured != DEFAULT_MASTER_PORT:
+    then makes sure it is free). A port the recipe sets (configured, not None) is used as given."""
+    if configured is not None:
         return configured
     if slurm_job_id and slurm_job_id.isdigit():
         return 15000 + int(slurm_job_id[-4:])
     if run_id:
         return 20000 + int(run_id, 16) % 10000
-    return configured
+    return DEFAULT_MASTER_PORT
 
 
 def _is_this_host(host: str) -> bool:
@@ -265,6 +280,10 @@ class TorchrunCommand:
         rendezvous = self.rendezvous
         if rendezvous.standalone:
             argv += ["--standalone", "--nnodes=1"]
+        elif rendezvous.node_rank is not None:
+            # torchrun's static rendezvous: this node's rank as given; node 0 hosts the store.
+            argv += [f"--nnodes={self.nodes}", f"--node-rank={rendezvous.node_rank}",
+                     f"--master-addr={rendezvous.master}", f"--master-port={rendezvous.port}"]
         else:
             # c10d rendezvous assigns node ranks itself, so every node runs the same command.
             argv += [f"--nnodes={self.nodes}", "--rdzv-backend=c10d",
@@ -289,8 +308,13 @@ def _rdzv_id(run_dir: str) -> str:
     return hashlib.sha1(run_dir.encode()).hexdigest()[:12]
 
 
-def render_plan(plan: LaunchPlan, resolved_yaml: str) -> str:
-    lines = ["# resolved recipe", resolved_yaml.rstrip(), "", "# batch arithmetic"]
+def render_plan(plan: LaunchPlan, resolved_yaml: str, taken=()) -> str:
+    """The plan as `launcher plan` prints it; `taken`: recipe values an imported config gave."""
+    lines = ["# resolved recipe", resolved_yaml.rstrip(), ""]
+    if taken:
+        lines += ["# taken from the configs the recipe names (one value per setting: these run)"]
+        lines += [f"  {t.render()}" for t in taken] + [""]
+    lines.append("# batch arithmetic")
     rows = plan.math.rows()
     width = max(len(k) for k, _ in rows)
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]

@@ -11,6 +11,7 @@ from pathlib import Path
 from launcher.config.catalog import is_shipped
 from launcher.config.errors import Problem, RecipeError
 from launcher.config.load import LoadedRecipe, load_recipe, recipe_to_dict
+from launcher.plan.deepspeed import batch_from_config
 from launcher.plan.launch import LaunchPlan, build_plan
 from launcher.plan.topology import TopologyRequest, resolve_topology
 from launcher.rundir import default_run_dir, run_name
@@ -27,6 +28,7 @@ class Placement:
     include: str = ""
     exclude: str = ""
     run_dir: str | None = None
+    node_rank: int | None = None  # --node-rank: this machine runs one node of the job (engines/node.py)
 
 
 def prepare(recipe_path: str, overrides: tuple[str, ...], placement: Placement = Placement(),
@@ -44,15 +46,16 @@ def prepare(recipe_path: str, overrides: tuple[str, ...], placement: Placement =
         request = TopologyRequest(placement.nodes or (cluster.nodes if cluster.nodes != 1 else None),
                                   placement.nproc or cluster.nproc_per_node,
                                   placement.hostfile or cluster.hostfile or None, placement.include, placement.exclude,
-                                  cluster.remote_shell)
+                                  cluster.remote_shell, placement.node_rank, cluster.master_addr)
         topology = resolve_topology(request, environ)
     except ValueError as exc:
         raise RecipeError(recipe_path, exc.args[0]) from None
+    loaded = batch_from_config(loaded, sum(topology.procs_by_node))
     name = run_name(recipe.name, recipe_path, is_shipped(recipe_path))
     directory = placement.run_dir or default_run_dir(recipe.output_dir, name)
     plan = build_plan(loaded, topology, str(Path(directory).absolute()), sys.executable,
                       os.environ if environ is None else environ, os.getcwd())
-    resolved = recipe_to_dict(recipe)
+    resolved = recipe_to_dict(loaded.recipe)
     resolved["cluster"]["env"] = redact_env(resolved["cluster"]["env"])
     return loaded, plan, resolved
 

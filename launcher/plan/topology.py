@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from launcher.config.errors import Problem
 from launcher.config.files import HOSTFILE_LIMIT, UnreadableFile, read_small_text
-from launcher.engines.registry import LOCAL, SLURM, remote_engine
+from launcher.engines.registry import LOCAL, NODE, SLURM, remote_engine
 from launcher.plan.hostfile import apply_filters, parse_hostfile
 from launcher.plan.hostlist import expand_hostlist
 
@@ -26,6 +26,14 @@ class Topology:
     # Per host, when hostfile hosts keep different slot counts (a filter that leaves out one
     # failing GPU): torchrun's agents each start their own count and number the ranks in turn.
     uneven_procs: tuple[int, ...] = ()
+    # This machine's node, when each node is started on its own (engines/node.py): the plan then
+    # holds this node's command only, and hosts[0] is the rendezvous host (node 0).
+    node_rank: int | None = None
+
+    @property
+    def started_here(self) -> tuple[str, ...]:
+        """The hosts whose commands this launcher starts (every node, or this one)."""
+        return self.hosts if self.node_rank is None else (self.hosts[self.node_rank],)
 
     @property
     def nodes(self) -> int:
@@ -62,6 +70,8 @@ class TopologyRequest:
     include: str = ""
     exclude: str = ""
     remote_shell: str = "auto"
+    node_rank: int | None = None  # --node-rank: this machine is one node; something else starts the others
+    master_addr: str = ""  # cluster.master_addr: node 0's address, which every node dials
 
 
 def resolve_topology(request: TopologyRequest, environ: Mapping[str, str] | None = None,
@@ -70,6 +80,8 @@ def resolve_topology(request: TopologyRequest, environ: Mapping[str, str] | None
     environ = os.environ if environ is None else environ
     which = which or shutil.which
     nproc = request.nproc
+    if request.node_rank is not None or in_srun_step(environ):
+        return _this_node(request, environ)
     if request.hostfile:
         return _from_hostfile(request, which)
     if environ.get("SLURM_JOB_ID") and environ.get("SLURM_JOB_NODELIST"):
@@ -124,3 +136,53 @@ def _from_slurm(request: TopologyRequest, environ: Mapping[str, str]) -> Topolog
         nproc = int(gpus) if gpus.isdigit() and int(gpus) > 0 else max(1, count_local_gpus())
     assert isinstance(nproc, int)
     return Topology(SLURM, tuple(allocated[:nodes]), nproc, (), job)
+
+
+def in_srun_step(environ: Mapping[str, str]) -> bool:
+    """`srun launcher run ...`: this process is a task of a job step (a batch script's own shell is
+    not), so starting another srun would nest one inside each task."""
+    return bool(environ.get("SLURM_JOB_ID") and environ.get("SLURM_STEP_ID") and environ.get("SLURM_NODEID"))
+
+
+def _this_node(request: TopologyRequest, environ: Mapping[str, str]) -> Topology:
+    """One node of a job started node by node: from --node-rank and --nodes, or from the srun step
+    this process is a task of (one task per node)."""
+    if request.hostfile:
+        raise ValueError([Problem("--node-rank", "a hostfile job starts every node itself",
+                                  "drop --node-rank, or the hostfile")])
+    if request.node_rank is None:  # an srun task
+        nodes, node_rank, master = _srun_step(environ)
+    else:
+        nodes, node_rank, master = request.nodes or 1, request.node_rank, request.master_addr
+        if not 0 <= node_rank < nodes:
+            raise ValueError([Problem("--node-rank", f"{node_rank} is not a node of {nodes} (0..{nodes - 1})",
+                                      "give --nodes N and this node's rank, 0 on the rendezvous host")])
+    master = request.master_addr or master
+    if not master:
+        raise ValueError([Problem("--master-addr", "nodes started one by one meet at node 0, whose address is "
+                                  "not given", "give node 0's address: --master-addr ADDR (cluster.master_addr)")])
+    nproc = request.nproc
+    if nproc == "auto":
+        nproc = max(1, count_local_gpus())
+    assert isinstance(nproc, int)
+    import socket
+
+    hosts = tuple(master if r == 0 else socket.gethostname() if r == node_rank else f"node-{r}" for r in range(nodes))
+    return Topology(NODE, hosts, nproc, slurm_job_id=environ.get("SLURM_JOB_ID", "") if request.node_rank is None
+                    else "", node_rank=node_rank)
+
+
+def _srun_step(environ: Mapping[str, str]) -> tuple[int, int, str]:
+    nodes = int(environ.get("SLURM_STEP_NUM_NODES") or environ.get("SLURM_NNODES") or 1)
+    tasks = int(environ.get("SLURM_STEP_NUM_TASKS") or environ.get("SLURM_NTASKS") or nodes)
+    if tasks != nodes:
+        raise ValueError([Problem("srun", f"this step runs {tasks} tasks on {nodes} nodes: each task would start "
+                                  "a node's worth of ranks", "one launcher per node (`srun --ntasks-per-node=1 "
+                                  "launcher run ...`), or `launcher run` once in the batch script: it starts srun "
+                                  "itself")])
+    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST", "")
+    try:
+        first = expand_hostlist(nodelist)[0] if nodelist else ""
+    except ValueError:
+        first = ""
+    return nodes, int(environ["SLURM_NODEID"]), first

@@ -115,6 +115,24 @@ class DataConfig:
         return out
 
 
+def hidden_size(recipe) -> int | None:
+    """The model's width (DeepSpeed's "auto" bucket sizes derive from it): a local checkpoint's
+    config.json, else the size preset; None for a hub name, which is not read before start."""
+    if recipe.model.pretrained:
+        return _checkpoint_width(recipe.model.pretrained)
+    return recipe.model.dims()[1]
+
+
+def _checkpoint_width(location: str) -> int | None:
+    config = Path(location) / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    width = data.get("hidden_size", data.get("n_embd")) if isinstance(data, dict) else None
+    return width if isinstance(width, int) else None
+
+
 def tokens_per_sample(recipe) -> int:
     return recipe.data.max_seq_len
 

@@ -102,6 +102,21 @@ class DataConfig:
         return out
 
 
+def hidden_size(recipe) -> int | None:
+    """The model's width (DeepSpeed's "auto" bucket sizes derive from it): the size preset from
+    scratch, a local checkpoint's config.json, None for a hub name (not read before start)."""
+    if recipe.model.init == "scratch":
+        return SIZES[recipe.model.size][1]
+    found = [Path(recipe.model.pretrained) / sub / "config.json" for sub in ("", "export")]  # or a launcher run
+    config = next((path for path in found if path.is_file()), found[0])
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    width = data.get("n_embd", data.get("hidden_size")) if isinstance(data, dict) else None
+    return width if isinstance(width, int) else None
+
+
 def tokens_per_sample(recipe) -> int:
     return recipe.data.max_seq_len
 

@@ -54,6 +54,11 @@ class DataConfig:
         return out
 
 
+def hidden_size(recipe) -> int:
+    """The model's width: DeepSpeed's "auto" bucket sizes derive from it (config/deepspeed_import.py)."""
+    return recipe.model.hidden
+
+
 def tokens_per_sample(recipe) -> None:
     return None  # not a sequence model
 

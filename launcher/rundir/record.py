@@ -27,9 +27,7 @@ def write_run_dir(run: RunDir, resolved: dict, plan: dict) -> None:
     shutil.rmtree(run.agent_errors, ignore_errors=True)
     run.failure.unlink(missing_ok=True)
     run.secrets.unlink(missing_ok=True)  # a killed launcher's: the lock says no job of this run is running
-    import yaml
-
-    write_atomic(run.recipe, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    write_atomic(run.recipe, resolved_recipe_text(resolved))
     write_atomic(run.plan, plan_json(plan))
     write_atomic(run.environment, json.dumps(environment_record(), indent=2) + "\n")
 
@@ -136,6 +134,32 @@ def git_sha() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def resolved_recipe_text(resolved: dict) -> str:
+    """recipe.yaml as the launcher writes it: what every worker reads."""
+    import yaml
+
+    return yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
+
+
+def await_run_dir(run_dir: str, resolved: dict, timeout_s: float, poll_s: float = 0.5) -> tuple[str, str] | None:
+    """Wait until node 0's launcher has written the run directory with this same recipe (nodes
+    started one by one); (what is wrong, the fix) when it has not in time, or wrote another recipe."""
+    import time
+
+    run = RunDir(run_dir)
+    wanted = resolved_recipe_text(resolved)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if run.plan.is_file() and run.recipe.is_file() and run.tracking.is_file():
+            if run.recipe.read_text(encoding="utf-8") == wanted:
+                return None
+            return (f"node 0 runs {run.recipe} with another recipe than this node's",
+                    "start every node with the same recipe and overrides (only --node-rank differs)")
+        time.sleep(poll_s)
+    return (f"node 0 did not write {run.root} within cluster.rdzv_timeout={timeout_s:g}s",
+            "start node 0 (--node-rank 0) with the same run directory, on a file system every node shares")
 
 
 def tracker_run_id(run: RunDir) -> str:

@@ -46,7 +46,7 @@ def evaluate(task: Task, backend, env: DistEnv, micro: int) -> tuple[dict, dict]
     with torch.no_grad():
         batches = [task.collate([task.eval_data[i] for i in indices[j: j + micro]])
                    for j in range(0, len(indices), micro)]
-        batches = [to_device(b, backend.device) for b in batches]
+        batches = [to_device(b, backend.device, backend.input_dtype) for b in batches]
         for batch in batches:
             with backend.autocast():
                 loss_sum, targets = task.loss(model, batch)

@@ -29,4 +29,4 @@ def lr_at(step: int, base_lr: float, total_steps: int, cfg: SchedulerConfig) -> 
         return floor + (base_lr - floor) * (1.0 - progress)
     if cfg.name == "cosine":
         return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown schedule {cfg.name!r}")
+    raise ValueError(f"no closed form for the schedule {cfg.name!r} (deepspeed: the engine's scheduler sets the LR)")

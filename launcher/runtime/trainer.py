@@ -135,12 +135,14 @@ def _loop(run: Run) -> None:
         evaluate_and_log(run, 0)
     stall_s = stall_dump_after(recipe.cluster.collective_timeout)
     watch = _watch(run)
+    own_schedule = recipe.scheduler.name == "deepspeed"  # the DeepSpeed config's scheduler sets the LR
     for step in range(run.start_step, run.end_step):
         arm_stall_dump(stall_s)  # a step that never ends leaves this rank's stacks in its log
         waiting = time.perf_counter()
         micro_batches = [next(batches) for _ in range(run.math.accumulation)]
         interval.timing.waited_for_data(time.perf_counter() - waiting)
-        lr = lr_at(step, recipe.optimizer.lr, recipe.train.steps, recipe.scheduler)
+        lr = run.backend.scheduled_lr() if own_schedule else lr_at(step, recipe.optimizer.lr, recipe.train.steps,
+                                                                    recipe.scheduler)
         grad_norm = _train_step(run, micro_batches, lr, step, interval, guard)
         profiler.step()
         done = step + 1
@@ -232,7 +234,7 @@ def _train_step(run: Run, micro_batches: list, lr: float, step: int, interval: I
     skipping = guard.policy == "skip"
     loss_of_step = torch.zeros_like(interval.loss) if skipping else interval.loss
     for k, batch in enumerate(micro_batches):
-        batch = to_device(batch, device)
+        batch = to_device(batch, device, backend.input_dtype)
         with backend.autocast(), interval.timing.forward():
             loss_sum, _ = task.loss(backend.model, batch)
         backend.backward(loss_sum * (scale if isinstance(scale, float) else scale.to(loss_sum.dtype)),
@@ -346,12 +348,22 @@ def _export(run: Run) -> None:
     if task.export is not None:
         state = backend.export_state_dict()  # collective under ZeRO-3: every rank calls it
         if run.main:
+            _check_whole(state)
             directory = RunDir(run.run_dir).export
             directory.mkdir(parents=True, exist_ok=True)
             task.export(backend.unwrapped(), state, str(directory))
         barrier()
     if run.main and run.recipe.tracking.log_model and task.export is not None:
         run.tracker.log_model(str(RunDir(run.run_dir).export), f"model-{Path(run.run_dir).name}")
+
+
+def _check_whole(state: dict) -> None:
+    """An exported tensor with no elements is a shard that was never gathered (a ZeRO-3 partition):
+    the export would look finished and hold no model."""
+    empty = [key for key, value in state.items() if torch.is_tensor(value) and value.numel() == 0]
+    if empty:
+        raise RuntimeError(f"the export has {len(empty)} empty tensor(s) ({', '.join(empty[:5])}): the weights were "
+                           "not gathered from their shards; nothing was exported")
 
 
 def _tracker_context(recipe, math, env: DistEnv, run_dir: str, run_id: str) -> TrackerContext:

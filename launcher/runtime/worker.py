@@ -96,7 +96,7 @@ def _build_and_train(loaded, run_dir: str, env) -> None:
     # Same seed everywhere before the model is built: every rank starts from identical weights.
     torch.manual_seed(recipe.seed)
     startup = StartupClock()
-    backend = make_backend(recipe, math, env)
+    backend = make_backend(recipe, math, env, run_dir)
     task = loaded.recipe_module.build(recipe, RunContext(env.rank, env.local_rank, env.world_size, backend.device,
                                                   run_dir, barrier))
     startup.mark("build_s")

@@ -11,7 +11,7 @@ from launcher.cli import main
 from tests.helpers import ROOT
 
 SUBCOMMANDS = ["run", "plan", "validate", "ls", "cp", "submit", "status", "logs", "report", "cancel", "sweep",
-               "compare"]
+               "compare", "convert"]
 
 
 @pytest.mark.parametrize("command", [[]] + [[name] for name in SUBCOMMANDS])

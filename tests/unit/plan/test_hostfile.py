@@ -69,10 +69,10 @@ def test_hostile_hostnames_are_refused_before_any_command():
 def test_slurm_jobs_get_their_own_rendezvous_port_unless_one_is_configured():
     from launcher.plan.launch import rendezvous_port
 
-    assert rendezvous_port(29500, "4242") == 19242 and rendezvous_port(29500, "1234567") == 19567
-    assert rendezvous_port(29500, "4242") != rendezvous_port(29500, "4243")  # two jobs on one node
+    assert rendezvous_port(None, "4242") == 19242 and rendezvous_port(None, "1234567") == 19567
+    assert rendezvous_port(None, "4242") != rendezvous_port(None, "4243")  # two jobs on one node
     assert rendezvous_port(29600, "4242") == 29600  # a port the recipe chose is kept
-    assert rendezvous_port(29500, "") == 29500  # hostfile and local runs: as configured
+    assert rendezvous_port(29500, "4242") == 29500  # ... the default's number too, when the recipe sets it
 
 
 def test_hostfile_names_a_byte_order_mark_instead_of_an_invisible_bad_name():
@@ -121,6 +121,9 @@ def test_two_hostfile_runs_on_one_machine_get_their_own_rendezvous_ports(tmp_pat
     chosen = CliRunner().invoke(main, ["plan", str(ROOT / "recipes/mlp-tiny.yaml"), "--hostfile", str(hostfile),
                                        "--run-dir", str(tmp_path / "a"), "cluster.master_port=31000"])
     assert "rendezvous c10d://localhost:31000" in chosen.output  # a port the recipe sets is kept
+    default = CliRunner().invoke(main, ["plan", str(ROOT / "recipes/mlp-tiny.yaml"), "--hostfile", str(hostfile),
+                                        "--run-dir", str(tmp_path / "a"), "cluster.master_port=29500"])
+    assert "rendezvous c10d://localhost:29500" in default.output  # even the default's number, when it is set
 
 
 @pytest.mark.parametrize("hostfile,include,exclude,procs,devices", [
