@@ -42,6 +42,11 @@ class Cluster:
         path.write_text("".join(f"host{k} slots={slots}\n" for k in range(1, self.nodes + 1)))
         return path
 
+    def on(self, node: int, argv: list[str], **popen) -> subprocess.Popen:
+        """Start argv on node `node` (1-based) as that machine would: its namespace and hostname."""
+        return subprocess.Popen(["bash", str(SCRIPT), "on", str(self.nodes), str(self.base), str(node), *argv],
+                                env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
     def slurm(self, *argv: str, check: bool = True) -> str:
         done = subprocess.run(list(argv), env=self.env(), capture_output=True, text=True, timeout=60)
         if check and done.returncode:

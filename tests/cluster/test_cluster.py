@@ -386,3 +386,48 @@ def test_node_that_never_arrives_fails_the_job_after_the_join_timeout_naming_it(
     assert not list((run_dir / "checkpoints").glob("step-*"))  # nothing trained, nothing half-written
     time.sleep(1)
     assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True).stdout == b""
+
+
+def test_nodes_started_one_by_one_with_node_rank_train_as_the_pdsh_started_job(cluster, tmp_path):
+    """Something else starts each node (pods, a VM group): `launcher run --nodes 2 --node-rank R
+    --master-addr node1` on each machine, node 1's first (it waits for node 0's run directory)."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
+    by_hand = tmp_path / "by-hand"
+    command = ["launcher", "run", str(recipe), "--nodes", "2", "--nproc", "1", "--master-addr", "node1",
+               "--run-dir", str(by_hand)]
+    second = cluster.on(2, [*command, "--node-rank", "1"], cwd=ROOT)
+    time.sleep(2)
+    first = cluster.on(1, [*command, "--node-rank", "0"], cwd=ROOT)
+    outputs = {rank: proc.communicate(timeout=600)[0] for rank, proc in ((0, first), (1, second))}
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    assert "node 1 of 2" in outputs[1] and "static://node1:" in outputs[1]
+    ranks = _ranks(by_hand)
+    assert (ranks[0]["host"], ranks[1]["host"]) == ("node1", "node2")  # the ranks follow the node ranks given
+    pdsh = tmp_path / "pdsh"
+    proc = _hostfile_run(cluster, recipe, pdsh, cluster.hostfile(tmp_path / "hosts"), "cluster.remote_shell=pdsh")
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    assert [r["loss"] for r in train_records(by_hand)] == \
+        pytest.approx([r["loss"] for r in train_records(pdsh)], rel=1e-5)
+
+
+def test_srun_launcher_run_runs_each_task_as_its_nodes_part(cluster, tmp_path):
+    """accelerate's multi-node Slurm habit, `srun launcher run ...` in a batch script: each task is one
+    node's part (never an srun nested in each task); more than one task per node is refused."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
+    run_dir = tmp_path / "srun"
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/bash\ncd {ROOT}\nsrun --ntasks-per-node=1 launcher run {recipe} --nproc 1 "
+                      f"--run-dir {run_dir}\n")
+    job_id = cluster.slurm("sbatch", "--parsable", "--nodes=2", f"--output={tmp_path}/slurm-%j.out",
+                           str(script)).strip()
+    state = _wait_job(cluster, job_id)
+    log = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert state == "COMPLETED", log[-3000:]
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["engine"] == "node" and plan["procs_by_node"] == [1, 1] and plan["node_rank"] == 0
+    assert {r["host"] for r in _ranks(run_dir).values()} == {"node1", "node2"}
+    assert _learned([r["loss"] for r in train_records(run_dir)])
+    refused = subprocess.run(["srun", "--nodes=1", "--ntasks=2", "launcher", "plan", str(recipe)], cwd=ROOT,
+                             env=cluster.env(), capture_output=True, text=True, timeout=120)
+    assert "this step runs 2 tasks on 1 nodes" in refused.stdout + refused.stderr
