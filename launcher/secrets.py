@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 # A name is secret when one of its `_`-separated words ends in one of these (API_KEY, HF_TOKEN,
 # APIKEY, DB_PASSWORDS), not when a word merely starts with one (TOKENIZERS_PARALLELISM, KEYBOARD).
 _SECRET_WORD = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION)S?$", re.IGNORECASE)
 REDACTED = "<redacted>"
+# How a parent launcher (`launcher sweep`) hands its secret overrides to a child `launcher run`:
+# in the child's environment, read and removed by the child, so never in an argv (ps), a record
+# or a log line.
+SECRET_OVERRIDES_VARIABLE = "LAUNCHER_SECRET_OVERRIDES"
 
 
 @functools.lru_cache(maxsize=4096)  # the same few names, once per node of a plan of thousands
@@ -70,3 +75,19 @@ def _env_value(value) -> str:
             return value
         return loaded if isinstance(loaded, str) else value
     return value if isinstance(value, str) else str(value)
+
+
+def secret_overrides_environment(secrets: Mapping[str, str]) -> dict[str, str]:
+    """The variable that gives a child `launcher run` these secret variables as cluster.env overrides."""
+    return {SECRET_OVERRIDES_VARIABLE: json.dumps([f"cluster.env.{k}={json.dumps(v)}" for k, v in secrets.items()])}
+
+
+def take_secret_overrides(environ: MutableMapping[str, str]) -> list[str]:
+    """The secret overrides a parent launcher handed down, removed from `environ` (the ranks, which
+    get the variables themselves, need no second copy)."""
+    text = environ.pop(SECRET_OVERRIDES_VARIABLE, "")
+    try:
+        overrides = json.loads(text) if text else []
+    except json.JSONDecodeError:
+        return []
+    return [o for o in overrides if isinstance(o, str)] if isinstance(overrides, list) else []

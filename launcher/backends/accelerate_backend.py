@@ -119,6 +119,9 @@ class AccelerateBackend:
         set_model_state_dict(self.model, model_state, options=options)
         set_optimizer_state_dict(self.model, self.optimizer.optimizer, optimizer_state, options=options)
 
+    def sharded_by_rank(self, directory: str) -> bool:
+        return False  # model.pt and optimizer.pt hold the whole state: any world size loads them
+
     def _full_state(self) -> tuple[dict, dict]:
         """The model's and optimizer's whole state (collective under FSDP; on the CPU)."""
         if self.recipe.backend.strategy != "fsdp":

@@ -44,6 +44,12 @@ class Backend(Protocol):
 
     def load(self, directory: str) -> None: ...
 
+    def sharded_by_rank(self, directory: str) -> bool:
+        """Whether the checkpoint in `directory` holds per-rank slices of the state, which another
+        world size can load only from the whole form (DeepSpeed ZeRO); then the backend also has
+        write_full_form(directory, files, part, parts), each rank writing its part, and
+        load_full(full_directory)."""
+
     def export_state_dict(self) -> dict | None:
         """The full model state dict on global rank 0 (consolidated from shards); None elsewhere."""
 

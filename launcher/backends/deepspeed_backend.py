@@ -10,13 +10,12 @@ the accumulation boundary.
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
-import pickle
 import sys
 
 import torch
 
+from launcher.backends.deepspeed_files import load_weights_only
 from launcher.backends.deepspeed_schema import passthrough_problems
 from launcher.backends.optim import build_optimizer, set_lr
 from launcher.backends.precision import resolve_precision
@@ -31,33 +30,6 @@ def needs_torch_autocast(model) -> bool:
     and fp32 images, and the first forward fails on the dtypes. Torch autocast, as under Accelerate
     and in the plain loop, keeps all of them in fp32 and runs the convolutions in bf16."""
     return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules())
-
-
-def deepspeed_checkpoint_classes() -> list[type]:
-    """What DeepSpeed pickles into its checkpoints besides tensors and containers: its loss scalers,
-    the ZeRO stage enum and the fragment addresses of its parameter-slice maps."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-
-
-def load_weights_only(path: str, map_location=None):
-    """torch.load restricted to tensors, containers and deepspeed_checkpoint_classes()."""
-    classes = deepspeed_checkpoint_classes()
-    # Python 3.11.0-3.11.3 (Debian 12's 3.11.2) pickle an enum member as getattr(EnumClass, "NAME"),
-    # which weights_only refuses. The unpickler's getattr here only looks up a member of the enums
-    # allowed above; any other getattr in a file still fails the load.
-    enums = tuple(c for c in classes if isinstance(c, type) and issubclass(c, enum.Enum))
-
-    def enum_member(owner, name: str):
-        if owner not in enums or name not in owner.__members__:
-            raise pickle.UnpicklingError(f"getattr({owner!r}, {name!r}) is not an enum member allowed in a checkpoint")
-        return owner[name]
-
-    with torch.serialization.safe_globals([*classes, (enum_member, "builtins.getattr")]):
-        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def fused_optimizer_fits(device, offload_optimizer: bool) -> bool:
@@ -219,6 +191,23 @@ class DeepSpeedBackend:
         path, _ = self.engine.load_checkpoint(directory, tag=_TAG, load_lr_scheduler_states=self.owns_schedule)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {directory}")
+
+    def sharded_by_rank(self, directory: str) -> bool:
+        """The checkpoint's optimizer state is cut per rank (ZeRO-1/2/3): another world size needs
+        the whole form (write_full_form, load_full)."""
+        from launcher.backends.deepspeed_reshard import shard_files
+
+        return bool(shard_files(os.path.join(directory, _TAG)))
+
+    def write_full_form(self, directory: str, files, part: int, parts: int) -> None:
+        from launcher.backends.deepspeed_reshard import write_full_form
+
+        write_full_form(os.path.join(directory, _TAG), files, part, parts)
+
+    def load_full(self, directory: str) -> None:
+        from launcher.backends.deepspeed_reshard import load_full_form
+
+        load_full_form(self.engine, directory)
 
     def export_state_dict(self):
         if self.engine.zero_optimization_stage() == 3:  # what runs, whoever set it

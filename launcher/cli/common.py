@@ -7,6 +7,7 @@ click and the standard library is imported inside the function that needs it.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import NoReturn
@@ -34,10 +35,14 @@ def prepare_or_fail(recipe_path: str, overrides: tuple[str, ...], placement: dic
     """Recipe + flags -> (loaded recipe, plan, resolved dict). Exits 2 on bad input."""
     from launcher.config.errors import RecipeError
     from launcher.plan.prepare import Placement, prepare
+    from launcher.secrets import take_secret_overrides
 
+    overrides = (*overrides, *take_secret_overrides(os.environ))  # from `launcher sweep`, never in argv
     master_addr = placement.pop("master_addr", None)
     if master_addr:  # a recipe key like any other: recorded in recipe.yaml, checked by the schema
-        overrides = (*overrides, f"cluster.master_addr={master_addr}")
+        import json  # as a YAML string: `[::1]` is an address, not a list
+
+        overrides = (*overrides, f"cluster.master_addr={json.dumps(master_addr)}")
     try:
         return prepare(recipe_path, overrides, Placement(**placement))
     except RecipeError as error:
@@ -96,6 +101,21 @@ def refusing(action):
         fail(error)
 
 
+def resume_sentence(loaded, launch_plan) -> str:
+    """What the run will do with its run directory's checkpoint, in the plan's words: "" for a fresh
+    start, "refused: ..." when the run would refuse it (read only; no checksums)."""
+    from launcher.rundir import RunDir
+    from launcher.rundir.checkpoints import CheckpointError, resume_point, trained_step
+
+    checkpoint, run = loaded.recipe.checkpoint, RunDir(launch_plan.run_dir)
+    try:
+        point = resume_point(run, checkpoint.dir, checkpoint.resume, loaded.recipe.train.steps,
+                             trained_step(run, [checkpoint.dir]))
+    except CheckpointError as error:
+        return f"refused: {str(error).splitlines()[0]}"
+    return point.sentence(launch_plan.math.world_size) if point else ""
+
+
 def claim_run(loaded, run_dir: str, resolved: dict, recipe_path: str, allow_schedule_change: bool,
               kind: str = "run"):
     """The run directory locked for this experiment (`run`, `submit`, `sweep`); raises RunDirError or
@@ -104,16 +124,23 @@ def claim_run(loaded, run_dir: str, resolved: dict, recipe_path: str, allow_sche
 
     from launcher.rundir import RunDir
     from launcher.rundir.checkpoints import resume_point, trained_step
-    from launcher.rundir.claim import check_run_dir, claim_run_dir, read_record
+    from launcher.rundir.claim import check_checkpoint_owner, check_run_dir, claim_run_dir, read_record
     from launcher.rundir.identity import Identity
 
     run = RunDir(run_dir)
     identity = Identity.of(resolved, getattr(loaded.recipe_module, "IDENTITY_EXEMPT", ()))
     record = read_record(run) or {}
+    earlier = record.get("recipe_file")
+    if earlier and earlier != str(Path(recipe_path).resolve()) and not Path(earlier).exists():
+        say(f"continuing {run.root}: its recipe was {earlier}, now {Path(recipe_path).resolve()} (moved)")
     checkpoint = loaded.recipe.checkpoint
     recorded_dir = (record.get("fixed") or {}).get("checkpoint.dir", checkpoint.dir)
     trained = trained_step(run, [recorded_dir, checkpoint.dir])
     check_run_dir(run, identity, trained, allow_schedule_change, kind)  # whose it is, before anything else
-    if kind == "run":  # its checkpoints can be resumed
+    if kind == "run":  # its checkpoints can be resumed, and are its own
+        check_checkpoint_owner(run, run.checkpoints(checkpoint.dir), identity)
         resume_point(run, checkpoint.dir, checkpoint.resume, loaded.recipe.train.steps, trained)
-    return claim_run_dir(run, identity, str(Path(recipe_path).resolve()), trained, allow_schedule_change, kind)
+    claim = claim_run_dir(run, identity, str(Path(recipe_path).resolve()), trained, allow_schedule_change, kind)
+    if kind == "run":
+        claim.checkpoint_root = run.checkpoints(checkpoint.dir)
+    return claim

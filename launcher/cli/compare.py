@@ -16,25 +16,52 @@ from launcher.cli.report import History, eval_keys, read_history
 from launcher.rundir.layout import SWEEP_RECORD, SWEEP_TASK, RunDir
 
 _LOWER_IS_BETTER = ("loss", "perplexity", "error")
+DEFAULT_OUTPUT = "compare.png"
 
 
 @click.command()
 @click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...", type=click.Path(file_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default="compare.png", show_default=True,
-              help="Where to write the PNG of the overlaid curves.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help=f"Where to write the PNG of the overlaid curves (default: {DEFAULT_OUTPUT}, replaced only when "
+                   "an earlier compare wrote it).")
 def compare(run_dirs, output):
     """Final and best evaluation metrics of runs side by side (a sweep's directory: its points),
     and their curves overlaid in one PNG."""
-    runs = expand([Path(d) for d in run_dirs])
-    if not runs:
-        fail(ValueError(f"no metrics.jsonl in {', '.join(run_dirs)}\n      HINT: give run directories (or a "
+    from launcher.cli.report import OutputError, check_output
+
+    empty = [d for d in run_dirs if not expand([Path(d)])]
+    if empty:  # a mistyped path among good ones is named, not dropped
+        fail(ValueError(f"no metrics.jsonl in {', '.join(empty)}\n      HINT: give run directories (or a "
                         "sweep's) that have logged a step"))
-    click.echo(table(runs), nl=False)
+    target = Path(output or DEFAULT_OUTPUT)
+    if output is None and target.exists() and not made_by_compare(target):
+        fail(ValueError(f"{target} exists and no launcher compare wrote it\n      HINT: give -o PATH (-o "
+                        f"{target} replaces it)"))
+    runs = expand([Path(d) for d in run_dirs])
     try:
-        path = plot(runs, ", ".join(Path(d).name for d in run_dirs), Path(output))
+        check_output(target)
     except ImportError as error:
         fail(ValueError(f"the PNG needs matplotlib ({error})\n      HINT: pip install matplotlib"))
+    except OutputError as error:
+        fail(error)
+    click.echo(table(runs), nl=False)
+    try:
+        path = plot(runs, ", ".join(Path(d).name for d in run_dirs), target)
+    except ImportError as error:
+        fail(ValueError(f"the PNG needs matplotlib ({error})\n      HINT: pip install matplotlib"))
+    except OutputError as error:
+        fail(error)
     click.echo(f"wrote {path}", err=True)
+
+
+def made_by_compare(path: Path) -> bool:
+    """Whether a PNG says `launcher compare` made it (report.save_figure's Software text chunk)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and b"Software\x00launcher compare" in head
 
 
 @dataclass

@@ -39,12 +39,13 @@ def convert(config_file):
     raw["backend"].pop("accelerate_config", None)
     if not raw["backend"]:
         del raw["backend"]
-    click.echo(f"# {path} as recipe keys (launcher convert)")
-    for entry in taken:
-        click.echo(f"#   {entry.render()}")
-    click.echo(yaml.safe_dump(raw, sort_keys=False, default_flow_style=False).rstrip())
-    for line in ignored:
-        click.echo(f"# not mapped: {line}")
+    if taken or ignored or not problems:  # a file that could not be read at all maps to nothing
+        click.echo(f"# {path} as recipe keys (launcher convert)")
+        for entry in taken:
+            click.echo(f"#   {entry.render()}")
+        click.echo(yaml.safe_dump(raw, sort_keys=False, default_flow_style=False).rstrip())
+        for line in ignored:
+            click.echo(f"# not mapped: {line}")
     if problems:
         count = len(problems)
         click.echo(f"error: {path}: {count} key{'s' if count != 1 else ''} cannot run here", err=True)

@@ -24,7 +24,8 @@ _ATTEMPT = re.compile(r"attempt_(\d+)")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the Slurm job ends.")
 @click.option("--rank", default=0, show_default=True, type=click.IntRange(min=0),
               help="A `launcher run` run: whose log (the node's local rank).")
-def logs(target, follow, rank):
+@click.option("--host", default="", help="A `launcher run` run on several nodes: that node's logs only.")
+def logs(target, follow, rank, host):
     """Print the Slurm output of a submitted job; for a run started with `launcher run`, one
     rank's own log files (every launch and restart, oldest first)."""
     import time
@@ -37,7 +38,7 @@ def logs(target, follow, rank):
     except jobs.SlurmError as error:
         if not is_run_dir(Path(target)):
             fail(error)
-        print_rank_logs(Path(target), rank)
+        print_rank_logs(Path(target), rank, host)
         return
     offsets: dict = {}
     while True:
@@ -51,14 +52,53 @@ def logs(target, follow, rank):
         time.sleep(1)
 
 
-def print_rank_logs(run_dir: Path, rank: int) -> None:
+def print_rank_logs(run_dir: Path, rank: int, host: str = "") -> None:
     files = rank_log_files(run_dir, rank)
+    hosts = _launch_hosts(run_dir)
+    if host:
+        files = [(title, path) for title, path in files if hosts.get(_launch_of(path)) == host]
     if not files:
-        fail(ValueError(f"{run_dir}: no log of rank {rank} yet (logs/torchrun/)\n"
-                        "      HINT: a run that never started its ranks has none; see `launcher status`"))
+        fail(ValueError(_no_log(run_dir, rank, host, hosts)))
     for title, path in files:
-        click.echo(f"==> {title} ({path}) <==")
+        where = hosts.get(_launch_of(path))
+        click.echo(f"==> {title}{f' on {where}' if where else ''} ({path}) <==")
         click.echo(path.read_text(encoding="utf-8", errors="replace"), nl=False)
+
+
+def _no_log(run_dir: Path, rank: int, host: str, hosts: dict[Path, str]) -> str:
+    """Why there is nothing to print, in the run's own terms."""
+    from launcher.engines.failure import rank_records
+
+    local_ranks = sorted({int(r.get("local_rank", 0)) for r in rank_records(run_dir)})
+    if host and host not in hosts.values():
+        known = ", ".join(sorted(set(hosts.values()))) or "none recorded"
+        return f"{run_dir}: no node {host} in this run (its nodes: {known})\n      HINT: --host NAME of one of them"
+    if local_ranks and rank > max(local_ranks):
+        return (f"{run_dir}: no local rank {rank} on any node (this run's nodes have local ranks "
+                f"0-{max(local_ranks)})\n      HINT: --rank N of one of them")
+    written = any((p / str(rank)).is_dir() for p in RunDir(run_dir).torchrun_logs.glob("*/attempt_*"))
+    if written:
+        return (f"{run_dir}: rank {rank} wrote nothing to its logs (its stdout.log and stderr.log are empty)\n"
+                "      HINT: ranks other than 0 print only warnings and errors; `launcher status` says how the run is")
+    return (f"{run_dir}: no log of rank {rank} yet (logs/torchrun/)\n"
+            "      HINT: a run that never started its ranks has none; see `launcher status`")
+
+
+def _launch_of(path: Path) -> Path:
+    return path.parent.parent.parent  # <launch>/attempt_<n>/<local rank>/<stream>.log
+
+
+def _launch_hosts(run_dir: Path) -> dict[Path, str]:
+    """The node that wrote each launch directory of the current job (from its rank records): on
+    several nodes, each node's torchrun writes a launch directory of its own."""
+    from launcher.engines.failure import rank_records
+
+    out = {}
+    for record in rank_records(run_dir):
+        log_dir = record.get("log_dir")
+        if log_dir and record.get("host"):
+            out[Path(log_dir).parent.parent] = str(record["host"])
+    return out
 
 
 def rank_log_files(run_dir: Path, local_rank: int = 0) -> list[tuple[str, Path]]:

@@ -34,13 +34,60 @@ def report(run_dir, output):
     if not history.train and not history.evals:
         fail(ValueError(f"{run.metrics}: no step logged yet\n      HINT: wait for the first log step"))
     try:
+        check_output(Path(output) if output else run.report)
         path = draw(history, Path(run_dir).resolve().name, Path(output) if output else run.report)
     except ImportError as error:  # matplotlib comes with the tracking extra
         fail(ValueError(f"launcher report needs matplotlib ({error})\n      HINT: pip install matplotlib"))
+    except OutputError as error:
+        fail(error)
     click.echo(f"wrote {path}")
 
 
-_NOT_EVAL = {"step", "startup", "launch_to_first_step_s", "launch_overhead_s"}
+class OutputError(ValueError):
+    """A picture that cannot be written where asked (a missing or read-only directory, a full disk,
+    a format matplotlib does not write); nothing is left there."""
+
+
+def check_output(output: Path) -> None:
+    """OutputError, before anything is drawn or printed, for a picture that could not be written:
+    a format matplotlib does not write, a directory that does not exist (ImportError: no matplotlib)."""
+    from matplotlib.figure import Figure
+
+    suffix = output.suffix.lower().lstrip(".")
+    formats = Figure().canvas.get_supported_filetypes()
+    if suffix not in formats:
+        raise OutputError(f"{output}: matplotlib does not write {'.' + suffix if suffix else 'files without an '}"
+                          f"{' files' if suffix else 'extension'}\n      HINT: name a .png, .pdf or .svg file")
+    if not output.parent.is_dir():
+        raise OutputError(f"{output}: the directory {output.parent} does not exist\n      HINT: create it, or "
+                          "give another -o path")
+
+
+def save_figure(figure, output: Path, software: str) -> Path:
+    """The figure into `output`, whole or not at all: drawn into a temporary file beside it, then
+    renamed over it. The PNG says which launcher command made it (compare checks that before it
+    replaces a file)."""
+    import warnings
+
+    check_output(output)
+    suffix = output.suffix.lower().lstrip(".")
+    partial = output.with_name(f".{output.name}.partial.{suffix}")
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # matplotlib warns once per missing glyph
+            warnings.simplefilter("always")
+            figure.savefig(partial, dpi=100, metadata={"Software": software} if suffix == "png" else None)
+        partial.replace(output)
+        _missing_glyphs_note(caught, output)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise OutputError(f"{output}: cannot be written ({error.strerror or error})\n      HINT: give -o a "
+                          "writable place with free space") from None
+    return output
+
+
+# Records that are not evaluations: the start's timings, a checkpoint's cost, a resharding's.
+_NOT_EVAL = {"step", "startup", "launch_to_first_step_s", "launch_overhead_s", "checkpoint_s", "reshard_s",
+             "from_world_size"}
 
 
 @dataclass
@@ -52,7 +99,8 @@ class History:
 
 def read_history(metrics_file: Path) -> History:
     history = History()
-    for line in metrics_file.read_text(encoding="utf-8").splitlines():
+    # A byte that is not UTF-8 (a disk error, a stray write) spoils its line only: skipped below.
+    for line in metrics_file.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -79,6 +127,7 @@ def draw(history: History, title: str, output: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    _fonts()
     figure, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
     loss, metrics, lr, speed = axes.flat
     _curve(loss, history.train, "loss", "train loss")
@@ -98,9 +147,34 @@ def draw(history: History, title: str, output: Path) -> Path:
             axis.text(0.5, 0.5, "nothing logged", ha="center", va="center", transform=axis.transAxes)
     starts = f"; resumed after step {', '.join(map(str, history.starts))} (dashed)" if history.starts else ""
     figure.suptitle(title + starts)
-    figure.savefig(output, dpi=100)
-    plt.close(figure)
-    return output
+    try:
+        return save_figure(figure, output, "launcher report")
+    finally:
+        plt.close(figure)
+
+
+# Fonts with CJK glyphs, tried after DejaVu Sans where installed (matplotlib falls back per glyph).
+_FALLBACK_FONTS = ["Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", "Source Han Sans", "WenQuanYi Zen Hei",
+                   "Droid Sans Fallback", "AR PL UMing CN", "IPAGothic", "Unifont"]
+
+
+def _fonts() -> None:
+    """Run names in any script: DejaVu Sans, then whichever CJK font this machine has."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    matplotlib.rcParams["font.family"] = ["DejaVu Sans", *(f for f in _FALLBACK_FONTS if f in installed)]
+
+
+def _missing_glyphs_note(caught: list, output: Path) -> None:
+    import re
+
+    missing = sorted({chr(int(m.group(1))) for w in caught if (m := re.search(r"Glyph (\d+) ", str(w.message)))})
+    if missing:
+        shown = "".join(missing[:12]) + ("..." if len(missing) > 12 else "")
+        click.echo(f"note: {output} shows {shown} as boxes: no installed font has them (install a CJK font, e.g. "
+                   "Debian's fonts-noto-cjk, for matplotlib to use)", err=True)
 
 
 def eval_keys(history: History) -> list[str]:
@@ -115,6 +189,7 @@ def draw_overlay(histories: dict[str, History], title: str, output: Path) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    _fonts()
     keys = sorted({k for h in histories.values() for k in eval_keys(h)})
     panels = ["loss", *keys]
     columns = min(3, len(panels))
@@ -134,9 +209,10 @@ def draw_overlay(histories: dict[str, History], title: str, output: Path) -> Pat
     for axis in list(axes.flat)[len(panels):]:
         axis.set_visible(False)
     figure.suptitle(title)
-    figure.savefig(output, dpi=100)
-    plt.close(figure)
-    return output
+    try:
+        return save_figure(figure, output, "launcher compare")
+    finally:
+        plt.close(figure)
 
 
 def _curve(axis, records: list[dict], key: str, label: str, marker: str | None = None) -> None:

@@ -22,6 +22,7 @@ from launcher.cli.common import (
     claim_run,
     prepare_or_fail,
     refusing,
+    resume_sentence,
     say,
     with_placement,
 )
@@ -63,19 +64,30 @@ def run(recipe_path, overrides, no_preflight, allow_schedule_change, verbose, **
 
 def start_run(loaded, launch_plan, resolved: dict, claim, preflight: bool, started_at: float) -> int:
     """Run the job in the claimed run directory; its exit status."""
-    from launcher.engines.commands import PreflightFailed
+    from launcher.engines.commands import HostProblem, PreflightFailed, local_interface_problems
     from launcher.engines.group import STOP_STATUSES
     from launcher.engines.process import execute
     from launcher.engines.registry import engine_named
+    from launcher.plan.launch import rendezvous_port_taken
     from launcher.rundir import RunDir
     from launcher.rundir.record import tracker_run_id, write_run_dir
 
     engine = engine_named(launch_plan.engine)
+    taken = rendezvous_port_taken(launch_plan)
+    if taken:  # another store there would take this job's nodes in: the jobs would mix
+        raise PreflightFailed([HostProblem(taken.rsplit(":", 1)[0], f"the rendezvous port {taken} is in use "
+                                           "(another job's rendezvous store?): two jobs on one port join one "
+                                           "rendezvous, and the first to end stops the other",
+                                           "give this job another cluster.master_port, or leave it unset (each "
+                                           "run directory then gets its own)")])
     problems = engine.preflight(launch_plan, sys.executable, os.getcwd()) if preflight else []
+    if engine.standalone or launch_plan.node_rank is not None:  # this machine's ranks bind it: checked always
+        problems += local_interface_problems(loaded.recipe.cluster.network_interface)
     if problems:
         raise PreflightFailed(problems)
     for change in claim.changes:
         say(f"continuing with a changed schedule: {change.render()}")
+    resume = resume_sentence(loaded, launch_plan)  # before the claim's record: the run dir as it was
     claim.commit()
     write_run_dir(RunDir(launch_plan.run_dir), resolved, launch_plan.to_dict())
     tracker_run_id(RunDir(launch_plan.run_dir))  # one tracker run per job, made before any rank starts
@@ -84,6 +96,8 @@ def start_run(loaded, launch_plan, resolved: dict, claim, preflight: bool, start
     say(f"{launch_plan.engine}, {launch_plan.layout}; "
         f"global batch {math.global_batch} = {math.micro} x {math.accumulation} x {math.world_size}; "
         f"{math.optimizer_steps} steps")
+    if resume:
+        say(resume)
     cluster = loaded.recipe.cluster
     secrets = {name: cluster.env.get(name, os.environ.get(name, "")) for name in launch_plan.secret_names}
     status = execute(launch_plan, secrets, started_at=started_at, keep_fds=(claim.lock_fd,))
@@ -91,8 +105,49 @@ def start_run(loaded, launch_plan, resolved: dict, claim, preflight: bool, start
         status = engine.after_stop(launch_plan, status, cluster.timeout_requeues)
     elif status != 0:
         report_failure(launch_plan.run_dir, status, cluster.max_restarts, loaded.recipe.tracking)
+        _storage_after_failure(RunDir(launch_plan.run_dir).checkpoints(loaded.recipe.checkpoint.dir))
+    else:  # success is every rank's finished run, not an engine's exit status
+        status = _finished_or_failed(launch_plan.run_dir)
     say(f"job finished with exit status {status}")
     return status
+
+
+def _storage_after_failure(root) -> None:
+    """A save the failure cut short leaves a .tmp-step-* directory: the job is over, so it goes (the
+    last committed checkpoint is untouched); and when the disk is (nearly) full, that is said, with
+    the space a checkpoint takes, as the likely cause."""
+    import shutil
+
+    from launcher.rundir.checkpoints import committed_steps
+
+    stale = sorted(root.glob(".tmp-step-*")) if root.is_dir() else []
+    for directory in stale:
+        shutil.rmtree(directory, ignore_errors=True)
+    committed = committed_steps(root) if root.is_dir() else []
+    if stale:
+        kept = f"{committed[-1][1].name} is intact" if committed else "there is no earlier checkpoint"
+        say(f"a checkpoint was being written when the job failed ({', '.join(d.name for d in stale)}, removed); "
+            f"{kept}")
+    try:
+        usage = shutil.disk_usage(root if root.is_dir() else root.parent)
+    except OSError:
+        return
+    last = sum(p.stat().st_size for p in committed[-1][1].rglob("*") if p.is_file()) if committed else 0
+    if usage.free < max(2 * last, 64 << 20, usage.total // 100):
+        say(f"{root} has {usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB"
+            + (f", and a checkpoint of this run takes {last / 2**20:.1f} MiB" if last else "")
+            + ": a full disk is the likely cause. Free space (or set checkpoint.dir on a larger file system), "
+            "then run the same command to resume")
+
+
+def _finished_or_failed(run_dir: str) -> int:
+    from launcher.engines import failure
+
+    reason = failure.unfinished(run_dir)
+    if not reason:
+        return 0
+    say(reason.replace("\n", "\nlauncher: "))
+    return 1
 
 
 def start_node(recipe_path: str, loaded, launch_plan, resolved: dict, started_at: float) -> int:
@@ -101,12 +156,15 @@ def start_node(recipe_path: str, loaded, launch_plan, resolved: dict, started_at
     recipe this node was given, then runs its own torchrun, which meets node 0's."""
     import socket
 
-    from launcher.engines.commands import HostProblem, PreflightFailed
+    from launcher.engines.commands import HostProblem, PreflightFailed, local_interface_problems
     from launcher.engines.process import execute
     from launcher.plan.deepspeed import check_before_start
     from launcher.rundir.record import await_run_dir
 
     check_before_start(recipe_path, loaded, launch_plan)
+    interfaces = local_interface_problems(loaded.recipe.cluster.network_interface)
+    if interfaces:
+        raise PreflightFailed(interfaces)
     problem = await_run_dir(launch_plan.run_dir, resolved, loaded.recipe.cluster.rdzv_timeout)
     if problem:
         raise PreflightFailed([HostProblem(socket.gethostname(), *problem)])
@@ -125,9 +183,12 @@ def report_failure(run_dir: str, status: int, max_restarts: int, tracking=None) 
         say("the job failed before any rank started; see the output above")
         return
     summary = failure.render(found, max_restarts)
-    if tracking is not None:
-        # Before failure.json (`launcher status` reads a failure newer than the metrics as how the
-        # run ended) and before the summary (which stays the console's last lines).
-        failure.send_alert(run_dir, tracking, summary, status)
-    failure.write(run_dir, found)
+    try:
+        if tracking is not None:
+            # Before failure.json (`launcher status` reads a failure newer than the metrics as how the
+            # run ended) and before the summary (which stays the console's last lines).
+            failure.send_alert(run_dir, tracking, summary, status)
+        failure.write(run_dir, found)
+    except OSError as error:  # a full disk is often why the job failed: the summary still gets out
+        say(f"could not record the failure in {run_dir} ({error.strerror or error})")
     say(summary.replace("\n", "\nlauncher: "))

@@ -121,7 +121,7 @@ def _runs_for(pid: object, run_dir: Path) -> bool:
 def last_step(path: Path) -> dict | None:
     """The last training record (with a loss) of a metrics.jsonl file, or None."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()  # a bad byte spoils one line
     except OSError:
         return None
     for line in reversed(lines):

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -51,17 +51,21 @@ def sweep(recipe_path, overrides, nproc, parallel, run_dir, allow_schedule_chang
 @dataclass
 class SweepPlan:
     root: Path
-    fixed: tuple[str, ...]  # overrides every point gets
+    fixed: tuple[str, ...]  # overrides every point gets (no secret: these are recorded and shown)
     axes: tuple[str, ...]  # `key=v1,v2` as given
     points: list[tuple[str, ...]]  # per point: its `key=value` overrides
+    secrets: dict[str, str] = field(default_factory=dict)  # cluster.env secrets: each point's environment
 
 
 def split_overrides(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(fixed, axes): a value with a comma is an axis, unless it is a YAML list or mapping."""
+    """(fixed, axes): a value with a comma is an axis, unless it is a YAML list or mapping, or the
+    comma is inside quotes (`data.name='a,b'`: one value)."""
+    from launcher.slurm.sbatch import split_values
+
     fixed, axes = [], []
     for override in overrides:
         _, _, value = override.partition("=")
-        is_axis = "," in value and not value.lstrip().startswith(("[", "{"))
+        is_axis = len(split_values(value)) > 1 and not value.lstrip().startswith(("[", "{"))
         (axes if is_axis else fixed).append(override)
     return tuple(fixed), tuple(axes)
 
@@ -69,12 +73,26 @@ def split_overrides(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[
 def plan_sweep(recipe_path: str, overrides: tuple[str, ...], nproc: int | None, run_dir: str | None):
     """Every point validated before anything is written (a RecipeError names the failing point)."""
     from launcher.plan.prepare import Placement, prepare
+    from launcher.secrets import split_secret_overrides
     from launcher.slurm.sbatch import sweep_tasks
 
     fixed, axes = split_overrides(overrides)
     if not axes:
         raise RecipeError("launcher sweep", [Problem("overrides", "no axis to sweep",
                                                      "give at least one key=v1,v2 (e.g. optimizer.lr=1e-3,3e-3)")])
+    keys = [axis.partition("=")[0] for axis in (*axes, *fixed)]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:  # the later value would win on every point: duplicated points, an axis that is not one
+        raise RecipeError("launcher sweep", [Problem(key, "is given more than once: each point would keep only "
+                                                          "the last value", f"give {key} once, with all its values "
+                                                          "(key=v1,v2,...)") for key in twice])
+    secret_axes = [axis for axis in axes if split_secret_overrides([axis])[1]]
+    if secret_axes:  # its values would be on the console, in sweep.json, the table and compare.png
+        raise RecipeError("launcher sweep", [
+            Problem(axis.partition("=")[0], "a secret cannot be a sweep axis: its values would be printed and "
+                    "recorded for every point", f"give it once ({axis.partition('=')[0]}=...) or in the "
+                    "environment, and sweep over something else") for axis in secret_axes])
+    public, secrets = split_secret_overrides(fixed)
     loaded, base_plan, resolved = prepare(recipe_path, fixed, Placement(nproc=nproc, run_dir=run_dir))
     root = Path(base_plan.run_dir)
     points = sweep_tasks(axes)
@@ -84,7 +102,7 @@ def plan_sweep(recipe_path: str, overrides: tuple[str, ...], nproc: int | None, 
         except RecipeError as error:
             raise RecipeError(f"{error.source} (sweep point task-{index}: {' '.join(point)})", error.problems) \
                 from None
-    return loaded, resolved, SweepPlan(root, fixed, axes, points)
+    return loaded, resolved, SweepPlan(root, tuple(public), axes, points, secrets)
 
 
 def run_sweep(recipe_path: str, loaded, resolved: dict, plan: SweepPlan, nproc: int | None, parallel: int,
@@ -128,6 +146,8 @@ def _write(path: Path, record: dict) -> None:
 def _run_points(recipe_path: str, plan: SweepPlan, record: dict, nproc: int | None, parallel: int) -> int:
     todo = [p for p in record["points"] if p["status"] != DONE]
     done = len(record["points"]) - len(todo)
+    sizes = " x ".join(f"{axis.partition('=')[0]} ({len(_values(axis))})" for axis in plan.axes)
+    _say(f"{len(record['points'])} points: {sizes}; {parallel} at a time")
     if done:
         _say(f"{done} of {len(record['points'])} points already done; running the other {len(todo)}")
     received: list[int] = []
@@ -137,6 +157,10 @@ def _run_points(recipe_path: str, plan: SweepPlan, record: dict, nproc: int | No
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     env = _environment(parallel, nproc)
+    if plan.secrets:  # each point's launcher reads them from its environment, not from its argv
+        from launcher.secrets import secret_overrides_environment
+
+        env.update(secret_overrides_environment(plan.secrets))
     running: dict[str, subprocess.Popen] = {}
     try:
         while (todo or running) and not received:
@@ -162,6 +186,12 @@ def _run_points(recipe_path: str, plan: SweepPlan, record: dict, nproc: int | No
         return 128 + received[0]
     failed = [p["task"] for p in record["points"] if p["status"] == FAILED]
     return 1 if failed else 0
+
+
+def _values(axis: str) -> list[str]:
+    from launcher.slurm.sbatch import split_values
+
+    return split_values(axis.partition("=")[2])
 
 
 def _environment(parallel: int, nproc: int | None) -> dict[str, str]:

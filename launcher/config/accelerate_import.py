@@ -88,7 +88,7 @@ def read_accelerate(path: Path, location: str) -> tuple[dict | None, dict[str, s
     try:
         text = read_small_text(path, RECIPE_LIMIT)
     except UnreadableFile as error:
-        return None, {}, [Problem(KEY, f"{path}: {error.message}", "a path relative to the recipe file", location)]
+        return None, {}, [Problem(KEY, f"{path}: {error.message}", _file_hint(error), location)]
     data, lines, problems = load_yaml(text, str(path))
     if problems:  # as the recipe's own would be: each naming its line in the file
         return None, lines, [Problem(f"{KEY}.{p.path}" if p.path else KEY, p.message, p.hint, p.where)
@@ -299,3 +299,9 @@ class AccelerateMapper:
     def mpi(self, key: str, value: Any) -> None:
         self.refuse(key, "MPI (mpirun) is not a launcher engine", "a hostfile: `launcher run --hostfile FILE` "
                                                                    "starts one torchrun per host over pdsh or ssh")
+
+
+def _file_hint(error) -> str:
+    """The reader's own hint; for a path not found, where relative paths start."""
+    return f"{error.hint} (a relative path starts at the recipe file)" if error.message == "file not found" \
+        else error.hint

@@ -96,7 +96,7 @@ def read_config(value: Any, recipe_dir: Path, where: dict[str, str]) -> tuple[di
         text = read_small_text(path, RECIPE_LIMIT)
     except UnreadableFile as error:
         return None, Origin(value, {}, where), [Problem(KEY, f"{path}: {error.message}",
-                                                       "a path relative to the recipe file", location)]
+                                                       _file_hint(error), location)]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -410,3 +410,9 @@ def _assign(raw: dict, key: str, value: Any) -> None:
             node[part] = {}
         node = node[part]
     node[leaf] = value
+
+
+def _file_hint(error) -> str:
+    """The reader's own hint; for a path not found, where relative paths start."""
+    return f"{error.hint} (a relative path starts at the recipe file)" if error.message == "file not found" \
+        else error.hint

@@ -37,8 +37,12 @@ def build_once(cache: Path, label: str, build: Callable[[Path], dict]) -> None:
     tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    summary = build(tmp)
-    (tmp / "done").write_text(json.dumps(summary))
+    try:
+        summary = build(tmp)
+        (tmp / "done").write_text(json.dumps(summary))
+    except BaseException:  # a bad input file, a full disk, a kill by signal: no half store left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.rename(tmp, cache)
     except OSError:  # another node's leader committed the same cache first

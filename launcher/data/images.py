@@ -81,7 +81,10 @@ class FolderImages:
             image = decode_with_torchvision(path.read_bytes())
             if image is not None:
                 return image, label
-        return read_image(path), label
+        try:
+            return read_image(path), label
+        except (OSError, ValueError, SyntaxError) as error:  # Pillow's errors for no (whole) image: named
+            raise ImageSourceError(f"{path}: cannot be read as an image ({error}); remove or replace it") from None
 
 
 _JPEG_SUFFIXES = {".jpg", ".jpeg"}

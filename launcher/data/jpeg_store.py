@@ -39,16 +39,30 @@ def reencode(path: str | Path, short_side: int, quality: int) -> tuple[bytes, in
     height, its width)."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.draft("RGB", (short_side, short_side))  # JPEG: decode at 1/2..1/8 scale when still large enough
-        image = image.convert("RGB")
-        width, height = image.size
-        scale = short_side / min(width, height)
-        if scale < 1:
-            image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
-                                 Image.Resampling.BILINEAR, reducing_gap=3.0)
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=quality, optimize=True)
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (short_side, short_side))  # JPEG: decode at 1/2..1/8 scale when still large enough
+            image = image.convert("RGB")
+            return _resized_jpeg(image, short_side, quality)
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for a file that is no (whole) image
+        raise ImageFileError(f"{path}: cannot be read as an image ({error})\n      HINT: remove or replace "
+                             "the file, then run again") from None
+
+
+class ImageFileError(ValueError):
+    """An input image that cannot be decoded, named."""
+
+
+def _resized_jpeg(image, short_side: int, quality: int) -> tuple[bytes, int, int]:
+    from PIL import Image
+
+    width, height = image.size
+    scale = short_side / min(width, height)
+    if scale < 1:
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                             Image.Resampling.BILINEAR, reducing_gap=3.0)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality, optimize=True)
     return out.getvalue(), image.height, image.width
 
 

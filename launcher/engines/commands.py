@@ -46,6 +46,23 @@ class HostProblem:
         return f"{self.host}: {self.message}\n  hint: {self.hint}"
 
 
+def interface_problem(host: str, missing: list[str], present: list[str]) -> HostProblem:
+    return HostProblem(host, f"no network interface {', '.join(missing)} (cluster.network_interface); this host has "
+                       f"{', '.join(present) or 'none'}", "set cluster.network_interface to interfaces every node "
+                       "has (`ip -brief link`), or leave it unset")
+
+
+def local_interface_problems(interfaces: str) -> list[HostProblem]:
+    """cluster.network_interface on this machine, where the ranks of a local job bind it."""
+    import socket
+
+    if not interfaces or interfaces.startswith("^"):
+        return []
+    present = sorted(name for _, name in socket.if_nameindex())
+    missing = [name for name in interfaces.lstrip("=").split(",") if name and name not in present]
+    return [interface_problem(socket.gethostname(), missing, present)] if missing else []
+
+
 class PreflightFailed(Exception):
     """Hosts that cannot run the job (unreachable, no Python, a port taken): nothing was started."""
 

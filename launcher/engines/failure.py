@@ -110,8 +110,14 @@ def describe_stall(frames: list[tuple[str, int, str]]) -> str:
 
 
 def write(run_dir: str, failure: Failure) -> None:
+    """logs/failure.json, whole or not at all (OSError when it cannot be written: a full disk)."""
     path = RunDir(run_dir).failure
-    path.write_text(json.dumps(asdict(failure), indent=2) + "\n", encoding="utf-8")
+    partial = path.with_name(path.name + ".tmp")
+    try:
+        partial.write_text(json.dumps(asdict(failure), indent=2) + "\n", encoding="utf-8")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 ALERT_TEXT_LINES = 6  # the alert carries the summary's first lines
@@ -151,7 +157,7 @@ def send_alert(run_dir: str, tracking, summary: str, status: int) -> None:
 
 def _last_logged_step(metrics: Path) -> int:
     try:
-        lines = metrics.read_text(encoding="utf-8").splitlines()
+        lines = metrics.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return 0
     for line in reversed(lines):
@@ -173,6 +179,24 @@ def _stalls(records: list[dict]) -> tuple[str, ...]:
         if frames:
             out.append(f"rank {record['rank']}: {describe_stall(frames)}")
     return tuple(out)
+
+
+def unfinished(run_dir: str) -> str:
+    """Why a job whose engine exited 0 did not finish ("" when it did): rank 0 records `finished`
+    once it is past the last barrier of the job, after every rank's last step. An engine that ran
+    nothing (a remote shell that runs no command, and exits 0) leaves no rank record at all."""
+    ranks = rank_records(Path(run_dir))
+    if not ranks:
+        return (f"the engine exited 0, but no rank of the job ever started (no record in "
+                f"{RunDir(run_dir).rank_records}): nothing was trained\n      HINT: check that the hosts run the "
+                "launcher's commands (its remote shell, pdsh or ssh, must run a command there); without "
+                "--no-preflight, the launcher checks them first")
+    first = [r for r in ranks if r.get("rank") == 0]
+    if first and first[0].get("finished"):
+        return ""
+    return (f"the engine exited 0, but rank 0 never reported the end of the job (its record in "
+            f"{RunDir(run_dir).rank_records}): the job did not finish\n      HINT: see the ranks' logs "
+            f"(`launcher logs {run_dir}`)")
 
 
 def rank_records(run_dir: Path) -> list[dict]:

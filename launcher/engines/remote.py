@@ -24,7 +24,14 @@ import shlex
 import subprocess
 
 from launcher.engines.base import EngineBase, NodeRequest
-from launcher.engines.commands import Commands, HostProblem, LaunchView, LocalProcess, NodeCommand
+from launcher.engines.commands import (
+    Commands,
+    HostProblem,
+    LaunchView,
+    LocalProcess,
+    NodeCommand,
+    interface_problem,
+)
 from launcher.engines.remote_env import forwarded_env
 from launcher.rundir.layout import RunDir
 from launcher.secrets import is_secret_name
@@ -63,7 +70,8 @@ class RemoteEngine(EngineBase):
         raise NotImplementedError
 
     def preflight(self, plan: LaunchView, python: str, cwd: str) -> list[HostProblem]:
-        return check_hosts([n.host for n in plan.nodes], python, cwd, plan.master_port, plan.master_addr)
+        return check_hosts([n.host for n in plan.nodes], python, cwd, plan.master_port, plan.master_addr,
+                           plan.nodes[0].env.get("NCCL_SOCKET_IFNAME", "") if plan.nodes else "")
 
     def describe_process(self, process: LocalProcess) -> str:
         return shlex.join([*process.argv[:-1], "<remote command below>"])
@@ -100,8 +108,13 @@ RENDEZVOUS_PROBE_TIMEOUT_S = 5
 _CHECK = """
 import importlib.util, json, socket, sys
 port, master, master_port, timeout = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+interfaces = sys.argv[5] if len(sys.argv) > 5 else ""
 missing = [m for m in ("launcher", "torch") if importlib.util.find_spec(m) is None]
 out = {"host": socket.gethostname(), "missing": missing}
+if interfaces and not interfaces.startswith("^"):  # gloo binds these very names; NCCL's exclusions aside
+    have = sorted(name for _, name in socket.if_nameindex())
+    out["interfaces"] = have
+    out["no_interface"] = [n for n in interfaces.lstrip("=").split(",") if n and n not in have]
 if master:
     try:
         address = socket.getaddrinfo(master, master_port, type=socket.SOCK_STREAM)[0][4]
@@ -137,19 +150,21 @@ print(json.dumps(out))
 """
 
 
-def check_hosts(hosts: list[str], python: str, cwd: str, master_port: int, master: str = "") -> list[HostProblem]:
-    """`master`: the rendezvous address every host must reach at `master_port` ("" skips that)."""
+def check_hosts(hosts: list[str], python: str, cwd: str, master_port: int, master: str = "",
+                interfaces: str = "") -> list[HostProblem]:
+    """`master`: the rendezvous address every host must reach at `master_port` ("" skips that);
+    `interfaces`: cluster.network_interface, which every host must have."""
     from concurrent.futures import ThreadPoolExecutor  # only a launch probes hosts, never a plan
 
     with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
         results = pool.map(lambda item: _check_host(item[1], python, cwd, master_port if item[0] == 0 else 0,
-                                                    master, master_port), enumerate(hosts))
+                                                    master, master_port, interfaces), enumerate(hosts))
         return [problem for found in results for problem in found]
 
 
-def _check_host(host: str, python: str, cwd: str, port: int, master: str = "",
-                master_port: int = 0) -> list[HostProblem]:
-    args = shlex.join([str(port), master, str(master_port), str(RENDEZVOUS_PROBE_TIMEOUT_S)])
+def _check_host(host: str, python: str, cwd: str, port: int, master: str = "", master_port: int = 0,
+                interfaces: str = "") -> list[HostProblem]:
+    args = shlex.join([str(port), master, str(master_port), str(RENDEZVOUS_PROBE_TIMEOUT_S), interfaces])
     remote = f"cd {shlex.quote(cwd)} && exec {shlex.quote(python)} -c {shlex.quote(_CHECK)} {args}"
     argv = [*ssh_prefix(host, "-o", f"ConnectTimeout={PREFLIGHT_CONNECT_TIMEOUT_S}"), remote]
     try:
@@ -179,6 +194,8 @@ def _check_host(host: str, python: str, cwd: str, port: int, master: str = "",
                                     "every node must reach the first host's rendezvous port: check routes and "
                                     "firewalls, or set cluster.master_addr (--master-addr) to an address of that "
                                     "host on a network every node shares"))
+    if report.get("no_interface"):
+        problems.append(interface_problem(host, report["no_interface"], report.get("interfaces", [])))
     if port and not report.get("port_free", True):
         problems.append(HostProblem(host, f"rendezvous port {port} is taken ({report.get('port_error')})",
                                     "set cluster.master_port to a free port"))

@@ -131,13 +131,17 @@ class Rendezvous:
     def endpoint(self) -> str:
         if self.standalone:
             return "standalone"
-        return f"{'static' if self.node_rank is not None else 'c10d'}://{self.master}:{self.port}"
+        return f"{'static' if self.node_rank is not None else 'c10d'}://{host_port(self.master, self.port)}"
 
 
 def _rendezvous(cluster: ClusterConfig, topology: Topology, run_dir: str, standalone: bool,
                 explicit_port: bool) -> Rendezvous:
-    """Where the nodes meet. A port the recipe sets is used as given; the default is derived per job
-    or run directory (rendezvous_port)."""
+    """Where the nodes meet. A port the recipe sets is used as given (one local node too: a c10d
+    store there instead of --standalone); the default is derived per job or run directory
+    (rendezvous_port)."""
+    if standalone and explicit_port:  # one local node on the port the recipe names, not one torchrun picks
+        return Rendezvous(False, cluster.master_addr or "localhost", cluster.master_port, _rdzv_id(run_dir),
+                          cluster.rdzv_timeout)
     master = cluster.master_addr or topology.hosts[0]
     port = cluster.master_port if explicit_port else rendezvous_port(None, topology.slurm_job_id, _rdzv_id(run_dir))
     if (topology.slurm_job_id and not explicit_port and topology.node_rank is None
@@ -147,6 +151,13 @@ def _rendezvous(cluster: ClusterConfig, topology: Topology, run_dir: str, standa
         # started one by one each derive the port, so none of them may move it.)
         port = first_free_port(port)
     return Rendezvous(standalone, master, port, _rdzv_id(run_dir), cluster.rdzv_timeout, topology.node_rank)
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 address in brackets (`[::1]:29500`) as torchrun's endpoints want it."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
 
 
 def interface_env(interfaces: str) -> dict[str, str]:
@@ -249,6 +260,39 @@ def first_free_port(start: int, tries: int = 64) -> int:
     return start
 
 
+def rendezvous_port_taken(plan: LaunchPlan) -> str:
+    """The rendezvous store's port when it would listen on this machine and something already holds
+    it ("" otherwise): another job's store there would take this job's nodes in (two jobs on one
+    port join one rendezvous). Checked at every start, --no-preflight included."""
+    import socket
+
+    port, host = plan.master_port, plan.master_addr
+    if not port or plan.node_rank not in (None, 0) or not _is_local_address(host):
+        return ""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the store binds: TIME_WAIT is free
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return f"{host}:{port}"
+    return ""
+
+
+def _is_local_address(host: str) -> bool:
+    """Whether `host` names this machine: its name, or an address of one of its interfaces (only
+    those can be bound)."""
+    import socket
+
+    if _is_this_host(host):
+        return True
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((socket.gethostbyname(host), 0))
+    except OSError:
+        return False
+    return True
+
+
 def worker_entry(start_method: str) -> list[str]:
     """How torchrun's argv names the worker. With fork, torchrun runs the file in a process forked
     from its agent (runpy), so the worker is named by path: the same installation on every node,
@@ -287,7 +331,8 @@ class TorchrunCommand:
         else:
             # c10d rendezvous assigns node ranks itself, so every node runs the same command.
             argv += [f"--nnodes={self.nodes}", "--rdzv-backend=c10d",
-                     f"--rdzv-endpoint={rendezvous.master}:{rendezvous.port}", f"--rdzv-id={rendezvous.run_id}",
+                     f"--rdzv-endpoint={host_port(rendezvous.master, rendezvous.port)}",
+                     f"--rdzv-id={rendezvous.run_id}",
                      f"--rdzv-conf=join_timeout={rendezvous.join_timeout}"]
         return [
             *argv,
@@ -308,8 +353,9 @@ def _rdzv_id(run_dir: str) -> str:
     return hashlib.sha1(run_dir.encode()).hexdigest()[:12]
 
 
-def render_plan(plan: LaunchPlan, resolved_yaml: str, taken=()) -> str:
-    """The plan as `launcher plan` prints it; `taken`: recipe values an imported config gave."""
+def render_plan(plan: LaunchPlan, resolved_yaml: str, taken=(), resume: str = "") -> str:
+    """The plan as `launcher plan` prints it; `taken`: recipe values an imported config gave;
+    `resume`: what the run does with the run directory's checkpoint."""
     lines = ["# resolved recipe", resolved_yaml.rstrip(), ""]
     if taken:
         lines += ["# taken from the configs the recipe names (one value per setting: these run)"]
@@ -320,6 +366,8 @@ def render_plan(plan: LaunchPlan, resolved_yaml: str, taken=()) -> str:
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
     lines += ["", f"# launch: engine={plan.engine}, {plan.layout}, rendezvous {plan.rendezvous}",
               f"# run dir: {plan.run_dir}"]
+    if resume:
+        lines.append(f"# resume: {resume}")
     if plan.slurm_job_id:
         lines.append(f"# slurm job: {plan.slurm_job_id}")
     if plan.secret_names:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping
@@ -53,11 +54,56 @@ def prepare(recipe_path: str, overrides: tuple[str, ...], placement: Placement =
     loaded = batch_from_config(loaded, sum(topology.procs_by_node))
     name = run_name(recipe.name, recipe_path, is_shipped(recipe_path))
     directory = placement.run_dir or default_run_dir(recipe.output_dir, name)
-    plan = build_plan(loaded, topology, str(Path(directory).absolute()), sys.executable,
-                      os.environ if environ is None else environ, os.getcwd())
+    if not placement.run_dir and not Path(directory).exists():  # a moved project finds its runs again
+        directory = _moved_run(loaded, name) or directory
+    try:
+        plan = build_plan(loaded, topology, str(Path(directory).absolute()), sys.executable,
+                          os.environ if environ is None else environ, os.getcwd())
+    except RecipeError as error:
+        error.problems = [_resume_batch_problem(p, loaded, directory, sum(topology.procs_by_node))
+                          for p in error.problems]
+        raise
     resolved = recipe_to_dict(loaded.recipe)
     resolved["cluster"]["env"] = redact_env(resolved["cluster"]["env"])
     return loaded, plan, resolved
+
+
+def _moved_run(loaded: LoadedRecipe, name: str) -> str | None:
+    from launcher.rundir.identity import Identity
+    from launcher.rundir.naming import moved_run_dir
+
+    recipe = loaded.recipe
+    if recipe.name:  # a name set in the recipe does not follow the file's path
+        return None
+    fixed = Identity.of(recipe_to_dict(recipe), getattr(loaded.recipe_module, "IDENTITY_EXEMPT", ())).fixed
+    return moved_run_dir(recipe.output_dir, name, fixed)
+
+
+def _resume_batch_problem(problem: Problem, loaded: LoadedRecipe, directory: str, world_size: int) -> Problem:
+    """A batch that does not divide on this world size, for a run directory with a checkpoint: the
+    checkpoint keeps batch.global, so the fix is another world size (the ones that work, named) or
+    another batch.micro, never another batch.global."""
+    from launcher.rundir import RunDir
+    from launcher.rundir.checkpoints import CheckpointError, find_resume_dir, read_manifest, resumable_world_sizes
+
+    batch, checkpoint = loaded.recipe.batch, loaded.recipe.checkpoint
+    if problem.path != "batch.global" or checkpoint.resume == "never":
+        return problem
+    try:
+        found = find_resume_dir(RunDir(directory).checkpoints(checkpoint.dir), checkpoint.resume)
+        meta = read_manifest(found)["meta"] if found else None
+    except (CheckpointError, OSError):
+        return problem
+    if not meta or meta.get("global_batch") != batch.global_:
+        return problem
+    sizes = resumable_world_sizes(batch.global_, batch.micro)
+    micros = [m for m in range(1, batch.global_ // world_size + 1) if batch.global_ % (m * world_size) == 0]
+    hint = (f"{found} (step {meta.get('step')}, {meta.get('world_size')} ranks) keeps batch.global="
+            f"{batch.global_}: with batch.micro={batch.micro} it resumes on "
+            f"{', '.join(map(str, sizes[:12]))}{' ...' if len(sizes) > 12 else ''} processes in all")
+    if micros:
+        hint += f"; on {world_size}, set batch.micro to one of {micros[-6:]}"
+    return dataclasses.replace(problem, hint=hint)
 
 
 def batch_problems_of_raw(raw: dict | None, placement: Placement, environ: Mapping[str, str] | None) -> list:

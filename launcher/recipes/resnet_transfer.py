@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from launcher.data.image_files import folder_image_problems
 from launcher.data.paths import path_problems
 from launcher.rundir.layout import RunDir
 
@@ -100,6 +101,12 @@ class DataConfig:
         if not 0.05 <= self.crop_scale <= 1:
             out.append(("crop_scale", "must be in [0.05, 1]", "0.08 as torchvision, larger for small images"))
         out += path_problems(source=self.source)  # found before launch, not in the ranks
+        if not out and os.path.isdir(os.path.join(self.source, "train")):
+            bad = folder_image_problems(self.source)
+            if bad:
+                out.append(("source", f"{len(bad)}{'+' if len(bad) >= 20 else ''} image file(s) cannot be read: "
+                            + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""),
+                            "remove or replace them (a re-download, or `convert`), then run again"))
         return out
 
 

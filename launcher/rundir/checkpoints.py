@@ -18,6 +18,8 @@ from pathlib import Path
 POINTER = "latest"
 MANIFEST = "manifest.json"
 CHECKSUM = "xxh3_128"
+COMMITS = ".commits"  # in the checkpoints root, a line per commit: its step directory and its manifest's checksum
+WHOLE_SUFFIX = ".full"  # step-N.full/: a sharded checkpoint's state whole, for another world size
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")  # zero-padded to 8 digits, longer past 99,999,999
 _DIGESTS = ".digests-rank"  # per-rank checksums of the files it wrote, merged into the manifest
 _HINT = "\n      HINT: "
@@ -78,6 +80,11 @@ def find_resume_dir(root: Path, resume: str) -> Path | None:
         return None
     if resume != "auto":
         path = Path(resume)
+        if path.name.endswith(WHOLE_SUFFIX):  # step-N.full: the joined form, read only through its checkpoint
+            raise CheckpointError(f"checkpoint.resume={resume} is the joined form of "
+                                  f"{path.name[:-len(WHOLE_SUFFIX)]} (written for a resume on another world "
+                                  f"size), not a checkpoint{_HINT}give checkpoint.resume="
+                                  f"{path.with_name(path.name[:-len(WHOLE_SUFFIX)])}")
         if path.is_dir() and os.path.lexists(path / POINTER) and not (path / MANIFEST).exists():
             return find_resume_dir(path, "auto")  # a checkpoints/ root was given
         if not (path / MANIFEST).is_file():
@@ -101,7 +108,8 @@ def read_manifest(directory: Path) -> dict:
     """manifest.json, checked for shape: {"meta": {"step": int, ...}, "files": {name: entry}}."""
     path = directory / MANIFEST
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise CheckpointError(f"{path} is unreadable ({type(error).__name__}: {str(error)[:120]}): the checkpoint "
                               f"cannot prove its content{_HINT}resume from an earlier checkpoint "
@@ -111,7 +119,37 @@ def read_manifest(directory: Path) -> dict:
     if not isinstance(meta, dict) or not isinstance(files, dict) or not isinstance(meta.get("step", 0), int):
         raise CheckpointError(f"{path} is not a checkpoint manifest (no meta/files){_HINT}resume from an earlier "
                               "checkpoint (checkpoint.resume=PATH/step-N), or start a new run")
+    recorded = committed_manifest_digest(directory.parent, directory.name)
+    if recorded is not None and recorded != text_digest(raw):
+        raise CheckpointError(f"{path} was changed after its checkpoint was committed (its {CHECKSUM} differs from "
+                              f"the one recorded in {directory.parent / COMMITS}): it can no longer vouch for the "
+                              f"files{_HINT}restore it, or resume from an earlier checkpoint "
+                              "(checkpoint.resume=PATH/step-N)")
     return data
+
+
+def text_digest(data: bytes) -> str:
+    import xxhash
+
+    return xxhash.xxh3_128(data).hexdigest()
+
+
+def committed_manifest_digest(root: Path, name: str) -> str | None:
+    """The checksum the commit of root/name recorded for its manifest (the last commit of that
+    name); None for a checkpoint committed before the record existed, or copied from elsewhere."""
+    try:
+        lines = (root / COMMITS).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    found = None
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if isinstance(entry, dict) and entry.get("step_dir") == name and isinstance(entry.get("manifest"), str):
+            found = entry["manifest"]
+    return found
 
 
 def file_problems(directory: Path, manifest: dict, rank: int = 0, world_size: int = 1,
@@ -170,8 +208,45 @@ def file_digest(path: Path) -> str:
 
 @dataclass(frozen=True)
 class ResumePoint:
+    """A committed checkpoint a run will resume from, and the layout that wrote it."""
+
     directory: Path
     step: int
+    world_size: int = 0  # 0: a checkpoint older than the record of it
+    backend: str = ""  # "ZeRO-3", "FSDP", "DDP"
+    sharded: bool = False  # cut per rank (ZeRO-1/2/3): another world size loads its whole form
+
+    @classmethod
+    def of(cls, directory: Path, meta: dict) -> ResumePoint:
+        stage = int(meta.get("zero_stage") or 0)
+        deepspeed = meta.get("backend") == "deepspeed"
+        label = f"ZeRO-{stage}" if deepspeed else str(meta.get("strategy") or meta.get("backend") or "").upper()
+        return cls(directory, int(meta.get("step", 0)), int(meta.get("world_size") or 0), label,
+                   deepspeed and stage > 0)
+
+    def sentence(self, world_size: int) -> str:
+        """What a run on `world_size` ranks does with it, in the plan's words."""
+        written = f"{self.world_size}-rank " if self.world_size else ""
+        head = f"resumes the {written}{self.backend + ' ' if self.backend else ''}checkpoint of step {self.step}"
+        if not self.world_size or self.world_size == world_size:
+            return f"{head} from {self.directory}"
+        ranks = f"on {world_size} rank{'s' if world_size != 1 else ''}"
+        if not self.sharded:
+            how = "(resharded)" if self.backend == "FSDP" else "(its whole state on every rank)"
+            return f"{head} {ranks} {how} from {self.directory}"
+        whole = self.directory.with_name(self.directory.name + WHOLE_SUFFIX)
+        joined = f"its shards joined in {whole.name}" if (whole / MANIFEST).is_file() else \
+            f"its shards joined once into {whole.name}, kept for later resumes"
+        return f"{head} {ranks} (resharded) from {self.directory}; {joined}"
+
+
+def resumable_world_sizes(global_batch: int, micro: int, limit: int = 4096) -> list[int]:
+    """The world sizes on which a checkpoint with this batch resumes: global = micro x accumulation
+    x world size, the global batch kept (the sample position depends on it)."""
+    if global_batch % micro:
+        return []
+    per_micro = global_batch // micro
+    return [w for w in range(1, min(per_micro, limit) + 1) if per_micro % w == 0]
 
 
 def trained_step(run, checkpoint_dirs: list[str]) -> int:
@@ -207,4 +282,4 @@ def resume_point(run, checkpoint_dir: str, resume: str, train_steps: int, traine
         raise CheckpointError(
             f"{directory} is at step {step}, past train.steps={train_steps}: there is nothing to train\n"
             "      HINT: raise train.steps (with --allow-schedule-change), or start a new run")
-    return ResumePoint(directory, step)
+    return ResumePoint.of(directory, manifest["meta"])

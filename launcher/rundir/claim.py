@@ -13,6 +13,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from launcher.rundir.identity import Change, Identity
 from launcher.rundir.layout import RunDir, foreign_entries, is_legacy_run_dir
@@ -20,6 +21,9 @@ from launcher.rundir.lock import LockHeld, RunLock, describe_holder
 
 FORMAT = 1
 ALLOW_FLAG = "--allow-schedule-change"
+# In a checkpoint directory: the run directory whose checkpoints it holds, and that run's identity.
+# checkpoint.dir may point anywhere, so two run directories could otherwise share one.
+OWNER = ".owner.json"
 # How long a new launcher waits for the stopping processes of a killed one (torchrun's ranks
 # commit a checkpoint on SIGTERM; the launcher gives them 30 s before SIGKILL).
 ORPHAN_WAIT_S = 90.0
@@ -45,6 +49,7 @@ class Claim:
     changes: list[Change] = field(default_factory=list)
     created: bool = False  # the directory did not exist before this claim
     committed: bool = False
+    checkpoint_root: Path | None = None  # marked as this run's when committed (check_checkpoint_owner)
 
     @property
     def lock_fd(self) -> int | None:
@@ -61,6 +66,8 @@ class Claim:
         tmp = self.run.identity.with_name("run.json.tmp")
         tmp.write_text(json.dumps(new, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, self.run.identity)
+        if self.checkpoint_root is not None and not _inside(self.checkpoint_root, self.run.root):
+            _write_owner(self.checkpoint_root, self.run, self.identity)
         self.committed = True
 
     def release(self) -> None:
@@ -139,6 +146,56 @@ def check_run_dir(run: RunDir, identity: Identity, trained_step: int, allow_sche
             f"to continue this run with the new values on purpose, add {ALLOW_FLAG} (train.steps, optimizer "
             "and scheduler keys; run.json keeps the history); or start a new run (name: or --run-dir)")
     return schedule
+
+
+def check_checkpoint_owner(run: RunDir, root: Path, identity: Identity) -> None:
+    """Read-only: RunDirError when the checkpoint directory `root` holds another run's checkpoints
+    (another experiment's, or the same experiment's in a run directory that still exists: both
+    would write and resume the same steps). A run directory that moved away takes them over."""
+    from launcher.rundir.checkpoints import committed_steps
+
+    if _inside(root, run.root):  # RUN_DIR/checkpoints (the default): this run directory's by construction,
+        return  # a copy of the directory included
+    owner = _read_owner(root)
+    if owner is None or not committed_steps(root):
+        return
+    other = Path(str(owner.get("run_dir") or ""))
+    if other == run.root.resolve():
+        return
+    fixed, _ = Identity(dict(owner.get("fixed") or {}), {}).changes(identity)
+    if not fixed and not (other / "run.json").exists():
+        return  # this experiment's checkpoints, whose run directory is gone (a moved project)
+    what = (f"another experiment, the run {other}; this run differs in\n        "
+            + "\n        ".join(c.render() for c in fixed)) if fixed else \
+        f"the run {other}, which still exists: both would write and resume the same steps"
+    raise RunDirError(f"checkpoint.dir {root} holds the checkpoints of {what}",
+                      f"give this run its own checkpoint.dir (unset, it is RUN_DIR/checkpoints), or continue "
+                      f"{other} itself (--run-dir {other})")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    resolved, base = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    return resolved == base or base in resolved.parents
+
+
+def _read_owner(root: Path) -> dict | None:
+    try:
+        owner = json.loads((root / OWNER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _write_owner(root: Path, run: RunDir, identity: Identity) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / (OWNER + ".tmp")
+        tmp.write_text(json.dumps({"run_dir": str(run.root.resolve()), "fixed": identity.fixed}, indent=1,
+                                  ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, root / OWNER)
+    except OSError as error:
+        raise RunDirError(f"{root}: cannot write to the checkpoint directory ({error.strerror})",
+                          "choose a writable checkpoint.dir") from None
 
 
 def read_record(run: RunDir) -> dict | None:

@@ -47,3 +47,31 @@ def run_name(recipe_name: str, recipe_path: str, shipped: bool = False) -> str:
 def default_run_dir(output_dir: str, name: str) -> str:
     # Stable per recipe: re-running the same command (or a Slurm requeue) finds its checkpoints.
     return str(Path(output_dir) / name)
+
+
+def moved_run_dir(output_dir: str, name: str, fixed: dict) -> str | None:
+    """The run directory this recipe had before its project moved: the hash in `name` follows the
+    recipe file's path, so after `mv projA projB` the same command would find a new, empty one.
+    A sibling `<stem>-<hash>` whose run.json records a recipe file that no longer exists and the
+    same experiment (identity.py's fixed keys) is that run; None when there is none, or more."""
+    import json
+
+    stem, _, digest = name.rpartition("-")
+    if not stem or len(digest) != 8:
+        return None
+    found = []
+    for candidate in Path(output_dir).glob(f"{glob_escape(stem)}-*"):
+        if candidate.name == name or not re.fullmatch(re.escape(stem) + r"-[0-9a-f]{8}", candidate.name):
+            continue
+        try:
+            record = json.loads((candidate / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        recorded = record.get("recipe_file") if isinstance(record, dict) else None
+        if recorded and not Path(recorded).exists() and record.get("fixed") == fixed:
+            found.append(str(candidate))
+    return found[0] if len(found) == 1 else None
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)

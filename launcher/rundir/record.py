@@ -14,9 +14,11 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from launcher.rundir.checkpoints import text_digest
 from launcher.rundir.layout import RunDir
 from launcher.secrets import REDACTED, is_secret_name, redact_env
 
+RECIPE_CHECKSUM = "recipe_xxh3_128"  # in plan.json: recipe.yaml's checksum as this launch wrote it
 _TRACKED_PACKAGES = ("torch", "deepspeed", "accelerate", "transformers", "wandb", "launcher")
 
 
@@ -27,9 +29,28 @@ def write_run_dir(run: RunDir, resolved: dict, plan: dict) -> None:
     shutil.rmtree(run.agent_errors, ignore_errors=True)
     run.failure.unlink(missing_ok=True)
     run.secrets.unlink(missing_ok=True)  # a killed launcher's: the lock says no job of this run is running
-    write_atomic(run.recipe, resolved_recipe_text(resolved))
-    write_atomic(run.plan, plan_json(plan))
+    text = resolved_recipe_text(resolved)
+    write_atomic(run.recipe, text)
+    # The recipe's checksum beside the plan: every rank start (torchrun's restarts too) checks that
+    # recipe.yaml is still what this launch planned and recorded (recipe_unchanged).
+    write_atomic(run.plan, plan_json({**plan, RECIPE_CHECKSUM: text_digest(text.encode())}))
     write_atomic(run.environment, json.dumps(environment_record(), indent=2) + "\n")
+
+
+def recipe_changed(run: RunDir) -> str:
+    """"" when RUN_DIR/recipe.yaml is what the launcher wrote for this job; else why a rank must not
+    train from it (an edit under a running job would train values run.json does not show)."""
+    try:
+        recorded = json.loads(run.plan.read_text(encoding="utf-8")).get(RECIPE_CHECKSUM)
+        actual = text_digest(run.recipe.read_bytes())
+    except (OSError, ValueError, AttributeError):
+        return ""  # unreadable: loading the recipe says so, with its own error
+    if recorded is None or recorded == actual:
+        return ""
+    return (f"{run.recipe} was changed after this job was launched (its checksum is not the one in {run.plan}): "
+            "the ranks would train values that run.json and the tracker do not show\n      HINT: restore it, or "
+            "edit the recipe file you launched and run `launcher run` again (a change of the experiment is "
+            "refused there, a schedule change recorded with --allow-schedule-change)")
 
 
 def plan_json(data: dict) -> str:

@@ -17,6 +17,7 @@ a truncated, zeroed, bit-flipped or unlisted file is a hard error naming it, nev
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -26,14 +27,18 @@ from pathlib import Path
 
 from launcher.rundir.checkpoints import (
     CHECKSUM,
+    COMMITS,
     MANIFEST,
     POINTER,
+    WHOLE_SUFFIX,
     CheckpointError,
     committed_steps,
     file_digest,
     step_dir_name,
+    text_digest,
 )
 
+_HINT = "\n      HINT: "
 _DIGESTS = ".digests-rank"  # per-rank checksums of the files it wrote, merged into the manifest
 
 _OVERLAP_BYTES = 1 << 20  # chunks this large are hashed on a helper thread while they are written
@@ -149,6 +154,33 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
         self.barrier()
+        try:
+            return self._write_and_commit(step, meta, write_shards, tmp, final)
+        except Exception as error:  # out of space, a quota, a dead mount: this step is not committed
+            cause = _os_error_in(error)  # torch.save reports a failed write as a RuntimeError
+            if cause is None:
+                raise
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise self._not_committed(step, cause, tmp) from None
+
+    def _not_committed(self, step: int, error: OSError, tmp: Path) -> CheckpointError:
+        committed = committed_steps(self.root)
+        kept = f"{committed[-1][1].name} is intact and a resume starts there" if committed else \
+            "no earlier checkpoint exists"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            usage = shutil.disk_usage(self.root)
+            last = sum(p.stat().st_size for p in committed[-1][1].rglob("*") if p.is_file()) if committed else 0
+            need = f"; the last checkpoint took {_size(last)}" if last else ""
+            return CheckpointError(
+                f"no space left in {self.root} ({_size(usage.free)} free of {_size(usage.total)}{need}): the "
+                f"checkpoint of step {step} was not committed; {kept}{_HINT}free space there, or set "
+                "checkpoint.dir on a larger file system, then run the same command")
+        return CheckpointError(f"writing the checkpoint of step {step} in {tmp} failed ({error.strerror or error}): "
+                               f"it was not committed; {kept}{_HINT}check that {self.root} is writable and "
+                               "mounted, then run the same command")
+
+    def _write_and_commit(self, step: int, meta: dict, write_shards, tmp: Path, final: Path) -> Path:
         files = CheckpointFiles(tmp)
         write_shards(files)
         save_rank_state(files, self.rank)
@@ -157,7 +189,12 @@ class CheckpointManager:
         self.barrier()
         if self.rank == 0:
             listed = _manifest_files(tmp)
-            _write_atomic(tmp / MANIFEST, json.dumps({"meta": meta, "files": listed}, indent=1))
+            manifest = json.dumps({"meta": meta, "files": listed}, indent=1)
+            _write_atomic(tmp / MANIFEST, manifest)
+            # The manifest's own checksum, kept outside the step directory: an edited manifest (an
+            # entry dropped, a checksum replaced) cannot vouch for files it no longer describes.
+            _append_line(self.root / COMMITS, json.dumps({"step_dir": final.name,
+                                                          "manifest": text_digest(manifest.encode())}))
             if final.exists():  # an earlier attempt committed this step already; ours replaces it
                 shutil.rmtree(final)
             os.rename(tmp, final)
@@ -171,6 +208,7 @@ class CheckpointManager:
         committed = [p for _, p in committed_steps(self.root)]
         for path in committed[: max(0, len(committed) - self.keep_last)]:
             if path.name != keep:
+                shutil.rmtree(path.with_name(path.name + WHOLE_SUFFIX), ignore_errors=True)  # its whole form first
                 shutil.rmtree(path, ignore_errors=True)
         for stale in self.root.glob(".tmp-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -202,6 +240,30 @@ def _manifest_files(tmp: Path) -> dict[str, dict]:
                               "bug in a backend's save (every file must go through CheckpointFiles); the previous "
                               "checkpoint is intact")
     return files
+
+
+def write_whole_form(directory: Path, target: Path, backend, rank: int, world_size: int, barrier) -> None:
+    """The backend's whole form of a committed checkpoint (runtime/resume.py), written by all ranks
+    as a step directory is: each its part into a temporary directory through CheckpointFiles, then
+    rank 0 merges their checksums into a manifest and renames it into place (collective)."""
+    tmp = target.with_name(f".tmp-{target.name}")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    files = CheckpointFiles(tmp)
+    backend.write_full_form(str(directory), files, rank, world_size)
+    _write_atomic(tmp / f"{_DIGESTS}{rank:05d}.json", json.dumps(files.digests))
+    _fsync_tree(tmp, rank)
+    barrier()
+    if rank == 0:
+        listed = _manifest_files(tmp)
+        _write_atomic(tmp / MANIFEST, json.dumps({"meta": {"whole_form_of": directory.name, "parts": world_size},
+                                                  "files": listed}, indent=1))
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(tmp, target)
+        _fsync_dir(target.parent)
+    barrier()
 
 
 def save_rank_state(files: CheckpointFiles, rank: int) -> None:
@@ -238,6 +300,32 @@ def load_rank_state(directory: Path, rank: int) -> bool:
 def _tupled_to_lists(value):
     version, internal, gauss = value
     return version, list(internal), gauss
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The OSError an exception was raised from or while handling, however deep (None: none)."""
+    for _ in range(16):
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+        if error is None:
+            return None
+    return None
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def _append_line(path: Path, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -55,15 +55,13 @@ class Stopped(Exception):
 def train(recipe, task: Task, backend, math: BatchMath, env: DistEnv, run_dir: str, startup: StartupClock) -> None:
     _prepare(recipe, task, backend)
     startup.mark("prepare_s")
-    # From here on each rank draws its own randomness (dropout, masking).
-    torch.manual_seed((recipe.seed * 100_003 + env.rank + 1) % 2**64)  # torch takes 64 bits
     root = RunDir(run_dir).checkpoints(recipe.checkpoint.dir)
     checkpoints = ckpt.CheckpointManager(str(root), recipe.checkpoint.keep_last, env.rank, barrier)
-    start_step, warnings, meta = restore(recipe, root, backend, env)
+    start_step, records, meta = restore(recipe, root, backend, env)
     main = env.rank == 0
     log = MetricsLog(RunDir(run_dir).metrics, main, start_step)
-    for warning in warnings:
-        log.write({"step": start_step, "warning": warning})
+    for record in records:
+        log.write({"step": start_step, **record})
     if env.attempt and main:  # torchrun restarted the group after a failure (cluster.max_restarts)
         log.write({"step": start_step, "event": "restart", "attempt": env.attempt, "resumed_from_step": start_step})
         emit(f"restart {env.attempt} of cluster.max_restarts={recipe.cluster.max_restarts}: "
@@ -138,6 +136,9 @@ def _loop(run: Run) -> None:
     own_schedule = recipe.scheduler.name == "deepspeed"  # the DeepSpeed config's scheduler sets the LR
     for step in range(run.start_step, run.end_step):
         arm_stall_dump(stall_s)  # a step that never ends leaves this rank's stacks in its log
+        # Each rank's randomness (dropout) is a function of the global step and the rank: a resume, on
+        # any world size, draws what an uninterrupted run on that size draws.
+        torch.manual_seed(step_seed(recipe.seed, step, run.env.rank))
         waiting = time.perf_counter()
         micro_batches = [next(batches) for _ in range(run.math.accumulation)]
         interval.timing.waited_for_data(time.perf_counter() - waiting)
@@ -355,6 +356,11 @@ def _export(run: Run) -> None:
         barrier()
     if run.main and run.recipe.tracking.log_model and task.export is not None:
         run.tracker.log_model(str(RunDir(run.run_dir).export), f"model-{Path(run.run_dir).name}")
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one rank's step (torch takes 64 bits)."""
+    return (seed * 1_000_003 + step * 100_003 + rank + 1) % 2**64
 
 
 def _check_whole(state: dict) -> None:

@@ -8,6 +8,7 @@ come from the engine's environment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -30,12 +31,67 @@ def main(argv: list[str] | None = None) -> int:
 
     from launcher.config.load import load_recipe
     from launcher.rundir.layout import RunDir
+    from launcher.rundir.record import recipe_changed
     from launcher.runtime.dist import from_environment
 
     env = from_environment()
-    loaded = load_recipe(RunDir(args.run_dir).recipe)
     _record_rank(args.run_dir, env, forked=_forked(), torch_preloaded=torch_preloaded)
-    return _run_rank(loaded, args.run_dir, env)
+    changed = recipe_changed(RunDir(args.run_dir))
+    if changed:  # each start checks, a restart by torchrun too: never train from an edited recipe
+        return _refuse_start(changed, env)
+    loaded = load_recipe(RunDir(args.run_dir).recipe)
+    status = _run_rank(loaded, args.run_dir, env)
+    if status == 0 and env.rank == 0:  # past the last barrier: every rank finished its part
+        _record_rank(args.run_dir, env, forked=_forked(), torch_preloaded=torch_preloaded, finished=True)
+    return status
+
+
+def _context_of_type(error: BaseException, kind: type) -> BaseException | None:
+    """The exception of `kind` that `error` was raised while handling, however deep."""
+    seen = 0
+    while error is not None and seen < 16:
+        if isinstance(error, kind):
+            return error
+        error, seen = error.__context__, seen + 1
+    return None
+
+
+def _checkpoint_failed(error: Exception, env) -> int:
+    _write_error_file(f"checkpoint error: {error}")  # first: on a full disk, stderr (a file) may fail too
+    _to_stderr(f"rank {env.rank}: checkpoint error: {error}")
+    return 3
+
+
+def _refuse_start(message: str, env) -> int:
+    """A rank that must not train: its reason on stderr and in torchrun's error file, exit status 2."""
+    _write_error_file(message)
+    _to_stderr(f"rank {env.rank}: {message}")
+    return 2
+
+
+def _to_stderr(text: str) -> None:
+    with contextlib.suppress(OSError):  # the rank's log file, on a full disk
+        print(text, file=sys.stderr, flush=True)
+
+
+def _write_error_file(message: str) -> None:
+    """A failure we can name, without a traceback, in torchrun's error file (its ErrorHandler's format):
+    the launcher's failure summary names the rank that wrote it first, and its message."""
+    import json
+
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
+    if not error_file:
+        return
+    partial = error_file + ".tmp"
+    try:  # whole or not at all: torchrun's agent cannot parse half a file
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump({"message": {"message": message, "extraInfo": {"py_callstack": "",
+                                                                     "timestamp": str(int(time.time()))}}}, handle)
+        os.replace(partial, error_file)
+    except OSError:  # the log directory's disk is full too; torch's own record() may have left an
+        for path in (partial, error_file):  # empty file there, which its agent cannot parse
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _run_rank(loaded, run_dir: str, env) -> int:
@@ -57,8 +113,7 @@ def _run_rank(loaded, run_dir: str, env) -> int:
         record(_build_and_train)(loaded, run_dir, env)
         clean = True
     except CheckpointError as error:
-        print(f"rank {env.rank}: checkpoint error: {error}", file=sys.stderr, flush=True)
-        return 3
+        return _checkpoint_failed(error, env)
     except NonFinite as error:
         clean = True  # every rank stops at the same agreed step
         print(f"rank {env.rank}: {error}", file=sys.stderr, flush=True)
@@ -67,6 +122,9 @@ def _run_rank(loaded, run_dir: str, env) -> int:
         clean = True
         return 128 + stopped.signum  # the conventional status of a process ended by that signal
     except Exception as error:
+        cause = _context_of_type(error, CheckpointError)
+        if cause is not None:  # torch's record() could not write its file (a full disk): ours is the failure
+            return _checkpoint_failed(cause, env)
         if group_ready and env.world_size > 1 and stuck.is_collective_timeout(error):
             print(stuck.describe(env, timeout_s, stuck.missing_ranks(env)), file=sys.stderr, flush=True)
             return 4  # no barrier on the way out: a peer is stuck

@@ -72,6 +72,10 @@ def resolve_job(target: str) -> tuple[str, Path | None]:
     parent = submitted_jobs(run_dir.parent)[-1:] if task else []
     if parent and int(task.group(1)) < parent[0].get("array_tasks", 0):
         return f"{parent[0]['job_id']}_{task.group(1)}", run_dir
+    if not run_dir.is_dir():
+        raise SlurmError(f"{target}: {'no such directory' if not run_dir.exists() else 'a file'}, not a run "
+                         "directory or a Slurm job id\n      HINT: give a run directory (`launcher ls` lists the "
+                         "shipped recipes; runs are under output_dir) or a job id")
     raise SlurmError(f"{target}: no job was submitted from this run directory (no {RunDir(run_dir).jobs})")
 
 

@@ -71,12 +71,30 @@ def slurm_job_name(run_name: str) -> str:
 
 
 def sweep_tasks(sweeps: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """`a=1,2` x `b=x,y` -> [(a=1, b=x), (a=1, b=y), (a=2, b=x), (a=2, b=y)]."""
+    """`a=1,2` x `b=x,y` -> [(a=1, b=x), (a=1, b=y), (a=2, b=x), (a=2, b=y)]; a quoted value keeps
+    its commas (`name='a,b',c`: two values)."""
     axes = []
     for sweep in sweeps:
         key, _, values = sweep.partition("=")
-        axes.append([f"{key}={v}" for v in values.split(",")])
+        axes.append([f"{key}={v}" for v in split_values(values)])
     return [tuple(combo) for combo in itertools.product(*axes)] if axes else []
+
+
+def split_values(text: str) -> list[str]:
+    """A sweep axis's values: split at the commas outside quotes ('...' or "...", as YAML reads them)."""
+    values, current, quote = [], [], ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == ",":
+            values.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    values.append("".join(current))
+    return values
 
 
 def check_options(options: SlurmOptions) -> list[Problem]:
@@ -96,7 +114,7 @@ def check_options(options: SlurmOptions) -> list[Problem]:
                                     "write --option=value, e.g. --sbatch --qos=high"))
     for sweep in options.sweeps:
         key, sep, values = sweep.partition("=")
-        if not sep or not key or not values or any(not v for v in values.split(",")):
+        if not sep or not key or not values or any(not v for v in split_values(values)):
             problems.append(Problem("--sweep", f"{sweep!r} is not KEY=V1,V2,...",
                                     "e.g. --sweep optimizer.lr=1e-3,3e-4"))
         elif is_secret_name(key.rsplit(".", 1)[-1]):

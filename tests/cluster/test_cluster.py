@@ -43,8 +43,8 @@ def _ids(run_dir: Path, rank: int) -> list[str]:
     return (run_dir / f"ids-rank{rank}.txt").read_text().splitlines()
 
 
-def _submit(cluster, recipe: Path, run_dir: Path, *extra: str) -> str:
-    done = subprocess.run(["launcher", "submit", str(recipe), "--nodes", "2", "--nproc", "1", "--time", "10",
+def _submit(cluster, recipe: Path, run_dir: Path, *extra: str, nodes: int = 2) -> str:
+    done = subprocess.run(["launcher", "submit", str(recipe), "--nodes", str(nodes), "--nproc", "1", "--time", "10",
                            "--run-dir", str(run_dir), *extra], cwd=ROOT, env=cluster.env(), capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -166,6 +166,34 @@ def test_cancelled_job_commits_a_checkpoint_and_a_resubmission_resumes_it_exactl
     assert _ids(run_dir, 0) == _ids(local, 0) and _ids(run_dir, 1) == _ids(local, 1)
 
 
+def test_a_zero2_job_of_two_slurm_nodes_continues_on_one(cluster, tmp_path):
+    """docs/faults.md 22 on Slurm: a ZeRO-2 job on 2 nodes stops with its checkpoint; the same recipe
+    submitted with --nodes 1 continues it (the shards joined once, each rank taking its part), and
+    from there every step equals an uninterrupted 1-node run's, on the same samples."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("dropout: 0.1", "dropout: 0.0"))
+    zero2 = ["backend.name=deepspeed", "backend.zero_stage=2"]
+    run_dir = tmp_path / "run"
+    first = _submit(cluster, recipe, run_dir, *zero2, "train.stop_after_steps=8")
+    assert _wait_job(cluster, first) == "COMPLETED"
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-00000008"
+    second = _submit(cluster, recipe, run_dir, *zero2, nodes=1)
+    assert _wait_job(cluster, second) == "COMPLETED"
+    log = "".join(p.read_text() for p in (run_dir / "slurm").glob("*.out"))
+    assert "resumes the 2-rank ZeRO-2 checkpoint of step 8 on 1 rank (resharded)" in log, log[-3000:]
+    warnings = [r["warning"] for r in metrics(run_dir) if "warning" in r]
+    assert warnings == ["resumed a 2-rank checkpoint on 1 rank (resharded): the data position, the LR schedule "
+                        "and the random streams follow the global step"], (warnings, log[-2000:])
+    local = tmp_path / "local"
+    assert launch(recipe, local, *zero2, nproc=1).returncode == 0
+    reference = {r["step"]: r for r in train_records(local)}
+    records = train_records(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 25))
+    for record in records[8:]:
+        assert record["loss"] == pytest.approx(reference[record["step"]]["loss"], rel=1e-5)
+    # The ledger: rank 0 wrote 2 micro-batches per step on 2 nodes (16 = 4 x 2 x 2), then 4 alone.
+    assert _ids(run_dir, 0)[8 * 2:] == _ids(local, 0)[8 * 4:]
+
+
 def test_sweep_runs_one_array_task_per_value_and_a_task_dir_cancels_only_its_task(cluster, tmp_path):
     """`launcher submit --sweep`: a Slurm job array; task i trains with the i-th value into
     RUN_DIR/task-i. `launcher cancel RUN_DIR/task-1` stops that task only (with a checkpoint at its
@@ -273,6 +301,20 @@ def test_unreachable_host_fails_preflight_naming_it(cluster, tmp_path):
     proc = _hostfile_run(cluster, recipe, tmp_path / "never", hostfile)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "node9" in output and "pre-flight" in output
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_network_interface_a_node_lacks_fails_preflight_naming_each_host_and_what_it_has(cluster, tmp_path):
+    """Issue 32: a cluster.network_interface that does not exist crashed the ranks in gloo after start
+    ("crash outside Python"). Every host is asked before anything starts."""
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
+    proc = _hostfile_run(cluster, recipe, tmp_path / "never", cluster.hostfile(tmp_path / "hosts"),
+                         "cluster.network_interface=ib7")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, output[-3000:]
+    lines = [line.strip() for line in output.splitlines() if "no network interface ib7" in line]
+    assert sorted(line.split(":")[0] for line in lines) == ["host1", "host2"], output
+    assert all("this host has" in line and "lo" in line for line in lines)
     assert not (tmp_path / "never").exists()
 
 

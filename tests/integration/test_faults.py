@@ -136,7 +136,7 @@ def test_signals_during_a_save_wait_for_it_and_never_start_a_second_one(tmp_path
     assert "stopped by SIGTERM after step 5" in output
     checkpoints = run_dir / "checkpoints"
     assert (checkpoints / "latest").read_text().strip() == "step-00000005"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000005"]  # one save, no tmp
+    assert sorted(p.name for p in checkpoints.iterdir()) == [".commits", "latest", "step-00000005"]
     assert max(r["step"] for r in metrics(run_dir) if "loss" in r) == 5
     assert _processes_mentioning(str(run_dir)) == []
 
@@ -167,7 +167,8 @@ class _Exploit:
 ], ids=["accelerate-model", "deepspeed-model"])
 def test_malicious_pickle_in_a_checkpoint_never_runs(tmp_path, engine, shard):
     import json
-    import pickle
+
+    from launcher.rundir.checkpoints import CHECKSUM, file_digest
 
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("step_delay: 0.1", "step_delay: 0.0"))
     run_dir = tmp_path / "run"
@@ -175,10 +176,12 @@ def test_malicious_pickle_in_a_checkpoint_never_runs(tmp_path, engine, shard):
     assert first.returncode == 0, first.stderr[-2000:]
     checkpoint = run_dir / "checkpoints" / "step-00000005"
     sentinel = tmp_path / "SENTINEL"
-    (checkpoint / shard).write_bytes(pickle.dumps({"weight": _Exploit(sentinel)}))
+    torch.save({"weight": _Exploit(sentinel)}, checkpoint / shard)  # torch's own format, a pickle inside
     manifest = json.loads((checkpoint / "manifest.json").read_text())
-    manifest["files"][shard] = (checkpoint / shard).stat().st_size  # a "valid" forged shard
+    manifest["files"][shard] = {"size": (checkpoint / shard).stat().st_size,  # a "valid" forged shard
+                                CHECKSUM: file_digest(checkpoint / shard)}
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    (checkpoint.parent / ".commits").unlink()  # a checkpoint from elsewhere: no record of its commit to check
     resumed = launch(recipe, run_dir, *engine, nproc=1)
     assert resumed.returncode != 0  # refused (weights_only loading), not executed
     assert not sentinel.exists()
@@ -227,6 +230,30 @@ def test_sigkilled_rank_restarts_from_checkpoint_bitwise_equal(tmp_path):
     a, b = exported_state(whole), exported_state(crashed)
     assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise: no sample lost or counted twice
     assert _processes_mentioning(str(crashed)) == []
+
+
+def test_a_recipe_edited_under_a_running_job_is_refused_at_the_restart_not_trained(tmp_path):
+    """Issue 32: RUN_DIR/recipe.yaml edited while the job runs (lr 0.5) used to be what torchrun's
+    restart trained with, while run.json still showed the old values."""
+    import yaml
+
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
+    run_dir = tmp_path / "run"
+    job = subprocess.Popen(["launcher", "run", str(recipe), "--nproc", "2", "--run-dir", str(run_dir),
+                            "cluster.max_restarts=1", "data.fault=sigkill", "data.fault_rank=1",
+                            "data.fault_after_batches=21"], cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)  # rank 1 killed mid step 11
+    wait_for_step(run_dir, 2, proc=job)
+    edited = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    edited["optimizer"]["lr"] = 0.5
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(edited))
+    output = job.communicate(timeout=300)[0]
+    assert job.returncode != 0
+    assert f"{run_dir / 'recipe.yaml'} was changed after this job was launched" in output
+    summary = output.split("launcher: job failed after 2 attempt(s)")[1]  # the summary names the refusal
+    assert "was changed after this job was launched" in summary.split("last lines of")[0]
+    assert max(r["step"] for r in train_records(run_dir)) <= 10  # nothing trained after the restart
+    assert _attempt_dirs(run_dir) == {"attempt_0", "attempt_1"}
 
 
 def test_rank_that_always_fails_gets_max_restarts_plus_one_attempts_and_a_summary(tmp_path):
@@ -314,8 +341,8 @@ def test_resume_on_another_world_size_keeps_the_state_data_order_and_lr(tmp_path
     assert second.returncode == 0, second.stderr[-3000:]
 
     warnings = [r["warning"] for r in metrics(moved) if "warning" in r]
-    assert warnings == ["resuming a 2-process checkpoint on 1 processes: data order is preserved "
-                        "(it depends on the global step), per-rank RNG streams are new"]
+    assert warnings == ["resumed a 2-rank checkpoint on 1 rank: the data position, the LR schedule and the "
+                        "random streams follow the global step"]
     records = train_records(moved)
     assert [r["step"] for r in records] == list(range(1, 13))  # no step repeated or lost
     reference = {r["step"]: r for r in train_records(whole)}
@@ -328,21 +355,6 @@ def test_resume_on_another_world_size_keeps_the_state_data_order_and_lr(tmp_path
     assert _per_step_samples([after_resume], 4) == whole_steps[4:]
     a, b = exported_state(whole), exported_state(moved)
     assert max_relative_difference(a, b) < 1e-4
-
-
-def test_resume_of_a_zero_sharded_checkpoint_on_another_world_size_is_refused_with_the_conversion(tmp_path):
-    """docs/faults.md 10 with sharded state (DeepSpeed ZeRO-2): a clear refusal naming the conversion."""
-    recipe = write_recipe(tmp_path / "r.yaml", FAULT_RECIPE)
-    run_dir = tmp_path / "run"
-    zero2 = ["backend.name=deepspeed", "backend.zero_stage=2"]
-    assert launch(recipe, run_dir, *zero2, "train.stop_after_steps=4", nproc=2).returncode == 0
-    result = launch(recipe, run_dir, *zero2, nproc=1)
-    assert result.returncode != 0
-    text = result.stderr + result.stdout
-    assert "was written by 2 processes with ZeRO-2, this run has 1" in text
-    assert "ds_to_universal.py" in text
-    assert not [r for r in metrics(run_dir) if r.get("step", 0) > 4 and "loss" in r]  # nothing trained after
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-00000004"  # nothing lost
 
 
 # cluster.start_method=fork: the ranks are forked from torchrun's agent (torch already imported).
@@ -403,3 +415,33 @@ def test_a_forked_rank_that_raises_is_summarised_with_its_traceback_in_its_log(t
     (log,) = (run_dir / "logs" / "torchrun").glob("*/attempt_0/1/stderr.log")
     assert "Traceback (most recent call last)" in log.read_text() and "injected failure" in log.read_text()
     assert _processes_mentioning(str(run_dir)) == []
+
+
+def test_a_full_disk_during_a_save_is_one_clear_failure_and_the_run_resumes_once_there_is_space(tmp_path):
+    """Issue 32: a full disk mid-save gave about 100 lines of tracebacks, the launcher died writing
+    failure.json and a .tmp-step-* directory stayed. The run directory lives on a 5 MiB tmpfs
+    (a user and mount namespace: `unshare`, no root needed) where the second checkpoint cannot fit."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    run_dir = mount / "run"
+    command = ["launcher", "run", "mlp-tiny", "--nproc", "2", "--run-dir", str(run_dir), "model.hidden=512",
+               "train.steps=40", "checkpoint.every_steps=10", "scheduler.warmup_steps=1", "train.eval_every=0"]
+    script = f"""
+mount -t tmpfs -o size=5m tmpfs {mount}
+{' '.join(command)} > {tmp_path / 'full.out'} 2>&1; echo $? > {tmp_path / 'full.rc'}
+ls -a {run_dir / 'checkpoints'} > {tmp_path / 'left.txt'}
+mount -o remount,size=64m {mount}
+{' '.join(command)} > {tmp_path / 'again.out'} 2>&1; echo $? > {tmp_path / 'again.rc'}
+"""
+    subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], cwd=ROOT,
+                   env=launcher_env(), timeout=600, check=True)
+    full = (tmp_path / "full.out").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() == "1"
+    assert "checkpoint error: no space left in" in full and "step-00000010 is intact" in full
+    assert "Traceback" not in full and "could not record the failure" not in full
+    assert len(full.splitlines()) < 40, full  # the step lines, the error, the summary
+    assert sorted((tmp_path / "left.txt").read_text().split()) == [".", "..", ".commits", "latest",
+                                                                   "step-00000010"]  # no .tmp-step-*
+    again = (tmp_path / "again.out").read_text()
+    assert (tmp_path / "again.rc").read_text().strip() == "0", again[-3000:]
+    assert "resumed from" in again and "at step 10" in again

@@ -63,3 +63,86 @@ def _status(run_dir: Path) -> str:
 
 def _logs(run_dir: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in run_dir.rglob("*.log"))
+
+
+def test_an_engine_that_ran_no_rank_is_a_failure_not_a_success(tmp_path):
+    """Issue 32: with --no-preflight, a remote shell that runs nothing and exits 0 gave "job finished
+    with exit status 0". Success is rank 0's record of the job's end (a fake `ssh` on PATH: the
+    subprocess seam)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ssh").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "ssh").chmod(0o755)
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    env = launcher_env()
+    env["PATH"] = f"{fake}:{env['PATH']}"
+    result = subprocess.run(["launcher", "run", "mlp-tiny", "--hostfile", str(hostfile), "--no-preflight",
+                             "cluster.remote_shell=ssh", "--run-dir", str(tmp_path / "run")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "the engine exited 0, but no rank of the job ever started" in result.stderr
+    assert "job finished with exit status 1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_job_on_the_same_explicit_port_is_refused_naming_it_and_the_first_goes_on(tmp_path):
+    """Issue 32: two jobs on one explicit port joined one rendezvous; the first to end killed the
+    other, whose report never named the port. The port is used as given, and checked at every start
+    (--no-preflight too)."""
+    import socket
+
+    with socket.socket() as probe:  # a port free now
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    recipe = write_recipe(tmp_path / "r.yaml", f"""\
+recipe: {ROOT / "tests" / "fixtures" / "uneven_recipe.py"}
+data: {{samples: 96, step_delay: 0.05}}
+batch: {{global: 16, micro: 4}}
+train: {{steps: 30, log_every: 1}}
+cluster: {{master_port: {port}}}
+""")
+    first = subprocess.Popen(["launcher", "run", str(recipe), "--nproc", "2", "--run-dir", str(tmp_path / "first")],
+                             cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from tests.helpers import wait_for_step
+
+    wait_for_step(tmp_path / "first", 1, proc=first)
+    second = launch(recipe, tmp_path / "second", "--no-preflight", nproc=2, timeout=120)
+    assert second.returncode == 2
+    assert f"the rendezvous port localhost:{port} is in use" in second.stderr and "Traceback" not in second.stderr
+    assert first.wait(timeout=300) == 0, first.stdout.read()[-3000:]
+    assert [r["step"] for r in train_records(tmp_path / "first")][-1] == 30
+
+
+def test_a_network_interface_this_machine_lacks_is_refused_before_start(tmp_path):
+    """Issue 32: the ranks crashed in gloo after start; the summary said "crash outside Python"."""
+    result = launch(ROOT / "recipes" / "mlp-tiny.yaml", tmp_path / "run", "cluster.network_interface=ib7",
+                    "--no-preflight", nproc=2, timeout=60)
+    assert result.returncode == 2
+    assert "no network interface ib7 (cluster.network_interface); this host has" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_cancel_stops_a_local_run_with_a_checkpoint_and_says_when_none_runs(tmp_path):
+    """Hostile pass: `launcher cancel RUN_DIR` of a `launcher run` run said "no job was submitted";
+    it now stops it as Ctrl-C would (the ranks commit a checkpoint)."""
+    from tests.helpers import wait_for_step
+
+    recipe = write_recipe(tmp_path / "r.yaml", f"""\
+recipe: {ROOT / "tests" / "fixtures" / "uneven_recipe.py"}
+data: {{samples: 96, step_delay: 0.05}}
+batch: {{global: 16, micro: 4}}
+train: {{steps: 200, log_every: 1}}
+""")
+    run_dir = tmp_path / "run"
+    job = subprocess.Popen(["launcher", "run", str(recipe), "--nproc", "2", "--run-dir", str(run_dir)], cwd=ROOT,
+                           env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_step(run_dir, 2, proc=job)
+    cancel = subprocess.run(["launcher", "cancel", str(run_dir)], cwd=ROOT, env=launcher_env(), capture_output=True,
+                            text=True, timeout=60)
+    assert cancel.returncode == 0 and "stopping the run in" in cancel.stderr, cancel.stderr
+    assert job.wait(timeout=120) == 143
+    stopped = max(r["step"] for r in train_records(run_dir))
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:08d}"
+    again = subprocess.run(["launcher", "cancel", str(run_dir)], cwd=ROOT, env=launcher_env(), capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 2 and "no launcher is running this run" in again.stderr

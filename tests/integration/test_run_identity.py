@@ -207,3 +207,52 @@ def test_skip_policy_skips_non_finite_updates_and_stops_past_the_budget(tmp_path
     assert [r.get("skipped_steps", 0) for r in logged] == [0, 1, 2, 3], logged
     assert math.isfinite(logged[0]["loss"]) and not any(math.isfinite(r["grad_norm"]) for r in logged[1:])
     assert not (tmp_path / "run" / "export").exists()
+
+
+def test_a_checkpoint_directory_shared_by_two_run_directories_is_refused_unless_the_first_moved(tmp_path):
+    """Issue 32: two experiments with their own run directories and one checkpoint.dir; the second
+    used to "resume" the first's checkpoint, train nothing, exit 0 and export the first's model."""
+    shared = tmp_path / "shared-checkpoints"
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("checkpoint: {every_steps: 5}",
+                                                              f"checkpoint: {{every_steps: 5, dir: {shared}}}"))
+    first = launch(recipe, tmp_path / "first", nproc=1)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = _tree(shared)
+
+    other = launch(recipe, tmp_path / "second", "seed=1", nproc=1)
+    assert other.returncode == 2
+    assert f"checkpoint.dir {shared} holds the checkpoints of another experiment, the run {tmp_path / 'first'}" \
+        in other.stderr and "seed: 0 (this run) -> 1 (now)" in other.stderr
+    assert "Traceback" not in other.stderr and not (tmp_path / "second").exists() and _tree(shared) == before
+
+    twin = launch(recipe, tmp_path / "twin", nproc=1)  # the same experiment, while the first still exists
+    assert twin.returncode == 2 and "which still exists: both would write and resume the same steps" in twin.stderr
+
+    (tmp_path / "first").rename(tmp_path / "moved")  # the project moved: its checkpoints follow it
+    moved = launch(recipe, tmp_path / "moved", "train.steps=15", "--allow-schedule-change", nproc=1)
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert [r["step"] for r in train_records(tmp_path / "moved")] == [5, 10, 15]
+
+
+def test_a_moved_project_continues_its_run_and_says_so(tmp_path):
+    """Issue 32: after `mv projA projB`, "run the same command to continue" started again at step 0
+    in a new run directory (the default name hashes the recipe file's path), without a word."""
+    project = tmp_path / "projA"
+    project.mkdir()
+    (project / "exp.yaml").write_text(RECIPE)
+    first = _run(project, "run", "exp.yaml", "--nproc", "1", "train.stop_after_steps=5")
+    assert first.returncode == 0, first.stderr[-2000:]
+    (before,) = (project / "runs").iterdir()
+    project.rename(tmp_path / "projB")
+    moved = tmp_path / "projB"
+    again = _run(moved, "run", "exp.yaml", "--nproc", "1")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [p.name for p in (moved / "runs").iterdir()] == [before.name]  # the same run directory, no new one
+    assert f"continuing {moved / 'runs' / before.name}: its recipe was {project / 'exp.yaml'}, now " \
+           f"{moved / 'exp.yaml'} (moved)" in again.stderr
+    assert [r["step"] for r in train_records(moved / "runs" / before.name)] == [5, 10]
+    copy = tmp_path / "copy"  # a copy keeps its original: it is another project, with its own run
+    shutil.copytree(moved, copy)
+    fresh = _run(copy, "run", "exp.yaml", "--nproc", "1", "train.stop_after_steps=5")
+    assert fresh.returncode == 0 and "continuing" not in fresh.stderr
+    assert len(list((copy / "runs").iterdir())) == 2  # the copied run and a new one

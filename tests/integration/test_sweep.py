@@ -35,6 +35,8 @@ def test_a_two_by_two_sweep_makes_four_runs_a_four_row_table_and_a_plot(tmp_path
     root = tmp_path / "grid"
     result = _sweep(root, "-k", "2")
     assert result.returncode == 0, result.stderr[-3000:]
+    # Issue 32: how many points, before the first one starts.
+    assert result.stderr.splitlines()[0] == "launcher: sweep 4 points: optimizer.lr (2) x batch.global (2); 2 at a time"
     assert sorted(p.name for p in root.glob("task-*")) == ["task-0", "task-1", "task-2", "task-3"]
     points = json.loads((root / "sweep.json").read_text())["points"]
     assert [p["values"] for p in points] == [["optimizer.lr=1e-3", "batch.global=32"],
@@ -92,3 +94,36 @@ def test_a_bad_point_is_refused_before_anything_runs(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "sweep point task-1: batch.global=30" in result.stderr and "batch.global" in result.stderr
     assert not root.exists()
+
+
+SECRETS = ("sekret-wandb-0123456789", "sekret-openai-987654")
+
+
+def test_secret_overrides_reach_every_point_and_nothing_the_sweep_records_or_prints(tmp_path):
+    """Issue 32: a sweep used to write `cluster.env.WANDB_API_KEY=...` verbatim into sweep.json."""
+    root = tmp_path / "grid"
+    result = subprocess.run(
+        ["launcher", "sweep", "mlp-tiny", "optimizer.lr=1e-3,3e-3", "train.steps=10", "train.eval_every=5",
+         "scheduler.warmup_steps=1", "cluster.nproc_per_node=1", f"cluster.env.WANDB_API_KEY={SECRETS[0]}",
+         f"cluster.env={{OPENAI_API_KEY: {SECRETS[1]}, PLAIN_SETTING: shown}}", "--run-dir", str(root)],
+        cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for secret in SECRETS:
+        assert secret not in result.stdout + result.stderr
+        leaked = [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        assert not leaked, leaked
+    record = json.loads((root / "sweep.json").read_text())
+    assert record["fixed"][-1] == "cluster.env={PLAIN_SETTING: shown}"
+    for task in ("task-0", "task-1"):  # each point's launcher got both, as overrides (redacted in its records)
+        env = yaml.safe_load((root / task / "recipe.yaml").read_text())["cluster"]["env"]
+        assert env == {"WANDB_API_KEY": "<redacted>", "OPENAI_API_KEY": "<redacted>", "PLAIN_SETTING": "shown"}
+
+
+def test_a_secret_as_an_axis_is_refused_before_anything_is_written(tmp_path):
+    root = tmp_path / "grid"
+    result = subprocess.run(["launcher", "sweep", "mlp-tiny", "cluster.env.HF_TOKEN=hf_aaaaaa,hf_bbbbbb",
+                             "--run-dir", str(root)], cwd=ROOT, env=launcher_env(), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert "`cluster.env.HF_TOKEN`: a secret cannot be a sweep axis" in result.stderr
+    assert "hf_aaaaaa" not in result.stdout + result.stderr and not root.exists()

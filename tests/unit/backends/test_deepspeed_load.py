@@ -11,7 +11,7 @@ import zipfile
 import pytest
 import torch
 
-from launcher.backends.deepspeed_backend import load_weights_only
+from launcher.backends.deepspeed_files import load_weights_only
 
 
 def _checkpoint_with(tmp_path, payload: bytes):

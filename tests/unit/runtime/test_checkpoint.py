@@ -39,7 +39,7 @@ def test_commit_writes_manifest_pointer_and_prunes_after_commit(tmp_path):
     manager = _manager(tmp_path, keep_last=2)
     for step in (10, 20, 30):
         manager.save(step, {"step": step}, _writer(bytes([step]) * 200))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000020", "step-00000030"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".commits", "latest", "step-00000020", "step-00000030"]
     assert (tmp_path / "latest").read_text().strip() == "step-00000030"
     assert ckpt.verify(ckpt.find_resume_dir(tmp_path, "auto")) == {"step": 30}
 
@@ -326,6 +326,42 @@ def test_a_file_the_manifest_does_not_list_is_damage(tmp_path):
         ckpt.verify(committed)
     manifest = ckpt.read_manifest(committed)
     assert ckpt.file_problems(committed, manifest, rank=1, world_size=2) == []  # rank 0 looks for strays
+
+
+def test_an_edited_manifest_cannot_vouch_for_a_file_it_no_longer_describes(tmp_path):
+    """Issue 32: an entry dropped from manifest.json and its file then damaged was a silent resume;
+    so was a checksum replaced by the damaged file's. The manifest's own checksum, recorded at the
+    commit outside the step directory, refuses both; and a file without an entry is a stray."""
+    committed = _real_checkpoint(tmp_path)
+    original = (committed / "manifest.json").read_text()
+    manifest = json.loads(original)
+    del manifest["files"]["model.pt"]
+    (committed / "manifest.json").write_text(json.dumps(manifest))
+    (committed / "model.pt").write_bytes(b"\0" * 64)
+    with pytest.raises(ckpt.CheckpointError, match="manifest.json was changed after its checkpoint was committed"):
+        ckpt.verify(committed)
+    (tmp_path / ckpt.COMMITS).rename(tmp_path / "moved-aside")  # no record: the stray file still refuses
+    with pytest.raises(ckpt.CheckpointError, match="model.pt is not in the manifest"):
+        ckpt.verify(committed)
+    (tmp_path / "moved-aside").rename(tmp_path / ckpt.COMMITS)
+    manifest = json.loads(original)  # the entry kept, its checksum replaced by the damaged file's
+    manifest["files"]["model.pt"] = {"size": 64, ckpt.CHECKSUM: ckpt.file_digest(committed / "model.pt")}
+    (committed / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    with pytest.raises(ckpt.CheckpointError, match="changed after its checkpoint was committed"):
+        ckpt.verify(committed)
+    (committed / "manifest.json").write_text(original)
+    with pytest.raises(ckpt.CheckpointError, match="model.pt has 64 bytes"):
+        ckpt.verify(committed)
+
+
+def test_each_commit_records_its_manifest_and_a_later_commit_of_the_step_wins(tmp_path):
+    first = _real_checkpoint(tmp_path)
+    again = _real_checkpoint(tmp_path)  # the same step committed again (a restart): the last record counts
+    assert first == again and ckpt.verify(again) == {"step": 1}
+    lines = (tmp_path / ckpt.COMMITS).read_text().splitlines()
+    assert [json.loads(line)["step_dir"] for line in lines] == ["step-00000001", "step-00000001"]
+    (tmp_path / ckpt.COMMITS).write_text((tmp_path / ckpt.COMMITS).read_text() + '{"step_dir": "step-0000')
+    assert ckpt.verify(again) == {"step": 1}  # a line cut by a kill is skipped
 
 
 @pytest.mark.parametrize("pointer", [b"\xff\xfe\x00garbage", b"step-12", b"x" * 5000])

@@ -126,8 +126,11 @@ def test_a_sweep_task_directory_means_that_array_task(tmp_path, monkeypatch):
 
     assert jobs.resolve_job(str(run_dir)) == ("12", run_dir)
     assert jobs.resolve_job(str(run_dir / "task-1")) == ("12_1", run_dir / "task-1")
+    (run_dir / "task-2").mkdir()
     with pytest.raises(jobs.SlurmError, match="no job was submitted"):
         jobs.resolve_job(str(run_dir / "task-2"))  # the array has tasks 0 and 1
+    with pytest.raises(jobs.SlurmError, match="task-3: no such directory, not a run directory or a Slurm job id"):
+        jobs.resolve_job(str(run_dir / "task-3"))
     assert [p.name for p in jobs.log_files("12_1", run_dir / "task-1")] == ["12_1.out"]
     assert [p.name for p in jobs.log_files("12", run_dir)] == ["12_0.out", "12_1.out"]
 
