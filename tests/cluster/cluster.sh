@@ -25,6 +25,8 @@ up() {
   { echo "127.0.0.1 localhost"; echo "$NET.254 $CTL"; } > "$B/hosts"
   for k in $(seq 1 "$N"); do
     ip netns list | grep -qw "lc$k" || ip netns add "lc$k"
+    # A pair whose other end went with an earlier namespace (the kernel frees them lazily) is stale.
+    ip -n "lc$k" link show eth0 >/dev/null 2>&1 || ip link del "lc$k-h" 2>/dev/null || true
     ip link show "lc$k-h" >/dev/null 2>&1 || ip link add "lc$k-h" type veth peer name eth0 netns "lc$k"
     ip link set "lc$k-h" master lcbr0 up
     ip -n "lc$k" addr replace "$NET.$k/24" dev eth0
@@ -102,7 +104,12 @@ down() {
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
   done
   sleep 0.5
-  for k in $(seq 1 "$N"); do ip netns del "lc$k" 2>/dev/null || true; done  # also removes the veth pairs
+  for k in $(seq 1 "$N"); do
+    # A process left in the namespace (an ssh session whose client was killed) would keep it, and
+    # its veth pair, alive after the name is gone: the next `up` could not make the pair again.
+    ip netns pids "lc$k" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "lc$k" 2>/dev/null || true  # also removes the veth pairs
+  done
   ip link del lcbr0 2>/dev/null || true
   rm -rf "$B/slurm/state" "$B/slurm/spool" "$B"/slurm/*.pid "$B"/ssh/*.pid "$B/munge/pid" "$B/munge/sock"*
 }
