@@ -30,6 +30,10 @@ One JSON line per measurement into bench/results/cpu-<time>.jsonl, `section` nam
 - rank_gather: what the per-rank timings cost (issue 24): the log step's one all_gather of every
   rank's loss, flag, target count and timings (launcher.runtime.dist.gather_rows), in a real
   2-process gloo group on this machine, per call and averaged over a log interval.
+- hang_watch: what the hang watch costs a rank per step (issue 35): one Heartbeat.beat, a store of
+  16 bytes into a mapped page (launcher/runtime/heartbeat.py), timed in-process over many calls,
+  median of the repeats; and, for scale, one poll of the launcher's watch over 64 ranks' files
+  (outside the ranks, once a second).
 - optimizer: ms per AdamW step on the CPU over 50M parameters (ZeRO-Offload's optimizer step), for
   torch's AdamW (foreach, its default, and fused) and DeepSpeed's CPU Adam, and which one the
   DeepSpeed backend builds for `offload_optimizer: true` over the recipe's parameter groups.
@@ -68,6 +72,7 @@ SCHEMA = {
     "optimizer": {"optimizer", "ms_per_step", "parameters", "threads", "repeats", "chosen_for_offload"},
     "rank_gather": {"world_size", "ms_per_gather", "log_every", "ms_per_step", "gathers"},
     "plan": {"hosts", "seconds", "repeats"},
+    "hang_watch": {"ms_per_step", "beats", "repeats", "poll_ms_64_ranks"},
 }
 
 
@@ -468,8 +473,8 @@ def _plain_first_step() -> dict:
 
 
 def run_cpu(tiny: bool, out_dir: Path, work: Path, generate_text, generate_images, generate_photos,
-            meta: dict) -> Path:
-    """Every section; one JSON line each. Returns the results file."""
+            meta: dict, sections: list[str] | None = None) -> Path:
+    """Every section (or those named); one JSON line each. Returns the results file."""
     work.mkdir(parents=True, exist_ok=True)
     data = {"text": generate_text(work / "text.txt", 60 if tiny else 600),
             "images": generate_images(work / "images", 8 if tiny else 64, 64),
@@ -485,32 +490,70 @@ def run_cpu(tiny: bool, out_dir: Path, work: Path, generate_text, generate_image
             handle.flush()
             print(json.dumps(record), flush=True)
 
-        for record in host_overhead(steps, repeats, work, list(BACKENDS) if not tiny else ["accelerate ddp"]):
-            write(record)
+        def wanted(section: str) -> bool:
+            return sections is None or section in sections
+
+        if wanted("hang_watch"):
+            write(hang_watch_cost(10_000 if tiny else 1_000_000, 1 if tiny else 5, work))
+        if wanted("host_overhead"):
+            for record in host_overhead(steps, repeats, work, list(BACKENDS) if not tiny else ["accelerate ddp"]):
+                write(record)
         _single_process_group()
-        for case in ("mlp", "resnet", "gpt", "bert"):
-            for backend in (("accelerate ddp", "deepspeed zero2") if not tiny else ("accelerate ddp",)):
-                write(syncs_per_step(case, backend, 3 if tiny else 10, data, work))
-        for case in ("gpt", "bert"):
-            write(attention_paths(case, data, work))
+        if wanted("syncs"):
+            for case in ("mlp", "resnet", "gpt", "bert"):
+                for backend in (("accelerate ddp", "deepspeed zero2") if not tiny else ("accelerate ddp",)):
+                    write(syncs_per_step(case, backend, 3 if tiny else 10, data, work))
+        if wanted("attention"):
+            for case in ("gpt", "bert"):
+                write(attention_paths(case, data, work))
         samples = 64 if tiny else 2048
-        for case in ("bert", "gpt"):
-            write(loader_throughput(case, data, work, samples))
-        for record in loader_alternated("resnet224", list(RESNET_STORES), data, work, samples // 4, 1 if tiny else 5):
-            write(record)
-        if not tiny:  # padding of real text's pairs, without and with data.group_by_length
-            for seq, grouped in ((128, "false"), (128, "true"), (512, "false"), (512, "true")):
-                shape = (f"data.max_seq_len={seq}", f"data.max_predictions={seq * 3 // 20 + 1}")
-                write(loader_throughput("bert", data, work, 2 * samples,
-                                        (*BERT_AUSTEN, *shape, f"data.group_by_length={grouped}")))
-        for record in launch(repeats if not tiny else 1, work):
-            write(record)
-        for record in plan_json_seconds(100 if tiny else 10_000, 1 if tiny else 7, work):
-            write(record)
-        write(rank_gather_cost(200 if tiny else 5000))
-        for record in offload_optimizers(1_000_000 if tiny else 50_000_000, 1 if tiny else 15, not tiny):
-            write(record)
+        if wanted("loader"):
+            for case in ("bert", "gpt"):
+                write(loader_throughput(case, data, work, samples))
+            for record in loader_alternated("resnet224", list(RESNET_STORES), data, work, samples // 4,
+                                            1 if tiny else 5):
+                write(record)
+            if not tiny:  # padding of real text's pairs, without and with data.group_by_length
+                for seq, grouped in ((128, "false"), (128, "true"), (512, "false"), (512, "true")):
+                    shape = (f"data.max_seq_len={seq}", f"data.max_predictions={seq * 3 // 20 + 1}")
+                    write(loader_throughput("bert", data, work, 2 * samples,
+                                            (*BERT_AUSTEN, *shape, f"data.group_by_length={grouped}")))
+        if wanted("launch"):
+            for record in launch(repeats if not tiny else 1, work):
+                write(record)
+        if wanted("plan"):
+            for record in plan_json_seconds(100 if tiny else 10_000, 1 if tiny else 7, work):
+                write(record)
+        if wanted("rank_gather"):
+            write(rank_gather_cost(200 if tiny else 5000))
+        if wanted("optimizer"):
+            for record in offload_optimizers(1_000_000 if tiny else 50_000_000, 1 if tiny else 15, not tiny):
+                write(record)
     return out_file
+
+
+def hang_watch_cost(beats: int, repeats: int, work: Path) -> dict:
+    """The rank's share of the hang watch: the trainer calls Heartbeat.beat once per optimizer step."""
+    from launcher.engines.hang_watch import HangSettings, HangWatch
+    from launcher.runtime.heartbeat import Heartbeat
+
+    run_dir = work / "hang-watch"
+    heartbeat = Heartbeat(str(run_dir), 0)
+    per_beat = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for step in range(beats):
+            heartbeat.beat(step)
+        per_beat.append((time.perf_counter() - started) / beats)
+    heartbeat.close()
+    for rank in range(1, 64):
+        Heartbeat(str(run_dir), rank).close()
+    watch = HangWatch(run_dir, 64, HangSettings())
+    started = time.perf_counter()
+    for _ in range(100):
+        watch.poll()
+    return {"section": "hang_watch", "ms_per_step": round(statistics.median(per_beat) * 1e3, 6), "beats": beats,
+            "repeats": repeats, "poll_ms_64_ranks": round((time.perf_counter() - started) / 100 * 1e3, 3)}
 
 
 def rank_gather_cost(gathers: int, world_size: int = 2) -> dict:

@@ -285,7 +285,7 @@ def run_cpu_benchmark(args) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     meta = {"device": "cpu", "cpus": os.cpu_count(), "versions": versions(), "time": stamp}
     out_file = cpu.run_cpu(args.tiny, Path(args.out), Path(args.work) / "cpu", generate_text, generate_images,
-                           generate_photos, meta)
+                           generate_photos, meta, args.sections)
     problems = cpu.check_schema(out_file)
     print(f"wrote {out_file}" + "".join(f"\n  schema: {p}" for p in problems))
     return 1 if problems else 0
@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="CPU smoke mode")
     parser.add_argument("--cpu", action="store_true", help="the CPU proxy benchmark (bench/cpu.py)")
     parser.add_argument("--cases", nargs="*", help="subset of cases")
+    parser.add_argument("--sections", nargs="*", help="with --cpu: only these sections (bench/cpu.py SCHEMA)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="directory for the JSON lines")
     parser.add_argument("--work", default="/tmp/launcher-bench", help="scratch directory for data and runs")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",

@@ -100,9 +100,12 @@ def start_run(loaded, launch_plan, resolved: dict, claim, preflight: bool, start
         say(resume)
     cluster = loaded.recipe.cluster
     secrets = {name: cluster.env.get(name, os.environ.get(name, "")) for name in launch_plan.secret_names}
-    status = execute(launch_plan, secrets, started_at=started_at, keep_fds=(claim.lock_fd,))
+    monitor = _hang_monitor(loaded, launch_plan)
+    status = execute(launch_plan, secrets, started_at=started_at, keep_fds=(claim.lock_fd,), monitor=monitor)
     if status in STOP_STATUSES:  # a requested stop (Slurm's preemption signal: a requeue)
         status = engine.after_stop(launch_plan, status, cluster.timeout_requeues)
+    elif monitor is not None and monitor.lines:  # a hang: the verdict ends the output
+        say("\n".join(monitor.lines).replace("\n", "\nlauncher: "))
     elif status != 0:
         report_failure(launch_plan.run_dir, status, cluster.max_restarts, loaded.recipe.tracking)
         _storage_after_failure(RunDir(launch_plan.run_dir).checkpoints(loaded.recipe.checkpoint.dir))
@@ -110,6 +113,18 @@ def start_run(loaded, launch_plan, resolved: dict, claim, preflight: bool, start
         status = _finished_or_failed(launch_plan.run_dir)
     say(f"job finished with exit status {status}")
     return status
+
+
+def _hang_monitor(loaded, launch_plan):
+    """The hang watch for this job (engines/hang_watch.py), or None when cluster.hang_watch is off."""
+    from launcher.engines.hang_watch import HangMonitor, HangSettings
+
+    cluster = loaded.recipe.cluster
+    settings = HangSettings.of(cluster)
+    if settings is None:
+        return None
+    return HangMonitor(launch_plan.run_dir, launch_plan.math.world_size, len(launch_plan.procs_by_node), settings,
+                       cluster.collective_timeout, loaded.recipe.tracking)
 
 
 def _storage_after_failure(root) -> None:

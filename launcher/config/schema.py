@@ -275,9 +275,26 @@ class ClusterConfig:
     # The network interface(s) NCCL and gloo use (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME), e.g. `ib0`
     # or `eth0,eth1`; NCCL's exclusions (`^docker0,lo`) go to NCCL only, gloo has no such syntax.
     network_interface: str = ""
+    # The hang watch (engines/hang_watch.py): a rank whose step has not moved for longer than the
+    # deadline is dumped and named, and the job ended. The deadline, learned from the run after
+    # hang_warmup_steps: hang_factor x the slowest recent step, at least hang_floor_s; an
+    # evaluation or save gets hang_factor x its own longest earlier duration, or hang_phase_s the
+    # first time. The collective timeout stays the last line of defence.
+    hang_watch: bool = True
+    hang_floor_s: float = 60.0
+    hang_factor: float = 10.0
+    hang_phase_s: float = 600.0
+    hang_warmup_steps: int = 3
 
     def check(self) -> list[tuple[str, str, str]]:
         out = []
+        if self.hang_floor_s <= 0 or self.hang_phase_s <= 0:
+            out.append(("hang_floor_s" if self.hang_floor_s <= 0 else "hang_phase_s", "must be > 0 seconds",
+                        "e.g. 60 (turn the watch off with hang_watch: false)"))
+        if self.hang_factor < 1:
+            out.append(("hang_factor", "must be >= 1", "e.g. 10: ten times the slowest recent step"))
+        if self.hang_warmup_steps < 1:
+            out.append(("hang_warmup_steps", "must be >= 1", "e.g. 3: compilation and the first steps"))
         if self.master_addr and not _HOST_ADDRESS.fullmatch(self.master_addr):
             out.append(("master_addr", f"`{self.master_addr}` is not a host name or IP address",
                         "e.g. node001-ib or 10.1.0.11"))

@@ -79,10 +79,12 @@ def _copy_pdsh_stderr(stream, host_exits: dict[str, int], write: Callable[[bytes
 def run_group(commands: Sequence[Command], grace: float = GRACE_SECONDS,
               stop_remote: Callable[[], None] | None = None,
               on_failure: Callable[[int, GroupView], None] | None = None,
-              stop_signal: Callable[[int], int] = lambda signum: signum, bar: LiveBar | None = None) -> int:
+              stop_signal: Callable[[int], int] = lambda signum: signum, bar: LiveBar | None = None,
+              monitor=None) -> int:
     """Run all commands; the first failure stops the rest. Returns the job's exit status.
     on_failure(index of the first failed command, view) runs before anything is stopped.
-    bar: the processes' output is copied above this live progress bar (a terminal only)."""
+    bar: the processes' output is copied above this live progress bar (a terminal only).
+    monitor: checked every turn (engines/hang_watch.HangMonitor); a status from it ends the job."""
     received: list[int] = []
 
     def on_signal(signum, _frame):
@@ -111,7 +113,7 @@ def run_group(commands: Sequence[Command], grace: float = GRACE_SECONDS,
                 view.watchers[len(procs) - 1] = watcher
             elif bar:
                 copiers.append(bar.copy(procs[-1].stderr, to_stderr=True))
-        status = _wait(view, received, grace, stop_remote, on_failure, stop_signal)
+        status = _wait(view, received, grace, stop_remote, on_failure, stop_signal, monitor)
     finally:
         # After a signal or a failure alike: ask remote guards to stop and wait for their checkpoint.
         if stop_remote and any(p.poll() is None for p in procs):
@@ -162,9 +164,13 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
 
 
 def _wait(view: GroupView, received: list[int], grace: float, stop_remote: Callable[[], None] | None,
-          on_failure: Callable[[int, GroupView], None] | None, stop_signal: Callable[[int], int]) -> int:
+          on_failure: Callable[[int, GroupView], None] | None, stop_signal: Callable[[int], int],
+          monitor=None) -> int:
     procs = view.procs
     while True:
+        verdict = monitor.check() if monitor is not None else None
+        if verdict is not None:  # a hang: run_group's cleanup stops every process
+            return verdict
         if received:
             signum = received[0]
             print(f"launcher: received {signal.Signals(signum).name}, stopping all processes", file=sys.stderr)

@@ -17,7 +17,7 @@ from launcher.engines.registry import engine_named
 
 
 def execute(plan: LaunchView, secrets: Mapping[str, str] | None = None, grace: float = GRACE_SECONDS,
-            started_at: float | None = None, keep_fds: Sequence[int | None] = ()) -> int:
+            started_at: float | None = None, keep_fds: Sequence[int | None] = (), monitor=None) -> int:
     """Run the plan; its exit status. keep_fds: descriptors every started process holds open too
     (the run directory's lock, so it stays held while they stop, even if the launcher dies)."""
     engine = engine_named(plan.engine)
@@ -31,7 +31,7 @@ def execute(plan: LaunchView, secrets: Mapping[str, str] | None = None, grace: f
     try:
         with _secrets_file(plan.secrets_file, secrets or {}):
             return run_group(commands, grace, engine.remote_stopper(plan), engine.failure_reporter(plan),
-                             engine.stop_signal, bar)
+                             engine.stop_signal, bar, monitor)
     finally:
         if bar:
             bar.stop()

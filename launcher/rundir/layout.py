@@ -106,6 +106,16 @@ class RunDir:
         return self.logs / "ranks"
 
     @property
+    def heartbeats(self) -> Path:
+        """Each rank's step and phase, mapped into memory (runtime/heartbeat.py): the hang watch."""
+        return self.logs / "heartbeat"
+
+    @property
+    def hang(self) -> Path:
+        """A hang's evidence: the watch's request, each node's stacks and process states."""
+        return self.logs / "hang"
+
+    @property
     def agent_errors(self) -> Path:
         return self.logs / "nodes"
 

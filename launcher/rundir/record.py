@@ -27,6 +27,8 @@ def write_run_dir(run: RunDir, resolved: dict, plan: dict) -> None:
     # Rank records and agent errors describe the current job only (the failure reports read them).
     shutil.rmtree(run.rank_records, ignore_errors=True)
     shutil.rmtree(run.agent_errors, ignore_errors=True)
+    shutil.rmtree(run.heartbeats, ignore_errors=True)  # the hang watch reads this job's ranks only
+    shutil.rmtree(run.hang, ignore_errors=True)
     run.failure.unlink(missing_ok=True)
     run.secrets.unlink(missing_ok=True)  # a killed launcher's: the lock says no job of this run is running
     text = resolved_recipe_text(resolved)

@@ -45,6 +45,10 @@ def _survive_usr1() -> None:
 def main(argv: list[str]) -> int:
     _survive_usr1()
     split = argv.index("--")
+    if "--run-dir" in argv[split:]:  # every node's agent answers the launcher's hang watch
+        from launcher.runtime.hang_dump import start_responder
+
+        start_responder(argv[argv.index("--run-dir", split) + 1])
     for module in argv[:split]:
         importlib.import_module(module)
     from torch.distributed.run import main as torchrun

@@ -29,6 +29,7 @@ class Run:
     end_step: int  # where it stops: train.steps, or earlier with train.stop_after_steps
     run_id: str  # the tracker's run id, kept in every checkpoint
     alerts: Any = None  # launcher.tracking.alerts.Alerts on rank 0 (NoAlerts elsewhere)
+    heartbeat: Any = None  # launcher.runtime.heartbeat.Heartbeat: this rank's step, for the hang watch
 
     @property
     def main(self) -> bool:

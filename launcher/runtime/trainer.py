@@ -19,12 +19,14 @@ import torch
 from launcher.backends.optim import param_groups
 from launcher.plan.batch import BatchMath
 from launcher.recipe_module import Task
+from launcher.rundir.heartbeats import EVALUATING, SAVING, TRAINING
 from launcher.rundir.layout import RunDir
 from launcher.rundir.record import tracker_run_id
 from launcher.runtime import checkpoint as ckpt
 from launcher.runtime.device import on_device, to_device
 from launcher.runtime.dist import DistEnv, all_reduce_sum, barrier, gather_hosts, gather_rows
 from launcher.runtime.evaluation import evaluate_and_log
+from launcher.runtime.heartbeat import Heartbeat
 from launcher.runtime.metrics import MetricsLog, Progress, StepProgress, console_line, emit, peak_flops
 from launcher.runtime.nonfinite import NonFiniteGuard
 from launcher.runtime.profiling import StepProfiler, profile_window
@@ -53,6 +55,7 @@ class Stopped(Exception):
 
 
 def train(recipe, task: Task, backend, math: BatchMath, env: DistEnv, run_dir: str, startup: StartupClock) -> None:
+    heartbeat = Heartbeat(run_dir, env.rank)  # starting: building, restoring (no step deadline yet)
     _prepare(recipe, task, backend)
     startup.mark("prepare_s")
     root = RunDir(run_dir).checkpoints(recipe.checkpoint.dir)
@@ -83,7 +86,7 @@ def train(recipe, task: Task, backend, math: BatchMath, env: DistEnv, run_dir: s
     alerts = Alerts(recipe.tracking.alerts, recipe.tracking.alert_interval_s, tracker, log.write) if main \
         else NoAlerts()
     run = Run(recipe, task, backend, math, env, run_dir, startup, checkpoints, log, tracker, start_step, end_step,
-              run_id, alerts)
+              run_id, alerts, heartbeat)
     try:
         startup.mark("restore_s")
         _loop(run)
@@ -98,6 +101,7 @@ def train(recipe, task: Task, backend, math: BatchMath, env: DistEnv, run_dir: s
         raise
     finally:
         disarm_stall_dump()  # a step that raised left it armed: no stack dump during teardown
+        heartbeat.close()  # done: the hang watch expects nothing more of this rank
         node_writer.finish()
     if end_step == recipe.train.steps:
         alerts.send("completion", end_step, f"{Path(run_dir).name}: finished",
@@ -135,6 +139,7 @@ def _loop(run: Run) -> None:
     watch = _watch(run)
     own_schedule = recipe.scheduler.name == "deepspeed"  # the DeepSpeed config's scheduler sets the LR
     for step in range(run.start_step, run.end_step):
+        run.heartbeat.beat(step + 1)  # the hang watch sees this rank's step move (one store, no call)
         arm_stall_dump(stall_s)  # a step that never ends leaves this rank's stacks in its log
         # Each rank's randomness (dropout) is a function of the global step and the rank: a resume, on
         # any world size, draws what an uninterrupted run on that size draws.
@@ -161,6 +166,7 @@ def _loop(run: Run) -> None:
     stop.finish()  # the last step's agreement, in flight: the run is over either way
     watch.step_progress.tick(run.end_step, force=True)
     if run.end_step == recipe.train.steps:
+        run.heartbeat.phase(SAVING)  # an export gathers and writes like a save (ZeRO-3: every rank)
         _export(run)
     elif run.main:
         emit(f"stopped early after step {run.end_step} of {recipe.train.steps} (train.stop_after_steps="
@@ -321,9 +327,13 @@ def _evaluate_and_save(run: Run, done: int, guard: NonFiniteGuard, interval: Int
         disarm_stall_dump()  # evaluation and saving run on their own clocks
         guard.check_agreed(done, run.checkpoints.root, interval.loss)  # nothing non-finite is evaluated or saved
     if evaluating:
+        run.heartbeat.phase(EVALUATING)
         evaluate_and_log(run, done)
     if saving:
+        run.heartbeat.phase(SAVING)
         save(run, done)
+    if evaluating or saving:
+        run.heartbeat.phase(TRAINING)
     return evaluating or saving
 
 
@@ -337,6 +347,7 @@ def _stop_if_signalled(run: Run, done: int, stop: StopRequest, guard: NonFiniteG
     if not _save_due(run, done):  # never a second save of the same step
         disarm_stall_dump()
         guard.check_agreed(done, run.checkpoints.root, interval.loss)
+        run.heartbeat.phase(SAVING)
         save(run, done)
     if run.main:
         emit(f"stopped by {signal.Signals(signum).name} after step {done}: checkpoint committed; "

@@ -177,11 +177,22 @@ def _report_exception(error: BaseException, run_dir: str, rank: int) -> None:
         verbose_text = True
     else:
         verbose_text = verbose()
-    if verbose_text:
+    if _hang_judged(run_dir) and not verbose_text:  # the launcher is ending a hung job: its verdict speaks
+        sys.stderr.write(f"stopped after the hang verdict (its traceback: {path})\n")
+    elif verbose_text:
         sys.stderr.write(full)
     else:
         sys.stderr.write("".join(traceback.format_exception(error, limit=-3)) + f"(the full traceback: {path})\n")
     sys.stderr.flush()
+
+
+def _hang_judged(run_dir: str) -> bool:
+    """Whether the launcher's hang watch has judged this job (it asked the nodes for their stacks):
+    what a rank raises while the job is ended is the hang's echo, not news."""
+    from launcher.rundir.heartbeats import HANG_REQUEST
+    from launcher.rundir.layout import RunDir
+
+    return (RunDir(run_dir).hang / HANG_REQUEST).exists()
 
 
 def _default_signal_handlers() -> None:

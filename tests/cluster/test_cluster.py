@@ -473,3 +473,45 @@ def test_srun_launcher_run_runs_each_task_as_its_nodes_part(cluster, tmp_path):
     refused = subprocess.run(["srun", "--nodes=1", "--ntasks=2", "launcher", "plan", str(recipe)], cwd=ROOT,
                              env=cluster.env(), capture_output=True, text=True, timeout=120)
     assert "this step runs 2 tasks on 1 nodes" in refused.stdout + refused.stderr
+
+
+# docs/faults.md 24 across nodes: the four hangs of tests/integration/test_hangs.py with rank 1 on the
+# second node, over pdsh and on Slurm. The launcher reads the heartbeats on the shared run directory;
+# each node's torchrun agent reads its own processes.
+def _hang_verdict(output: str, fault: str, run_dir: Path, host: str) -> None:
+    from tests.integration.test_hangs import check_timing, check_verdict, waited
+
+    verdict = check_verdict(output, fault, run_dir, host)
+    stuck_for, deadline = waited(verdict)
+    assert deadline <= stuck_for <= deadline + 3
+    check_timing(run_dir, time.time())
+
+
+@pytest.mark.parametrize("fault", ["stop", "hang", "busy_worker", "mismatch"])
+def test_a_hang_over_pdsh_is_named_on_its_node_and_the_job_ended(cluster, tmp_path, fault):
+    from tests.integration.test_hangs import FAULTS
+    from tests.integration.test_hangs import RECIPE as HANG_RECIPE
+
+    recipe = write_recipe(tmp_path / "r.yaml", HANG_RECIPE)
+    run_dir = tmp_path / fault
+    proc = _hostfile_run(cluster, recipe, run_dir, cluster.hostfile(tmp_path / "hosts"), f"data.fault={fault}",
+                         "data.fault_rank=1", "data.fault_after_batches=40", *FAULTS[fault][0])
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 124, output[-3000:]
+    _hang_verdict(output, fault, run_dir, "node2")
+    assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True).stdout == b""  # nothing left
+
+
+@pytest.mark.parametrize("fault", ["stop", "hang", "busy_worker", "mismatch"])
+def test_a_hang_on_slurm_is_named_and_the_allocation_freed_without_a_requeue(cluster, tmp_path, fault):
+    from tests.integration.test_hangs import FAULTS
+    from tests.integration.test_hangs import RECIPE as HANG_RECIPE
+
+    recipe = write_recipe(tmp_path / "r.yaml", HANG_RECIPE)
+    run_dir = tmp_path / fault
+    job_id = _submit(cluster, recipe, run_dir, f"data.fault={fault}", "data.fault_rank=1",
+                     "data.fault_after_batches=40", *FAULTS[fault][0])
+    assert _wait_job(cluster, job_id, timeout=300) == "FAILED"
+    output = "".join(p.read_text() for p in sorted((run_dir / "slurm").glob("*.out")))
+    _hang_verdict(output, fault, run_dir, "node2")
+    assert not (run_dir / "slurm" / "requeues.json").exists()

@@ -113,7 +113,7 @@ def test_cpu_proxy_benchmark_writes_every_section_in_its_schema(tmp_path):
     records = [json.loads(line) for line in files[0].read_text().splitlines()]
     sections = {r["section"] for r in records}
     assert sections == {"host_overhead", "syncs", "attention", "loader", "launch", "optimizer",
-                        "rank_gather", "plan"}, sections
+                        "rank_gather", "plan", "hang_watch"}, sections
     sys.path.insert(0, str(ROOT))
     from bench.cpu import check_schema
 
