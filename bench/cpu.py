@@ -76,7 +76,8 @@ SCHEMA = {
 }
 
 
-def _env(**extra: str) -> dict[str, str]:
+def launcher_env(**extra: str) -> dict[str, str]:
+    """The environment a benchmark starts `launcher` in (also bench/hangs.py, bench/reshard.py)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -100,7 +101,7 @@ def launcher_step_ms(backend: str, steps: int, work: Path, start_method: str = "
     argv = [sys.executable, "-m", "launcher.cli", "run", "mlp-tiny", "--run-dir", str(run_dir), "--nproc", "1",
             *MLP, *BACKENDS[backend], f"train.steps={steps}", f"train.log_every={INTERVAL}",
             f"cluster.start_method={start_method}"]
-    done = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(argv, cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"launcher run ({backend}) failed:\n{done.stderr[-2000:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -111,7 +112,7 @@ def launcher_step_ms(backend: str, steps: int, work: Path, start_method: str = "
 def loop_step_ms(kind: str, backend: str, steps: int) -> float:
     """A plain loop in a process of its own: kind `backend` (our backend class, no trainer) or
     `torch` (torch's DDP and clipping: no Accelerate, no DeepSpeed)."""
-    env = _env(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+    env = launcher_env(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(_free_port()))
     done = subprocess.run([sys.executable, __file__, "loop", kind, backend, str(steps)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -403,7 +404,7 @@ def plan_json_seconds(hosts: int, repeats: int, work: Path) -> list[dict]:
             argv = [sys.executable, "-m", "launcher.cli", "plan", "mlp-tiny", "--hostfile", str(files[count]),
                     "--json", f"batch.global={16 * 8 * count}", "batch.micro=16"]
             started = time.perf_counter()
-            done = subprocess.run(argv, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            done = subprocess.run(argv, cwd=ROOT, env=launcher_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True, timeout=120)
             elapsed = time.perf_counter() - started
             if done.returncode != 0:
@@ -440,7 +441,7 @@ def _launcher_first_step(start_method: str, work: Path) -> dict:
     run_dir = work / f"launch-{start_method}-{time.monotonic_ns()}"
     argv = [sys.executable, "-m", "launcher.cli", "run", "mlp-tiny", "--run-dir", str(run_dir), "--nproc", "1",
             *MLP, "train.steps=2", "train.log_every=1", f"cluster.start_method={start_method}"]
-    done = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(argv, cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"launcher run ({start_method}) failed:\n{done.stderr[-2000:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -463,7 +464,7 @@ print(time.time() - started)
 
 def _plain_first_step() -> dict:
     """The same model's first step from a fresh `python` (torch's own import, no launcher)."""
-    done = subprocess.run([sys.executable, "-c", _PLAIN_SCRIPT, repr(time.time())], env=_env(),
+    done = subprocess.run([sys.executable, "-c", _PLAIN_SCRIPT, repr(time.time())], env=launcher_env(),
                           capture_output=True, text=True, timeout=120)
     elapsed = float(done.stdout.strip().splitlines()[-1])
     return {"launch_overhead_s": elapsed, "launch_to_first_step_s": elapsed}

@@ -27,6 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.cpu import launcher_env  # noqa: E402 - the benches start launcher alike
+
 FIXTURE = ROOT / "tests" / "fixtures" / "uneven_recipe.py"
 RECIPE = f"""\
 recipe: {FIXTURE}
@@ -39,18 +42,10 @@ checkpoint: {{every_steps: EVERY}}
 FAULT_EXTRA = {"stop": [], "hang": [], "busy_worker": ["data.workers=1"], "mismatch": []}
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def _run(recipe: Path, run_dir: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     done = subprocess.run(["launcher", "run", str(recipe), "--nproc", "2", "--run-dir", str(run_dir), *overrides],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=900)
     return done, time.monotonic() - started
 
 

@@ -29,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.cpu import launcher_env  # noqa: E402 - the benches start launcher alike
 
 # The joining alone, in a fresh process: the peak resident memory above what the imports left.
 JOIN_ALONE = r"""
@@ -57,16 +59,8 @@ print(json.dumps({"join_alone_s": seconds, "peak_bytes": peak,
 """
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def _launch(argv: list[str], timeout: int = 1800) -> None:
-    done = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(argv, cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=timeout)
     if done.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stderr[-3000:]}")
 
@@ -87,7 +81,7 @@ def measure(stage: int, hidden: int, layers: int, targets: list[int], work: Path
     save_s = _records(saved, "checkpoint_s")[-1]["checkpoint_s"]  # step 2's: step 1's was the first (cold)
     checkpoint = saved / "checkpoints" / "step-00000002"
     alone = subprocess.run([sys.executable, "-c", JOIN_ALONE, str(checkpoint / "deepspeed"),
-                            str(work / f"alone-{stage}")], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                            str(work / f"alone-{stage}")], cwd=ROOT, env=launcher_env(), capture_output=True, text=True,
                            timeout=1800)
     if alone.returncode:
         raise RuntimeError(alone.stderr[-3000:])
