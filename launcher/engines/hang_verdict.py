@@ -100,9 +100,15 @@ def processes(answers: list[dict], rank_of_pid: dict[int, int]) -> list[Process]
     return out
 
 
+@dataclass
+class Verdict:
+    lines: list[str]
+    stuck: list[tuple[int, str]]  # (rank, host) of each rank it names as stuck, "?" for a host not read
+
+
 def verdict(headline: str, answers: list[dict], beats: dict[int, tuple[int, int]], evidence: str,
-            ending: str) -> list[str]:
-    """The verdict's lines. beats: each rank's (step, pid) from its heartbeat."""
+            ending: str) -> Verdict:
+    """The verdict. beats: each rank's (step, pid) from its heartbeat."""
     steps = {rank: step for rank, (step, _) in beats.items()}
     found = processes(answers, {pid: rank for rank, (_, pid) in beats.items()})
     by_pid = {p.pid: p for p in found}
@@ -128,7 +134,7 @@ def verdict(headline: str, answers: list[dict], beats: dict[int, tuple[int, int]
                      + ", ".join(f"rank {r} at step {s}" for r, s in sorted(steps.items())[:8]))
     lines.append(f"  every process's stack and state: {evidence}")
     lines.append(ending)
-    return lines[:MAX_LINES]
+    return Verdict(lines[:MAX_LINES], [(rank, ranks[rank].host if rank in ranks else "?") for rank in stuck])
 
 
 def _stuck(ranks: dict[int, Process], steps: dict[int, int]) -> list[int]:

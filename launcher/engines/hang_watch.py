@@ -216,25 +216,28 @@ class HangMonitor:
         spared = max(0.0, self.collective_timeout - late.waited_s)
         ending = (f"  the job is ended now, freeing its nodes (exit status {HANG_STATUS}); the collective timeout "
                   f"({self.collective_timeout} s) would have held them {spared / 60:.0f} min more")
-        self.lines = verdict(headline, answers, beats, str(RunDir(self.run_dir).hang), ending)
-        self._record(late, deadline_at)
+        judged = verdict(headline, answers, beats, str(RunDir(self.run_dir).hang), ending)
+        self.lines = judged.lines
+        self._record(late, deadline_at, judged.stuck[0] if judged.stuck else (late.rank, "?"))
         end_ranks(Path(self.run_dir), asked)
         return HANG_STATUS
 
-    def _record(self, late: Late, deadline_at: float) -> None:
+    def _record(self, late: Late, deadline_at: float, culprit: tuple[int, str]) -> None:
         """failure.json (what `launcher status` says) and the failure alert, as a crash has them;
         logs/hang/verdict.json: the verdict, when the deadline passed and when it was judged."""
         from launcher.engines import failure
 
+        rank, host = culprit  # the rank the verdict names, not the first whose deadline passed (its peers wait too)
         summary = "\n".join(self.lines)
         verdict_file = RunDir(self.run_dir).hang / "verdict.json"
         try:
-            verdict_file.write_text(json.dumps({"lines": self.lines, "rank": late.rank, "step": late.seen.step,
+            verdict_file.write_text(json.dumps({"lines": self.lines, "rank": rank, "host": host,
+                                                "step": late.seen.step,
                                                 "deadline_s": late.deadline_s, "deadline_passed_at": deadline_at,
                                                 "judged_at": time.time()}, indent=1), encoding="utf-8")
         except OSError:
             pass
-        record = failure.Failure(late.rank, "", 0, 0, 1, f"{HANG_STATUS} (hang)", self.lines[0],
+        record = failure.Failure(rank, host, -1, 0, 1, f"{HANG_STATUS} (hang)", self.lines[0],
                                  str(RunDir(self.run_dir).hang), self.lines[1:])
         try:
             if self.tracking is not None:

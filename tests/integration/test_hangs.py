@@ -86,6 +86,7 @@ def check_verdict(output: str, fault: str, run_dir: Path, host: str) -> list[str
     assert any(line.lstrip().startswith("rank 0 waits in") for line in verdict), verdict
     failure = json.loads((run_dir / "logs" / "failure.json").read_text())
     assert failure["exit"] == "124 (hang)" and failure["message"] == verdict[0]
+    assert (failure["rank"], failure["host"]) == (1, host)  # the stuck rank, not a peer waiting for it
     alerts = [r["alert"] for r in metrics(run_dir) if "alert" in r]  # the tracker's failure alert
     assert [a["kind"] for a in alerts] == ["failure"] and alerts[0]["text"].startswith(verdict[0]), alerts
     assert list((run_dir / "logs" / "hang").glob("node-*.json"))  # every stack kept

@@ -113,7 +113,8 @@ def test_the_verdict_names_the_stopped_rank_its_line_and_who_waits_for_it():
                                                  "stack": WAITING}]},
                {"host": "node-b", "processes": [{"pid": 42, "parent": 1, "state": "T", "state_text": "stopped",
                                                  "stack": STOPPED}]}]
-    lines = verdict("hang at step 20", answers, {0: (20, 41), 1: (20, 42)}, "RUN/logs/hang", "  ended")
+    judged = verdict("hang at step 20", answers, {0: (20, 41), 1: (20, 42)}, "RUN/logs/hang", "  ended")
+    lines = judged.lines
     assert lines == [
         "hang at step 20",
         "  rank 1 on node-b (pid 42) is stopped (SIGSTOP or a debugger): uneven_recipe.py:113 in "
@@ -121,10 +122,13 @@ def test_the_verdict_names_the_stopped_rank_its_line_and_who_waits_for_it():
         "  rank 0 waits in all_reduce (from dist.py:38 in all_reduce_sum)",
         "  every process's stack and state: RUN/logs/hang",
         "  ended"]
+    assert judged.stuck == [(1, "node-b")]  # what failure.json and `launcher status` name
 
 
 def test_without_answers_the_verdict_says_so_and_keeps_the_heartbeats():
-    lines = verdict("hang at step 7", [], {0: (7, 1), 1: (6, 2)}, "RUN/logs/hang", "  ended")
+    judged = verdict("hang at step 7", [], {0: (7, 1), 1: (6, 2)}, "RUN/logs/hang", "  ended")
+    lines = judged.lines
+    assert judged.stuck == [(1, "?")]  # behind the others: the rank failure.json names
     assert lines[1] == "  rank 1 is at step 6, behind the others (no stack read)"
     assert "no node answered with its stacks" in lines[2] and "rank 1 at step 6" in lines[2]
     assert len(lines) <= 15
