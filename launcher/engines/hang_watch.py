@@ -106,7 +106,11 @@ class HangWatch:
             return
         moved = front - self._front[0]
         if moved > 0:
-            if self._front[0] >= self.settings.warmup_steps:  # compilation and the first steps excluded
+            # A move that ends past the warm-up is a pace. One that began inside it (steps faster than
+            # the poll: warm-up and more seen at once) counts the warm-up too: a longer deadline for a
+            # while, never a false alarm; leaving it out would leave a job that hangs right after no
+            # deadline at all.
+            if front > self.settings.warmup_steps:
                 self.paces.append((now - self._front[1]) / moved)
             self._front = (front, now)
 

@@ -56,6 +56,22 @@ def test_no_deadline_while_starting_or_warming_up_then_the_floor_or_ten_slowest_
     assert late is not None and late.seen.step == 39 and late.waited_s > late.deadline_s == 5.0
 
 
+def test_a_hang_right_after_a_warm_up_that_one_poll_saw_whole_still_has_a_deadline(tmp_path):
+    """Steps faster than the poll: the watch sees step 0 (starting), then step 20, then nothing."""
+    watch, clock = _watch(tmp_path)
+    for rank in (0, 1):
+        _beat(tmp_path, rank, 0, phase=0)
+    assert watch.poll() is None
+    clock.now += 2.0  # building, the warm-up and 17 more steps between two polls
+    for rank in (0, 1):
+        _beat(tmp_path, rank, 20)
+    assert watch.poll() is None
+    assert watch.deadline(watch.ranks[0]) == (5.0, "10 x the slowest recent step, 0.10 s, at least 5 s")
+    clock.now += 5.5
+    late = watch.poll()
+    assert late is not None and late.seen.step == 20
+
+
 def test_a_slow_pace_lengthens_the_deadline_past_the_floor(tmp_path):
     watch, clock = _watch(tmp_path)
     _train(watch, clock, tmp_path, range(1, 20), seconds_per_poll=4.0, per_poll=1)  # 4 s a step
