@@ -31,6 +31,7 @@ from launcher.rundir.heartbeats import (
     read_heartbeat,
 )
 from launcher.rundir.layout import RunDir
+from launcher.rundir.record import write_atomic
 
 DUMP_WAIT_S = 20.0  # how long the watch waits for the nodes' dumps before it judges without them
 
@@ -146,21 +147,16 @@ def request_dumps(run_dir: Path, late: Late) -> float:
     directory = RunDir(run_dir).hang
     directory.mkdir(parents=True, exist_ok=True)
     asked = time.time()
-    partial = directory / (HANG_REQUEST + ".tmp")
-    partial.write_text(json.dumps({"time": asked, "rank": late.rank, "step": late.seen.step,
-                                   "from": socket.gethostname()}), encoding="utf-8")
-    partial.replace(directory / HANG_REQUEST)
+    write_atomic(directory / HANG_REQUEST, json.dumps({"time": asked, "rank": late.rank, "step": late.seen.step,
+                                                       "from": socket.gethostname()}))
     return asked
 
 
 def end_ranks(run_dir: Path, asked: float) -> None:
     """Tell every node's agent that the hang is judged: it kills its ranks (runtime/hang_dump.py)
     while the launcher stops the job, which SIGTERM alone would not end in time."""
-    target = RunDir(run_dir).hang / HANG_END
-    partial = target.with_name(HANG_END + ".tmp")
     try:
-        partial.write_text(json.dumps({"time": asked}), encoding="utf-8")
-        partial.replace(target)
+        write_atomic(RunDir(run_dir).hang / HANG_END, json.dumps({"time": asked}))
     except OSError:
         pass  # the collective timeout stays the last line of defence
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from launcher.rundir.heartbeats import HANG_END, HANG_REQUEST, node_answer
 from launcher.rundir.layout import RunDir
+from launcher.rundir.record import write_atomic
 
 POLL_S = 1.0
 END_AFTER_S = 2.0  # the launcher's stop reaches torchrun first, so the agent does not restart the ranks
@@ -66,11 +67,8 @@ def _asked(path: Path) -> float | None:
 def _answer(hang: Path, asked: float) -> None:
     answer = {"asked": asked, "host": socket.gethostname(), "agent_pid": os.getpid(),
               "processes": [describe(pid) for pid in descendants(os.getpid())]}
-    target = node_answer(hang, socket.gethostname(), os.getpid())
-    partial = target.with_name(target.name + ".tmp")
     try:
-        partial.write_text(json.dumps(answer, indent=1), encoding="utf-8")
-        partial.replace(target)
+        write_atomic(node_answer(hang, socket.gethostname(), os.getpid()), json.dumps(answer, indent=1))
     except OSError:
         pass  # a full or gone run directory: the watch judges from the heartbeats alone
 
