@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -105,11 +105,11 @@ def build_plan(loaded: LoadedRecipe, topology: Topology, run_dir: str, python: s
     by_nproc = {nproc: tuple(torchrun.argv(nproc)) for nproc in set(topology.procs_by_node)}
     here = topology.nproc_per_node if standalone or topology.node_rank is not None else 0  # ranks on this machine
     env = rank_env(cluster, run_dir, method, environ, here)
-    here = [topology.hosts.index(h) if topology.node_rank is None else topology.node_rank
-            for h in topology.started_here]
-    commands = engine.commands(NodeRequest(topology.started_here, tuple(topology.slot_ids[i] for i in here)
+    node_of = _first_positions(topology.hosts)  # one pass: a lookup per host, not a search (10,000 hosts)
+    nodes_here = [node_of[h] if topology.node_rank is None else topology.node_rank for h in topology.started_here]
+    commands = engine.commands(NodeRequest(topology.started_here, tuple(topology.slot_ids[i] for i in nodes_here)
                                            if topology.slot_ids else (),
-                                           tuple(by_nproc[topology.procs_by_node[i]] for i in here), env, environ,
+                                           tuple(by_nproc[topology.procs_by_node[i]] for i in nodes_here), env, environ,
                                            tuple(cluster.forward_env), python, cwd, run_dir))
     return LaunchPlan(run_dir, engine.name, commands.nodes, commands.processes, topology.procs_by_node,
                       rendezvous.endpoint, math, commands.secret_names, topology.slurm_job_id, topology.node_rank)
@@ -303,6 +303,14 @@ def worker_entry(start_method: str) -> list[str]:
 
 
 AGENT_PRELOADS = ("torch._dynamo",)  # imported by the agent before it forks the ranks (runtime/agent.py)
+
+
+def _first_positions(hosts: Sequence[str]) -> dict[str, int]:
+    """Each host's node index, its first place in the list (as list.index finds it)."""
+    positions: dict[str, int] = {}
+    for index, host in enumerate(hosts):
+        positions.setdefault(host, index)
+    return positions
 
 
 @dataclass(frozen=True)
