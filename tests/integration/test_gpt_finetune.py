@@ -10,14 +10,13 @@ import pytest
 
 from tests.helpers import ROOT, launch, launcher_env, metrics, write_recipe
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # ~4.5 min of real training: `pytest -m heavy`; CI runs it
+# Real training of a tiny GPT, shortened: the opt-in heavy set, which CI runs. The shipped two-step
+# example's own figures (perplexity 462 -> 79, the samples' drift to Austen's words) are figure runs:
+# python bench/figures.py --cases gpt-finetune-tiny.
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
-PROMPTS = ["It was", "She said", "He was", "The", "And", "I am"]
-# Words that tell the corpora apart (by far more frequent in one than in the other).
-AUSTEN_WORDS = {"mr", "mrs", "miss", "lady", "sir", "sure", "very", "much", "she", "her", "dear", "could",
-                "would", "elizabeth", "emma", "anne", "fanny", "marianne", "catherine", "room", "family"}
-KJV_WORDS = {"lord", "unto", "thee", "thou", "thy", "shall", "hath", "israel", "god", "ye", "saith", "king",
-             "children", "behold", "land"}
+PROMPTS = ["It was", "She said", "He was"]
+PRETRAIN_STEPS, FINETUNE_STEPS = 60, 30
 
 
 @pytest.fixture(scope="module")
@@ -25,42 +24,38 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("gpt")
     env = launcher_env(LAUNCHER_CACHE_DIR=str(base / "cache"))
     pre = base / "pretrain"
-    result = launch(ROOT / "recipes" / "gpt-pretrain-tiny.yaml", pre, nproc=2, env=env, timeout=900)
+    result = launch(ROOT / "recipes" / "gpt-pretrain-tiny.yaml", pre, f"train.steps={PRETRAIN_STEPS}",
+                    f"train.eval_every={PRETRAIN_STEPS}", f"checkpoint.every_steps={PRETRAIN_STEPS}",
+                    "scheduler.warmup_steps=10", "train.log_every=10", nproc=2, env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     fine = base / "finetune"
     prompts = json.dumps(PROMPTS)
     result = launch(ROOT / "recipes" / "gpt-finetune-tiny.yaml", fine, f"model.pretrained={pre}",
-                    "train.eval_at_start=true", f"data.sample_prompts={prompts}", "data.max_new_tokens=40",
+                    f"train.steps={FINETUNE_STEPS}", f"train.eval_every={FINETUNE_STEPS}",
+                    f"checkpoint.every_steps={FINETUNE_STEPS}", "scheduler.warmup_steps=5", "train.log_every=10",
+                    "train.eval_at_start=true", f"data.sample_prompts={prompts}", "data.max_new_tokens=12",
                     nproc=2, env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return pre, fine, env
 
 
-def _share(texts: list[str], vocabulary: set[str]) -> float:
-    words = [w for t in texts for w in re.findall(r"[a-z]+", t.lower())]
-    return sum(w in vocabulary for w in words) / max(1, len(words))
-
-
-def test_finetuning_lowers_heldout_perplexity(runs):
-    _, fine, _ = runs
+def test_finetuning_from_a_pretrained_run_lowers_heldout_perplexity(runs):
+    pre, fine, _ = runs
+    assert [r["step"] for r in metrics(pre) if "eval_perplexity" in r] == [PRETRAIN_STEPS]
     evals = {r["step"]: r["eval_perplexity"] for r in metrics(fine) if "eval_perplexity" in r}
-    assert sorted(evals) == [0, 100, 200]
-    # Measured (2 processes, 2 CPU cores): the KJV model scores 462 on held-out Austen before,
-    # 95 after 100 steps and 79 after 200.
-    assert evals[200] < 0.35 * evals[0], evals
+    assert sorted(evals) == [0, FINETUNE_STEPS]
+    # The KJV model starts far from Austen; 30 steps on her novels must move it (the whole example's
+    # figures, 462 -> 79, are bench/figures.py's).
+    assert evals[FINETUNE_STEPS] < 0.8 * evals[0], evals
 
 
-def test_samples_move_towards_the_finetuning_corpus(runs):
+def test_samples_are_drawn_at_each_evaluation_for_every_prompt(runs):
     _, fine, _ = runs
     rows = [json.loads(line) for line in (fine / "samples.jsonl").read_text().splitlines()]
-    before = [r["text"] for r in rows if r["step"] == 0]
-    after = [r["text"] for r in rows if r["step"] == 200]
-    assert len(before) == len(after) == 2 * len(PROMPTS)  # greedy + sampled per prompt
-    austen_gain = _share(after, AUSTEN_WORDS) - _share(before, AUSTEN_WORDS)
-    kjv_drop = _share(before, KJV_WORDS) - _share(after, KJV_WORDS)
-    # Measured: Austen words 0.000 -> 0.224 of all generated words; KJV words 0.177 -> 0.000.
-    assert austen_gain > 0.10, (before, after)
-    assert kjv_drop > 0.08, (before, after)
+    for step in (0, FINETUNE_STEPS):
+        texts = [r["text"] for r in rows if r["step"] == step]
+        assert len(texts) == 2 * len(PROMPTS)  # greedy + sampled per prompt
+        assert all(re.search(r"[a-z]", t.lower()) for t in texts), texts
 
 
 def test_export_generates_with_transformers(runs):
