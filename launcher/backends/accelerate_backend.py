@@ -86,7 +86,18 @@ class AccelerateBackend:
         return norm
 
     def unwrapped(self):
-        return self.accelerator.unwrap_model(self.model)
+        """The model inside DDP (under FSDP 2 the model is its own wrapper). Not through
+        Accelerator.unwrap_model unless compiled: with DeepSpeed installed it imports DeepSpeed in
+        every rank to test for an engine this backend never builds (1-2 s of CPU a rank, at the
+        first save or export)."""
+        from accelerate.utils import is_compiled_module
+
+        if is_compiled_module(self.model):
+            return self.accelerator.unwrap_model(self.model)
+        model = self.model
+        while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        return model
 
     def save(self, files) -> None:
         """model.pt and optimizer.pt, written by global rank 0. DDP replicas are identical; under FSDP
