@@ -3,7 +3,7 @@ held against the ones its header promises. They take minutes each and test no co
 test sets do not (tests/integration runs the same recipes shorter); their point is the figure, so
 they run here, before a release or when a recipe or its area changes, not in every CI run.
 
-    python bench/figures.py                       # every case (about 45 minutes on 2 cores)
+    python bench/figures.py                       # every case (about 40 minutes on 2 cores)
     python bench/figures.py --cases bert-tiny     # one
     python bench/figures.py --cases gpt-finetune-tiny   # with the case it starts from (gpt-pretrain-tiny)
 
