@@ -23,6 +23,7 @@ from launcher.rundir.heartbeats import EVALUATING, SAVING, TRAINING
 from launcher.rundir.layout import RunDir
 from launcher.rundir.record import tracker_run_id
 from launcher.runtime import checkpoint as ckpt
+from launcher.runtime import live_bytes
 from launcher.runtime.device import on_device, to_device
 from launcher.runtime.dist import DistEnv, all_reduce_sum, barrier, gather_hosts, gather_rows
 from launcher.runtime.evaluation import evaluate_and_log
@@ -56,6 +57,12 @@ class Stopped(Exception):
 
 def train(recipe, task: Task, backend, math: BatchMath, env: DistEnv, run_dir: str, startup: StartupClock) -> None:
     heartbeat = Heartbeat(run_dir, env.rank)  # starting: building, restoring (no step deadline yet)
+    with live_bytes.trace_training(task.model, env.rank):  # the memory benchmark's count; else nothing
+        _train(recipe, task, backend, math, env, run_dir, startup, heartbeat)
+
+
+def _train(recipe, task: Task, backend, math: BatchMath, env: DistEnv, run_dir: str, startup: StartupClock,
+           heartbeat: Heartbeat) -> None:
     _prepare(recipe, task, backend)
     startup.mark("prepare_s")
     root = RunDir(run_dir).checkpoints(recipe.checkpoint.dir)
@@ -150,6 +157,7 @@ def _loop(run: Run) -> None:
         lr = run.backend.scheduled_lr() if own_schedule else lr_at(step, recipe.optimizer.lr, recipe.train.steps,
                                                                     recipe.scheduler)
         grad_norm = _train_step(run, micro_batches, lr, step, interval, guard)
+        live_bytes.step_done()
         profiler.step()
         done = step + 1
         watch.step_progress.tick(done)
