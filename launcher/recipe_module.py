@@ -15,8 +15,10 @@ the order a user writes it):
 
     def build(recipe, ctx) -> Task: ...   # in each process: model, data, loss (imports torch here)
 
-Optional: `tokens_per_sample(recipe)` for the plan's arithmetic table, and `IDENTITY_EXEMPT`, the
-`model.`/`data.` keys a run may change between resumes. Module-level code must not import torch:
+Optional: `tokens_per_sample(recipe)` for the plan's arithmetic table, `IDENTITY_EXEMPT`, the
+`model.`/`data.` keys a run may change between resumes, and `memory_probe(recipe) -> MemoryProbe`:
+the model and a micro-batch without data or weights, which the plan's memory estimate traces on
+the meta device (launcher/runtime/memory_probe.py). Module-level code must not import torch:
 `launcher plan` imports the module to validate the recipe.
 
 A training dataset may define `at(index, position)` (PositionalDataset): it then receives the
@@ -53,7 +55,7 @@ class RecipeModule(Protocol):
 
 
 REQUIRED = ("DESCRIPTION", "ModelConfig", "DataConfig", "build")
-OPTIONAL = ("tokens_per_sample", "IDENTITY_EXEMPT")
+OPTIONAL = ("tokens_per_sample", "IDENTITY_EXEMPT", "memory_probe")
 
 
 @runtime_checkable
@@ -113,3 +115,14 @@ class Task:
     # Each training sample's length (e.g. tokens): when given, every global batch is drawn from
     # samples of about one length (launcher.runtime.sampling.GlobalOrder), for little padding.
     lengths: Any = None
+
+
+@dataclass
+class MemoryProbe:
+    """What memory_probe(recipe) returns. Everything is made on the current default device, which
+    the estimate sets to meta: no weights are read and no data is touched, so a pretrained source
+    contributes its config only."""
+
+    model: Any  # torch.nn.Module, as build() would make it (frozen parameters included)
+    batch: Callable[[int], Any]  # micro-batch size -> one micro-batch, shaped as collate makes it
+    loss: Callable[[Any, Any], tuple[Any, Any]]  # as Task.loss

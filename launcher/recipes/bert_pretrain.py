@@ -292,6 +292,47 @@ def _pretraining_module(bert, nsp_weight: float, compile_loss: bool = False):
     return BertPretraining()
 
 
+def memory_probe(recipe):
+    """The pretraining model (a pretrained source gives its config only) and a full-length batch,
+    for the plan's memory estimate. The vocabulary is data.vocab_size (a trained WordPiece has at
+    most that)."""
+    import torch
+
+    from launcher.recipe_module import MemoryProbe
+
+    data: DataConfig = recipe.data
+    if recipe.model.pretrained:
+        from transformers import BertConfig, BertForPreTraining
+
+        bert = BertForPreTraining(BertConfig.from_pretrained(recipe.model.pretrained))
+    else:
+        bert = _build_model(recipe.model, _VocabOnly(data.vocab_size), data.max_seq_len)
+    model = _pretraining_module(bert, nsp_weight=data.mask_prob * data.max_seq_len)
+
+    def batch(micro: int) -> dict:
+        def zeros(*shape):
+            return torch.zeros(*shape, dtype=torch.long)
+
+        return {"mlm_positions": zeros(micro, data.max_predictions), "mlm_labels": zeros(micro, data.max_predictions),
+                "input_ids": zeros(micro, data.max_seq_len), "token_type_ids": zeros(micro, data.max_seq_len),
+                "attention_mask": torch.ones(micro, data.max_seq_len, dtype=torch.long),
+                "next_sentence_label": zeros(micro)}
+
+    return MemoryProbe(model=model, batch=batch, loss=_loss)
+
+
+class _VocabOnly:
+    """Stands in for a tokenizer where only its size matters."""
+
+    pad_token_id = 0
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def _build_model(cfg: ModelConfig, tokenizer, max_seq_len: int):
     from transformers import BertConfig, BertForPreTraining
 

@@ -234,12 +234,45 @@ def causal_sdpa() -> str:
     return CAUSAL_SDPA
 
 
-def _build_model(cfg: ModelConfig, source: str, tokenizer, max_seq_len: int):
-    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+def memory_probe(recipe):
+    """The model (a pretrained source gives its config only) and a block batch, for the plan's
+    memory estimate. The vocabulary is data.vocab_size when a tokenizer is trained (at most that)."""
+    import torch
 
-    if cfg.init == "pretrained":
+    from launcher.recipe_module import MemoryProbe
+
+    cfg, data = recipe.model, recipe.data
+    source = _resolve_model_path(cfg.pretrained) if cfg.init == "pretrained" else ""
+    vocab = _VocabOnly(data.vocab_size)
+    model = _build_model(cfg, source, vocab, data.max_seq_len, weights=False)
+
+    def batch(micro: int) -> dict:
+        ids = torch.zeros(micro, data.max_seq_len, dtype=torch.long)
+        return {"input_ids": ids, "labels": ids}
+
+    return MemoryProbe(model=model, batch=batch, loss=causal_lm_loss)
+
+
+class _VocabOnly:
+    """Stands in for a tokenizer where only its size matters."""
+
+    bos_token_id = eos_token_id = pad_token_id = None
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _build_model(cfg: ModelConfig, source: str, tokenizer, max_seq_len: int, weights: bool = True):
+    from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    if cfg.init == "pretrained" and not weights:
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), attn_implementation=cfg.attention)
+    elif cfg.init == "pretrained":
         model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=cfg.attention)
-        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        if weights and model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
     else:
         layers, hidden, heads = SIZES[cfg.size]

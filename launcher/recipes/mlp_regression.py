@@ -65,7 +65,6 @@ def tokens_per_sample(recipe) -> None:
 
 def build(recipe, ctx):
     import torch
-    from torch import nn
 
     from launcher.recipe_module import Task
 
@@ -74,24 +73,11 @@ def build(recipe, ctx):
     x_train, y_train = _generate(data_cfg, data_cfg.samples, offset=0)
     x_eval, y_eval = _generate(data_cfg, data_cfg.eval_samples, offset=1)
 
-    layers: list[nn.Module] = []
-    width = data_cfg.features
-    for _ in range(model_cfg.layers):
-        layers += [nn.Linear(width, model_cfg.hidden), nn.GELU(), nn.Dropout(model_cfg.dropout)]
-        width = model_cfg.hidden
-    layers.append(nn.Linear(width, data_cfg.outputs))
-    model = nn.Sequential(*layers)
+    model = _model(model_cfg, data_cfg)
 
     def collate(samples):
         ids, xs, ys = zip(*samples, strict=True)
         return {"ids": torch.tensor(ids), "x": torch.stack(xs), "y": torch.stack(ys)}
-
-    def loss(model, batch):
-        prediction = model(batch["x"])
-        per_sample = (prediction.float() - batch["y"]).pow(2).mean(dim=1)
-        # The count is filled on the device: torch.tensor(n, device=...) would copy it from the host
-        # and wait for the GPU every micro-step.
-        return per_sample.sum(), torch.full((), per_sample.numel(), device=per_sample.device)
 
     def export(model, state_dict, directory):
         torch.save(state_dict, f"{directory}/model.pt")
@@ -118,6 +104,43 @@ class _Indexed:
 
     def __getitem__(self, i: int):
         return i, self.x[i], self.y[i]
+
+
+def memory_probe(recipe):
+    """The model and a micro-batch of the shapes collate makes, for the plan's memory estimate."""
+    import torch
+
+    from launcher.recipe_module import MemoryProbe
+
+    cfg: DataConfig = recipe.data
+
+    def batch(micro: int) -> dict:
+        return {"ids": torch.zeros(micro, dtype=torch.long), "x": torch.zeros(micro, cfg.features),
+                "y": torch.zeros(micro, cfg.outputs)}
+
+    return MemoryProbe(model=_model(recipe.model, cfg), batch=batch, loss=loss)
+
+
+def _model(model_cfg: ModelConfig, data_cfg: DataConfig):
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    width = data_cfg.features
+    for _ in range(model_cfg.layers):
+        layers += [nn.Linear(width, model_cfg.hidden), nn.GELU(), nn.Dropout(model_cfg.dropout)]
+        width = model_cfg.hidden
+    layers.append(nn.Linear(width, data_cfg.outputs))
+    return nn.Sequential(*layers)
+
+
+def loss(model, batch):
+    import torch
+
+    prediction = model(batch["x"])
+    per_sample = (prediction.float() - batch["y"]).pow(2).mean(dim=1)
+    # The count is filled on the device: torch.tensor(n, device=...) would copy it from the host
+    # and wait for the GPU every micro-step.
+    return per_sample.sum(), torch.full((), per_sample.numel(), device=per_sample.device)
 
 
 def _generate(cfg: DataConfig, count: int, offset: int):

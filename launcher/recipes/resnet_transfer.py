@@ -518,3 +518,40 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
+
+
+def memory_probe(recipe):
+    """The classifier (random weights; model.weights only fills them) and a uint8 batch as the
+    loader hands it over, for the plan's memory estimate."""
+    import torch
+
+    from launcher.recipe_module import MemoryProbe
+
+    cfg: DataConfig = recipe.data
+    model = build_classifier(recipe.model, _class_count(cfg.source), None)
+    normalized = _normalizer(IMAGENET_MEAN, IMAGENET_STD, torch.get_default_device(), channels_last=False)
+
+    def batch(micro: int) -> dict:
+        return {"image": torch.zeros(micro, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8),
+                "label": torch.zeros(micro, dtype=torch.long)}
+
+    def loss(model, batch):
+        logits = model(normalized(batch))
+        return torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="sum"), \
+            torch.full((), len(batch["label"]), device=logits.device)
+
+    return MemoryProbe(model=model, batch=batch, loss=loss)
+
+
+def _class_count(source: str) -> int:
+    """Classes of the head, without reading an image: the digit sets have 10, an ImageFolder tree
+    one per directory under train/ (or its top); 1000 (ImageNet's) when it cannot be told."""
+    if source.startswith("package:"):
+        return 10
+    root = Path(source.removeprefix("hf:"))
+    for top in (root / "train", root):
+        if top.is_dir():
+            classes = [entry for entry in top.iterdir() if entry.is_dir()]
+            if classes:
+                return len(classes)
+    return 1000

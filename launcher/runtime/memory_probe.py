@@ -1,0 +1,126 @@
+"""What one rank's model holds and one training step allocates, traced on the meta device.
+
+Run as `python -m launcher.runtime.memory_probe` by the plan (launcher/plan/memory.py), which
+imports no torch: stdin is {"path", "overrides", "micro": [sizes]}, stdout's last line is the
+figures as JSON. The recipe module's memory_probe(recipe) makes the model and micro-batches on
+the meta device (shapes and dtypes, no storage, no weights read, no data), and one forward and
+backward per micro-batch size runs through launcher.runtime.live_bytes, which counts every
+allocation as the real step would make it. What is measured here, per rank and unsharded:
+
+- parameters, trainable parameters and buffers, in the dtype the engine keeps them;
+- activations: the peak that the forward and backward add beside the parameters and the
+  gradients written so far (so a gradient is not counted twice), and the peak of activations and
+  gradients together (for engines that keep every gradient whole), at each micro-batch size;
+- the bytes of one micro-batch as the loader hands it over;
+- the largest trainable tensor (an optimizer's per-tensor temporaries) and the largest block of
+  parameters (FSDP gathers one block at a time).
+
+How the engines shard, copy and buffer these is arithmetic, in launcher/plan/memory.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def probe(path: str, overrides: list[str], micros: list[int], checkpointed_too: bool = False) -> dict:
+    import torch
+
+    from launcher.backends.precision import resolve_precision
+    from launcher.config.load import load_recipe
+
+    started = time.perf_counter()
+    loaded = load_recipe(path, overrides)
+    recipe, module = loaded.recipe, loaded.recipe_module
+    make = getattr(module, "memory_probe", None)
+    if make is None:
+        return {"unsupported": f"recipe module {recipe.recipe} defines no memory_probe(recipe)"}
+    precision = resolve_precision(recipe.precision)
+    # DeepSpeed casts the weights for bf16/fp16 (one dtype for the whole step); Accelerate keeps
+    # fp32 weights under autocast, whose activations the low-precision trace approximates.
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    out: dict = {"precision": precision, "activations": {}, "activations_checkpointed": {},
+                 "with_gradients": {}, "with_gradients_checkpointed": {}, "batch_bytes": {}}
+    variants = [("", recipe.train.activation_checkpointing)]
+    if checkpointed_too and not recipe.train.activation_checkpointing:
+        variants.append(("_checkpointed", True))
+    for key, checkpointed in variants:
+        for micro in micros:
+            with torch.device("meta"):
+                made = make(recipe)
+                model = made.model.to(low) if low is not None else made.model
+                batch = made.batch(micro)
+            if checkpointed:
+                enable = getattr(model, "gradient_checkpointing_enable", None)
+                if enable is None:
+                    break  # the model cannot checkpoint (the trainer refuses the setting too)
+                enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()
+            if not out.get("param_bytes"):
+                out.update(_parameter_figures(model))
+            beside, joint = _activation_peak(model, batch, made.loss)
+            out["activations" + key][str(micro)], out["with_gradients" + key][str(micro)] = beside, joint
+            out["batch_bytes"][str(micro)] = sum(t.numel() * t.element_size() for t in _tensors(batch))
+    out["seconds"] = round(time.perf_counter() - started, 3)
+    return out
+
+
+def _parameter_figures(model) -> dict:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    blocks = [sum(p.numel() * p.element_size() for p in child.parameters())
+              for module in model.modules() if isinstance(module, _containers())
+              for child in module.children()]
+    return {
+        "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in trainable),
+        "buffer_bytes": sum(b.numel() * b.element_size() for b in model.buffers()),
+        "largest_trainable": max((p.numel() for p in trainable), default=0),
+        "trainable_sizes": [p.numel() for p in trainable],  # in order: how ZeRO's flat partitions cut them
+        "largest_block_bytes": max(blocks, default=0),
+    }
+
+
+def _containers():
+    from torch import nn
+
+    return nn.ModuleList, nn.Sequential
+
+
+def _tensors(value):
+    import torch
+    from torch.utils._pytree import tree_flatten
+
+    return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+
+
+def _activation_peak(model, batch, loss) -> tuple[int, int]:
+    """(the peak the step adds beside the gradients written so far, the peak of activations and
+    gradients together), over the parameters and buffers."""
+    from launcher.runtime.live_bytes import LiveBytes
+
+    counter = LiveBytes()
+    for tensor in (*model.parameters(), *model.buffers()):
+        counter.hold(tensor)
+    counter.watch_grads(model.parameters())
+    held = counter.live
+    with counter:
+        loss_sum, _ = loss(model, batch)
+        loss_sum.backward()
+    return max(0, counter.peak_beside_grads - held), max(0, counter.peak - held)
+
+
+def main() -> int:
+    request = json.loads(sys.stdin.read())
+    try:
+        figures = probe(request["path"], request["overrides"], request["micro"], request.get("checkpointed_too", False))
+    except Exception as error:  # the plan reports it and goes on without an estimate
+        figures = {"failed": f"{type(error).__name__}: {error}"[:2000]}
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
