@@ -32,9 +32,13 @@ from launcher.cli.common import (
 @with_placement
 @click.option("--no-preflight", is_flag=True, help="Skip the ssh/port checks of hostfile hosts.")
 @click.option("--allow-schedule-change", is_flag=True, help=ALLOW_HELP)
+@click.option("--device-memory", metavar="SIZE", help="Memory of one rank's device, e.g. 80GiB: refuse (exit 2) "
+                                                      "a job predicted not to fit, and say what would.")
+@click.option("--no-memory-check", is_flag=True, help="Start even when the memory estimate says it will not fit.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show third-party notices the console holds back (LAUNCHER_VERBOSE=1; always in the rank logs).")
-def run(recipe_path, overrides, no_preflight, allow_schedule_change, verbose, **placement):
+def run(recipe_path, overrides, no_preflight, allow_schedule_change, verbose, device_memory, no_memory_check,
+        **placement):
     """Write the run directory, then start the job and wait for it (exit status = the job's).
 
     \b
@@ -52,6 +56,8 @@ def run(recipe_path, overrides, no_preflight, allow_schedule_change, verbose, **
 
     def checked_claim():
         check_before_start(recipe_path, loaded, launch_plan)
+        if device_memory and not no_memory_check:
+            refuse_if_it_does_not_fit(recipe_path, overrides, loaded, launch_plan, device_memory)
         return claim_run(loaded, launch_plan.run_dir, resolved, recipe_path, allow_schedule_change)
 
     claim = refusing(checked_claim)
@@ -60,6 +66,16 @@ def run(recipe_path, overrides, no_preflight, allow_schedule_change, verbose, **
     finally:
         claim.release()
     sys.exit(status)
+
+
+def refuse_if_it_does_not_fit(recipe_path, overrides, loaded, launch_plan, device_memory: str) -> None:
+    """Exit 2 before anything is written when the estimate exceeds the device (plan/memory.py)."""
+    from launcher.cli.plan import memory_verdict
+    from launcher.plan.memory import check, refusal
+
+    verdict = memory_verdict(recipe_path, overrides, loaded, launch_plan, device_memory, check)
+    if not verdict.fits:
+        raise refusal(recipe_path, loaded, verdict)
 
 
 def start_run(loaded, launch_plan, resolved: dict, claim, preflight: bool, started_at: float) -> int:

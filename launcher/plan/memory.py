@@ -1,0 +1,442 @@
+"""Per-rank peak memory, predicted before the queue: what each term is and how the engines hold it.
+
+The model's own figures come from a trace on the meta device in a child process (torch is never
+imported here): launcher/runtime/memory_probe.py. It gives P parameters, T trainable, the largest
+trainable tensor L, the tensors' sizes in order, and, per micro-batch size m, the activations
+beside the gradients A(m), activations and gradients together J(m), and the batch's bytes.
+Everything else is arithmetic, per rank, for world size N and k optimizer states per element (2
+for AdamW, 1 for SGD with momentum), in three phases on top of what lasts through the step:
+backward, gradient reduction, optimizer step. The peak is the lasting terms plus the largest
+phase. Weights are w bytes (2 for DeepSpeed's bf16/fp16, which casts them; else 4).
+
+  Accelerate DDP   lasting: P·4 weights, T·4 DDP buckets (gradient_as_bucket_view is off), k·T·4
+                   states; gradients T·4 (lasting with accumulation, else they grow inside J(m));
+                   step: AdamW's temporaries, 3·L·4 (one tensor at a time: a square root and a
+                   quotient while the previous tensor's denominator is alive).
+  Accelerate FSDP  weights, gradients and states /N; two gathered blocks in the backward. On ranks
+                   without a GPU Accelerate runs DDP instead (its CPU path ignores the FSDP plugin),
+                   and that is what is estimated.
+  ZeRO 0           as DDP with one flat all-reduce buffer (T·w) instead of buckets.
+  ZeRO 1, 2        the flat weights P·w, gradients accumulated whole T·w, a reduce bucket
+                   (reduce_bucket_size·w, x2 with overlap_comm on GPUs; 2 GB in fp32 at the
+                   default 5e8, whatever the model), the fp32 partition and states (1+k)·T·4/N;
+                   backward: J(m) (DeepSpeed adds a micro-step's gradients after its backward);
+                   reduction: the whole tensors that overlap the partition (x2 for stage 2 on more
+                   than one rank), the new gradients in flight, one flattened bucket; step: the
+                   fp32 gradient partition and AdamW's two partition-sized temporaries.
+  ZeRO 3           weights and gradients /N too; backward: the gathered parameters (the prefetch
+                   bucket, or the running and the next tensor), one gradient with the reduce bucket
+                   being reduced, A(m).
+  Offload          the fp32 partition, states, gradient partition and the update move to host
+                   memory (offload_param: the weight partition too). On ranks without a GPU host
+                   memory is the device: those terms count in the peak.
+
+Against the anchors' formulas: DeepSpeed's estimate_zero2_model_states_mem_needs gives 2·P +
+18·P/N for fp16 without offload; the model states here are the same per element (16-bit weights,
+fp32 partition and two states), but the gradients are whole (2·P more: DeepSpeed 0.18 accumulates
+them per tensor and partitions at the boundary, as the measurement shows) and the reduce bucket,
+the reduction's buffers and the activations, which its estimator leaves out, are added. Its
+ZeRO-3 estimate (4·largest layer + 18·P/N) keeps the gathered layer; here the gathered
+parameters follow the prefetch bucket. `accelerate estimate-memory` multiplies the weights (x4
+for Adam training, no activations): the DDP terms above without the buckets and activations.
+
+These come from DeepSpeed 0.18's and torch's code and were checked against the bytes a real run
+holds (bench/memory.py; bench/results/memory-cpu-*.jsonl has every case with its error). On a GPU
+the CUDA context and NCCL's buffers (FIXED_GPU_BYTES) and the caching allocator's headroom
+(GPU_HEADROOM of the rest) are added; neither on ranks without one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+PROBE = "launcher.runtime.memory_probe"  # run as `python -m`, never imported here
+GiB = 1024**3
+FIXED_GPU_BYTES = int(0.75 * GiB)  # CUDA context ~0.5 GiB + NCCL communicator buffers
+GPU_HEADROOM = 0.10  # fragmentation of the caching allocator, as a share of the predicted bytes
+
+# Device memory of known accelerators (bytes the driver reports, rounded down to the GiB). Keys
+# are lowercase names as Slurm's gres types and nvidia-smi spell them.
+ACCELERATORS = {
+    "h200": 141, "h100": 80, "h100-80gb": 80, "h100-94gb": 94, "h800": 80, "gh200": 96,
+    "a100": 80, "a100-80gb": 80, "a100-40gb": 40, "a100-sxm4-40gb": 40, "a800": 80,
+    "l40s": 48, "l40": 48, "a6000": 48, "a40": 48, "a10": 24, "a10g": 24, "l4": 24,
+    "v100": 32, "v100-32gb": 32, "v100-16gb": 16, "t4": 16, "rtx4090": 24, "rtx3090": 24,
+    "mi300x": 192, "mi250x": 64, "mi250": 64, "mi210": 64, "b200": 180, "gb200": 186,
+}
+
+
+@dataclass(frozen=True)
+class Model:
+    """The probe's figures: element counts, and bytes by micro-batch size (traced at a few)."""
+
+    params: int
+    trainable: int
+    param_bytes: int
+    buffer_bytes: int
+    largest_trainable: int
+    largest_block_bytes: int
+    activations: dict[int, int]  # beside the gradients written so far
+    with_gradients: dict[int, int]  # activations and gradients together
+    batch_bytes: dict[int, int]
+    activations_checkpointed: dict[int, int] = field(default_factory=dict)
+    with_gradients_checkpointed: dict[int, int] = field(default_factory=dict)
+    precision: str = "fp32"
+    trainable_sizes: tuple[int, ...] = ()
+
+    def partition_overlap(self, world_size: int) -> int:
+        """Elements of the whole tensors that overlap one rank's ZeRO partition, on the rank with
+        the most: ZeRO 1-2 gather a partition's gradients as whole tensors."""
+        sizes = self.trainable_sizes or (self.trainable,)
+        share = -(-sum(sizes) // world_size)
+        most, start = 0, 0
+        ends = []
+        for size in sizes:
+            ends.append((start, start + size))
+            start += size
+        for rank in range(world_size):
+            low, high = rank * share, (rank + 1) * share
+            most = max(most, sum(b - a for a, b in ends if a < high and b > low))
+        return most
+
+    def at(self, table: dict[int, int], micro: int) -> int:
+        """Linear in the micro-batch through the two traced sizes nearest to it."""
+        sizes = sorted(table)
+        if micro in table or len(sizes) == 1:
+            return table.get(micro, table[sizes[0]] * micro // sizes[0])
+        low, high = (sizes[0], sizes[1]) if micro < sizes[1] else (sizes[-2], sizes[-1])
+        slope = (table[high] - table[low]) / (high - low)
+        return max(0, int(table[low] + slope * (micro - low)))
+
+    def can_checkpoint(self) -> bool:
+        return bool(self.activations_checkpointed)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The job's choices that change memory."""
+
+    backend: str  # deepspeed | accelerate
+    strategy: str  # ddp | fsdp (accelerate)
+    zero_stage: int
+    offload_optimizer: bool
+    offload_params: bool
+    precision: str  # fp32 | bf16 | fp16, resolved
+    optimizer_states: int  # k
+    world_size: int
+    micro: int
+    activation_checkpointing: bool
+    gpu: bool
+    accumulation: int = 1
+    reduce_bucket: int = int(5e8)  # elements
+    prefetch_bucket: int = int(5e7)
+
+
+LASTING, BACKWARD, REDUCTION, STEP = "lasting", "backward", "gradient reduction", "optimizer step"
+
+
+@dataclass(frozen=True)
+class Term:
+    what: str
+    bytes: int
+    phase: str = LASTING  # lasting: through the whole step; else only in that phase
+    host: bool = False  # offloaded to host memory (the same memory on a rank without a GPU)
+
+    @property
+    def label(self) -> str:
+        return self.what if self.phase == LASTING else f"{self.what} [{self.phase}]"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    terms: tuple[Term, ...]
+    peak: int  # bytes per rank on its device (on a rank without a GPU: in host memory, all terms)
+    phase: str  # when the peak is reached: backward or optimizer step
+    host_peak: int  # bytes per rank in host memory beside the device (GPU ranks with offload)
+    note: str = ""
+
+
+def estimate(model: Model, setup: Setup) -> Estimate:
+    """Per rank: what lives through the step, plus the larger of what the backward and the
+    optimizer step add. On a GPU, offloaded terms count in host memory; without one, everything
+    is host memory and counts together."""
+    terms, note = _terms(model, setup)
+    if not setup.gpu:
+        terms = [dataclasses.replace(term, host=False) for term in terms]
+    device = [term for term in terms if not term.host]
+    peak, phase = _peak(device)
+    host_peak, _ = _peak([term for term in terms if term.host])
+    if setup.gpu:
+        headroom = int(peak * GPU_HEADROOM)
+        terms += [Term("CUDA context and NCCL", FIXED_GPU_BYTES), Term("allocator headroom", headroom)]
+        peak += FIXED_GPU_BYTES + headroom
+    return Estimate(tuple(terms), peak, phase, host_peak, note)
+
+
+def _peak(terms: list[Term]) -> tuple[int, str]:
+    lasting = sum(t.bytes for t in terms if t.phase == LASTING)
+    phases = {phase: sum(t.bytes for t in terms if t.phase == phase) for phase in (BACKWARD, REDUCTION, STEP)}
+    phase = max(phases, key=lambda name: phases[name])
+    return lasting + phases[phase], phase
+
+
+def _terms(model: Model, setup: Setup) -> tuple[list[Term], str]:
+    n, k = setup.world_size, setup.optimizer_states
+    t, p, largest = model.trainable, model.params, model.largest_trainable
+    w = 2 if setup.precision in ("bf16", "fp16") and setup.backend == "deepspeed" else 4
+    adam = k == 2
+    checkpointed = setup.activation_checkpointing and model.can_checkpoint()
+    beside = model.at(model.activations_checkpointed if checkpointed else model.activations, setup.micro)
+    joint = model.at(model.with_gradients_checkpointed if checkpointed else model.with_gradients, setup.micro)
+    suffix = " (checkpointed)" if checkpointed else ""
+    note = ""
+    # All of a step's micro-batches are fetched before its first forward.
+    terms = [Term("the step's micro-batches", setup.accumulation * model.at(model.batch_bytes, setup.micro)),
+             Term("buffers", model.buffer_bytes)]
+    if setup.backend == "accelerate" and setup.strategy == "fsdp" and setup.gpu:
+        terms += [Term("parameters (sharded)", p * 4 // n), Term("gradients (sharded)", t * 4 // n),
+                  Term("optimizer states (sharded)", k * t * 4 // n),
+                  Term("gathered blocks", 2 * model.largest_block_bytes, BACKWARD),
+                  Term("activations" + suffix, beside, BACKWARD),
+                  Term("optimizer step temporaries", (3 if adam else 0) * largest * 4 // n, STEP)]
+        return terms, note
+    if setup.backend == "accelerate":
+        if setup.strategy == "fsdp":
+            note = "strategy fsdp runs as DDP on ranks without a GPU (Accelerate's CPU path ignores the plugin)"
+        terms += [Term("parameters", p * 4), Term("DDP buckets", t * 4), Term("optimizer states", k * t * 4),
+                  Term("optimizer step temporaries", (3 if adam else 0) * largest * 4, STEP)]
+        return terms + _whole_gradients(t * 4, setup.accumulation, beside, joint, suffix), note
+    stage = setup.zero_stage
+    if stage == 0:
+        terms += [Term("parameters", p * w), Term("optimizer states", k * t * 4),
+                  Term("all-reduce buffer, then the update's temporaries",
+                       max(t * w, (3 if adam else 0) * largest * 4), STEP)]
+        if w == 2:
+            terms.append(Term("fp32 master weights", t * 4))
+        return terms + _whole_gradients(t * w, setup.accumulation, beside, joint, suffix), note
+    offload = setup.offload_optimizer
+    buckets = 2 if setup.gpu else 1  # overlap_comm (on with GPUs) double-buffers the reduce bucket
+    terms += [Term("reduce bucket", buckets * setup.reduce_bucket * w),
+              Term("fp32 partition", t * 4 // n, host=offload),
+              Term("optimizer states (partition)", k * t * 4 // n, host=offload),
+              Term("fp32 gradient partition", t * 4 // n, STEP, host=offload),
+              # The update runs over one flat partition: a square root and a quotient of its size.
+              Term("optimizer step temporaries", (2 if adam else 0) * t * 4 // n, STEP, host=offload)]
+    if stage == 3:
+        # Parameters are gathered one at a time (the running one and the prefetched next), or a
+        # prefetch bucket's worth; each new gradient (one is in the traced activations) is
+        # flattened with the reduce bucket's.
+        gathered = min(p, max(setup.prefetch_bucket, 2 * largest)) * w
+        terms += [Term("parameters (partition)", p * w // n, host=setup.offload_params),
+                  Term("gradients (partition)", t * w // n),
+                  Term("gathered parameters", gathered, BACKWARD),
+                  Term("gradients being reduced", min(t, largest + setup.reduce_bucket) * w, BACKWARD),
+                  Term("activations" + suffix, beside, BACKWARD)]
+        return terms, note
+    # Stages 1 and 2 (DeepSpeed 0.18): gradients accumulate whole, and a micro-step's new ones
+    # are added only after its backward, so both are alive in it. At the last micro-step the
+    # partition's gradients are gathered as whole tensors (the ones overlapping it; stage 2 on
+    # more than one rank stages them twice), with the new gradients still alive and one
+    # flattened bucket; one such buffer stays for the update.
+    in_partition = model.partition_overlap(n) * 4
+    staged = 2 if stage == 2 and n > 1 else 1
+    terms += [Term("parameters", p * w), Term("gradients (accumulated)", t * w),
+              Term("new gradients and activations" + suffix, joint, BACKWARD),
+              Term("gradients in the partition", staged * in_partition, REDUCTION),
+              # stage 1 reduces after the backward (every new gradient alive); stage 2 as they
+              # come, so only the tensors in flight (two, as measured).
+              Term("new gradients", (t if stage == 1 else min(t, 2 * largest)) * w, REDUCTION),
+              Term("a flattened reduce bucket", min(t, max(setup.reduce_bucket, largest)) * w, REDUCTION),
+              Term("gradients in the partition", in_partition, STEP)]
+    return terms, note
+
+
+def _whole_gradients(size: int, accumulation: int, beside: int, joint: int, suffix: str) -> list[Term]:
+    """Gradients kept whole until the update: in the backward of a step's only micro-batch they
+    grow beside the activations (traced together); with accumulation, the earlier micro-batches'
+    gradients are all there while the last one's activations live."""
+    if accumulation == 1:
+        return [Term("gradients", size, STEP), Term("activations and gradients" + suffix, joint, BACKWARD)]
+    return [Term("gradients", size), Term("activations" + suffix, beside, BACKWARD)]
+
+
+def parse_size(text: str) -> int:
+    """`80GiB`, `80G`, `80GB` (all binary, as GPU memory is quoted) or `512MiB` -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r} is not a size; write it like 80GiB, 24G or 512MiB")
+    power = " KMGT".index(match.group(2).upper() or " ")
+    return int(float(match.group(1)) * 1024**power)
+
+
+def host_share(nproc: int) -> int:
+    """Each rank's share of this machine's memory (MemTotal / processes per node)."""
+    with open("/proc/meminfo", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024 // max(1, nproc)
+    raise OSError("no MemTotal in /proc/meminfo")
+
+
+def probe_model(path: str, overrides: tuple[str, ...], micros: list[int], checkpointed: bool) -> Model | str:
+    """The recipe's model traced on the meta device in a child process; a sentence when it cannot be."""
+    request = {"path": path, "overrides": list(overrides), "micro": sorted(set(micros)),
+               "checkpointed_too": checkpointed}
+    figures = _run_probe(request)
+    if "failed" in figures or "unsupported" in figures:
+        return figures.get("unsupported") or f"the trace failed: {figures['failed']}"
+    def table(key: str) -> dict[int, int]:
+        return {int(m): b for m, b in figures.get(key, {}).items()}
+
+    return Model(params=figures["params"], trainable=figures["trainable"], param_bytes=figures["param_bytes"],
+                 buffer_bytes=figures["buffer_bytes"], largest_trainable=figures["largest_trainable"],
+                 largest_block_bytes=figures["largest_block_bytes"], activations=table("activations"),
+                 with_gradients=table("with_gradients"), batch_bytes=table("batch_bytes"),
+                 activations_checkpointed=table("activations_checkpointed"),
+                 with_gradients_checkpointed=table("with_gradients_checkpointed"), precision=figures["precision"],
+                 trainable_sizes=tuple(figures.get("trainable_sizes", ())))
+
+
+def _run_probe(request: dict) -> dict:
+    # Offline: a hub name that is not on disk makes no estimate rather than minutes of retries.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", PROBE], input=json.dumps(request), capture_output=True,
+                          text=True, check=False, env=env)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"failed": (done.stderr or "no output")[-2000:]}
+    return json.loads(lines[-1])
+
+
+def setup_of(recipe, math, gpu: bool, micro: int | None = None, **changes) -> Setup:
+    """The memory-relevant choices of a planned recipe (changes: fields to try instead)."""
+    backend, optimizer = recipe.backend, recipe.optimizer
+    ds = backend.deepspeed_config if isinstance(backend.deepspeed_config, dict) else {}
+    zero = ds.get("zero_optimization", {}) if isinstance(ds.get("zero_optimization"), dict) else {}
+    precision = recipe.precision if recipe.precision != "auto" else ("bf16" if gpu else "fp32")
+    states = 2 if optimizer.name == "adamw" else (1 if optimizer.momentum else 0)
+    values = dict(backend=backend.name, strategy=backend.strategy, zero_stage=backend.zero_stage,
+                  offload_optimizer=backend.offload_optimizer, offload_params=backend.offload_params,
+                  precision=precision, optimizer_states=states, world_size=math.world_size,
+                  micro=micro or math.micro, accumulation=math.accumulation,
+                  activation_checkpointing=recipe.train.activation_checkpointing,
+                  gpu=gpu, reduce_bucket=int(zero.get("reduce_bucket_size", 5e8)),
+                  prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", 5e7)))
+    values.update(changes)
+    return Setup(**values)
+
+
+def largest_fitting_micro(model: Model, setup: Setup, capacity: int, global_batch: int) -> int | None:
+    """The largest micro-batch below the current one that fits and divides the global batch."""
+    for micro in range(setup.micro - 1, 0, -1):
+        if global_batch % (micro * setup.world_size):
+            continue
+        accumulation = global_batch // (micro * setup.world_size)
+        if estimate(model, dataclasses.replace(setup, micro=micro, accumulation=accumulation)).peak <= capacity:
+            return micro
+    return None
+
+
+def alternatives(model: Model, setup: Setup, capacity: int) -> list[str]:
+    """Settings that make the current micro-batch fit, as overrides."""
+
+    tries: list[tuple[str, dict]] = []
+    if setup.backend == "deepspeed":
+        tries += [(f"backend.zero_stage={s}", {"zero_stage": s}) for s in range(setup.zero_stage + 1, 4)]
+        if not setup.offload_optimizer:
+            tries.append(("backend.offload_optimizer=true", {"offload_optimizer": True,
+                                                             "zero_stage": max(1, setup.zero_stage)}))
+    if not setup.activation_checkpointing and model.can_checkpoint():
+        tries.append(("train.activation_checkpointing=true", {"activation_checkpointing": True}))
+    return [label for label, change in tries
+            if estimate(model, dataclasses.replace(setup, **change)).peak <= capacity]
+
+
+def render(result: Estimate, capacity: int, capacity_source: str) -> list[str]:
+    lines = ["# memory per rank (predicted peak; launcher/plan/memory.py says how each term is obtained)"]
+    device = [term for term in result.terms if not term.host and term.bytes > 0]
+    host = [term for term in result.terms if term.host and term.bytes > 0]
+    width = max(len(term.label) for term in (*device, *host))
+    lines += [f"  {term.label.ljust(width)}  {_gib(term.bytes)}" for term in device]
+    lines.append(f"  {'peak'.ljust(width)}  {_gib(result.peak)} in the {result.phase}, of {_gib(capacity)} "
+                 f"({capacity_source})")
+    if host:
+        lines.append("  in host memory (offloaded):")
+        lines += [f"  {term.label.ljust(width)}  {_gib(term.bytes)}" for term in host]
+        lines.append(f"  {'host peak'.ljust(width)}  {_gib(result.host_peak)} per rank")
+    if result.note:
+        lines.append(f"  note: {result.note}")
+    return lines
+
+
+def _gib(size: int) -> str:
+    return f"{size / GiB:.2f} GiB" if size >= GiB // 10 else f"{size / 1024**2:.1f} MiB"
+
+
+@dataclass
+class Verdict:
+    lines: list[str]
+    data: dict
+    fits: bool
+    suggestion: str = ""
+
+
+def check(recipe_path: str, overrides: tuple[str, ...], loaded, launch_plan, device_memory: str | None) -> Verdict:
+    """The estimate for a planned job against its device (or its share of host memory)."""
+
+    from launcher.plan.topology import count_local_gpus
+
+    recipe, math = loaded.recipe, launch_plan.math
+    gpu = bool(count_local_gpus())
+    nproc = max(launch_plan.procs_by_node)
+    if device_memory:
+        capacity, source = parse_size(device_memory), "--device-memory"
+    elif gpu:
+        return Verdict(["# memory per rank: give --device-memory (GPU sizes are not read yet)"], {}, True)
+    else:
+        capacity, source = host_share(nproc), f"this machine's memory / {nproc} processes"
+    # Traced at 2 and 4 (BatchNorm cannot train on one sample) and at the job's own micro-batch.
+    model = probe_model(recipe_path, overrides, [2, 4, math.micro], not recipe.train.activation_checkpointing)
+    if isinstance(model, str):
+        return Verdict([f"# memory per rank: not estimated: {model}"], {"not_estimated": model}, True)
+    setup = setup_of(recipe, math, gpu)
+    result = estimate(model, setup)
+    fits = result.peak <= capacity
+    lines = render(result, capacity, source)
+    data = {"peak_bytes": result.peak, "peak_phase": result.phase, "capacity_bytes": capacity,
+            "capacity_source": source, "host_peak_bytes": result.host_peak, "fits": fits,
+            "terms": [{"what": t.what, "bytes": t.bytes, "phase": t.phase, "host": t.host}
+                      for t in result.terms if t.bytes > 0]}
+    suggestion = ""
+    if not fits:
+        micro = largest_fitting_micro(model, setup, capacity, math.global_batch)
+        other = alternatives(model, setup, capacity)
+        parts = []
+        if micro:
+            accumulation = math.global_batch // (micro * math.world_size)
+            smaller = estimate(model, dataclasses.replace(setup, micro=micro, accumulation=accumulation))
+            parts.append(f"batch.micro={micro} (accumulation {accumulation} keeps batch.global "
+                         f"{math.global_batch}; predicted {_gib(smaller.peak)})")
+        if other:
+            parts.append("or, at micro " + str(math.micro) + ": " + ", ".join(other))
+        suggestion = "; ".join(parts) or "no micro-batch, ZeRO stage, offload or checkpointing fits this device"
+        lines.append(f"  does not fit: {suggestion}")
+        data.update({"suggested_micro": micro, "alternatives": other})
+    return Verdict(lines, data, fits, suggestion)
+
+
+def refusal(recipe_path: str, loaded, verdict: Verdict):
+    """The RecipeError that `run` and `submit` exit 2 with."""
+    from launcher.config.errors import Problem, RecipeError
+
+    peak, capacity = verdict.data["peak_bytes"], verdict.data["capacity_bytes"]
+    return RecipeError(recipe_path, [Problem(
+        "batch.micro", f"the job is predicted to need {_gib(peak)} per rank, more than the "
+        f"{_gib(capacity)} available ({verdict.data['capacity_source']})",
+        f"{verdict.suggestion}; --no-memory-check starts it anyway", loaded.location("batch.micro"))])

@@ -1,0 +1,55 @@
+"""The memory estimate against the bytes a real run holds (launcher.runtime.live_bytes counts
+every tensor allocation of the training steps, LAUNCHER_MEMORY_TRACE), and the refusal of a job
+that does not fit, with a micro-batch that then does."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.helpers import launch, launcher_env
+
+SHAPE = ["model.hidden=512", "model.layers=2", "data.features=512", "batch.global=2048", "train.steps=3",
+         "scheduler.warmup_steps=0", "train.eval_every=0", "checkpoint.every_steps=0"]
+
+
+def _plan_memory(tmp_path, *overrides, nproc=1) -> dict:
+    done = launch("mlp-tiny", tmp_path / "plan", *SHAPE, *overrides, "--memory", "--json", nproc=nproc,
+                  command="plan")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["memory"]
+
+
+def _measured_peak(tmp_path, name, *overrides, nproc=1) -> int:
+    trace = tmp_path / f"{name}-trace"
+    trace.mkdir()
+    done = launch("mlp-tiny", tmp_path / name, *SHAPE, *overrides, nproc=nproc,
+                  env=launcher_env(LAUNCHER_MEMORY_TRACE=str(trace)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return max(json.loads(path.read_text())["peak_bytes"] for path in trace.glob("rank-*.json"))
+
+
+def test_the_ddp_estimate_is_within_ten_percent_of_the_measured_peak(tmp_path):
+    predicted = _plan_memory(tmp_path, "batch.micro=256", nproc=2)["peak_bytes"]
+    measured = _measured_peak(tmp_path, "ddp", "batch.micro=256", nproc=2)  # 4 micro-steps a step
+    assert abs(predicted - measured) <= 0.10 * measured, (predicted, measured)
+
+
+def test_a_job_that_does_not_fit_is_refused_with_a_micro_batch_that_then_fits(tmp_path):
+    done = launch("mlp-tiny", tmp_path / "refused", *SHAPE, "batch.micro=2048", "--device-memory", "22MiB")
+    assert done.returncode == 2, done.stderr
+    assert "batch.micro" in done.stderr and "--no-memory-check" in done.stderr
+    assert not (tmp_path / "refused").exists()  # nothing written
+    micro = int(re.search(r"batch\.micro=(\d+) \(accumulation (\d+)", done.stderr).group(1))
+    assert 2048 % micro == 0 and micro < 2048
+    measured = _measured_peak(tmp_path, "suggested", f"batch.micro={micro}")
+    assert measured <= 22 * 1024**2, measured
+    forced = launch("mlp-tiny", tmp_path / "forced", *SHAPE, "batch.micro=2048", "--device-memory", "22MiB",
+                    "--no-memory-check")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+
+
+def test_a_size_that_is_not_one_is_refused_before_anything_starts(tmp_path):
+    done = launch("mlp-tiny", tmp_path / "run", "--device-memory", "lots")
+    assert done.returncode == 2 and "80GiB" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
