@@ -144,3 +144,26 @@ def claim_run(loaded, run_dir: str, resolved: dict, recipe_path: str, allow_sche
     if kind == "run":
         claim.checkpoint_root = run.checkpoints(checkpoint.dir)
     return claim
+
+
+def memory_verdict(recipe_path, overrides, loaded, launch_plan, device_memory, **where):
+    """The memory estimate (launcher/plan/memory.py), with a size that does not parse as an error
+    the user can fix (exit 2)."""
+    from launcher.config.errors import Problem, RecipeError
+    from launcher.plan.memory import check
+
+    try:
+        return check(recipe_path, overrides, loaded, launch_plan, device_memory, **where)
+    except ValueError as error:
+        raise RecipeError(recipe_path, [Problem("", str(error), "e.g. --device-memory 80GiB", "--device-memory")]) \
+            from None
+
+
+def refuse_if_it_does_not_fit(recipe_path, overrides, loaded, launch_plan, device_memory, **where) -> None:
+    """Raise the RecipeError that `run` and `submit` exit 2 with, before anything is written, when
+    the estimate exceeds the device."""
+    from launcher.plan.memory import refusal
+
+    verdict = memory_verdict(recipe_path, overrides, loaded, launch_plan, device_memory, **where)
+    if not verdict.fits:
+        raise refusal(recipe_path, loaded, verdict)

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import click
 
-from launcher.cli.common import OVERRIDES_HELP, prepare_or_fail, refusing, resume_sentence, with_placement
+from launcher.cli.common import (
+    OVERRIDES_HELP,
+    memory_verdict,
+    prepare_or_fail,
+    refusing,
+    resume_sentence,
+    with_placement,
+)
 
 
 @click.command(epilog=OVERRIDES_HELP)
@@ -29,9 +36,7 @@ def plan(recipe_path, overrides, as_json, memory, device_memory, **placement):
     resume = resume_sentence(loaded, launch_plan)
     verdict = None
     if memory or device_memory:
-        from launcher.plan.memory import check
-
-        verdict = refusing(lambda: memory_verdict(recipe_path, overrides, loaded, launch_plan, device_memory, check))
+        verdict = refusing(lambda: memory_verdict(recipe_path, overrides, loaded, launch_plan, device_memory))
     if as_json:
         data = {"recipe": resolved, "plan": launch_plan.to_dict()}
         if resume:
@@ -46,13 +51,3 @@ def plan(recipe_path, overrides, as_json, memory, device_memory, **placement):
         if verdict is not None:
             click.echo("\n".join(verdict.lines))
 
-
-def memory_verdict(recipe_path, overrides, loaded, launch_plan, device_memory, check):
-    """check(), with a size that does not parse as a recipe-style error (exit 2)."""
-    from launcher.config.errors import Problem, RecipeError
-
-    try:
-        return check(recipe_path, overrides, loaded, launch_plan, device_memory)
-    except ValueError as error:
-        raise RecipeError(recipe_path, [Problem("", str(error), "e.g. --device-memory 80GiB", "--device-memory")]) \
-            from None

@@ -21,6 +21,7 @@ from launcher.cli.common import (
     STARTED_AT,
     claim_run,
     prepare_or_fail,
+    refuse_if_it_does_not_fit,
     refusing,
     resume_sentence,
     say,
@@ -66,16 +67,6 @@ def run(recipe_path, overrides, no_preflight, allow_schedule_change, verbose, de
     finally:
         claim.release()
     sys.exit(status)
-
-
-def refuse_if_it_does_not_fit(recipe_path, overrides, loaded, launch_plan, device_memory: str) -> None:
-    """Exit 2 before anything is written when the estimate exceeds the device (plan/memory.py)."""
-    from launcher.cli.plan import memory_verdict
-    from launcher.plan.memory import check, refusal
-
-    verdict = memory_verdict(recipe_path, overrides, loaded, launch_plan, device_memory, check)
-    if not verdict.fits:
-        raise refusal(recipe_path, loaded, verdict)
 
 
 def start_run(loaded, launch_plan, resolved: dict, claim, preflight: bool, started_at: float) -> int:

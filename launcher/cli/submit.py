@@ -15,7 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -35,6 +35,7 @@ class Submission:
     resolved: dict
     sweep_tasks: int  # 0: a single job; N: an array of N sweep tasks
     secret_env: dict[str, str] = field(default_factory=dict)
+    launch_plan: Any = None  # as the job will run in its allocation (the last sweep task's)
 
 
 @click.command(epilog=OVERRIDES_HELP)
@@ -55,13 +56,18 @@ class Submission:
 @click.option("--run-dir", help="Run directory (default: <output_dir>/<name>).")
 @click.option("--dry-run", is_flag=True, help="Print the sbatch script; submit nothing.")
 @click.option("--allow-schedule-change", is_flag=True, help=ALLOW_HELP)
-def submit(recipe_path, overrides, run_dir, dry_run, **slurm):
+@click.option("--device-memory", metavar="SIZE", help="Memory of one rank's GPU, e.g. 80GiB (default: the "
+                                                      "partition's GPU type, when Slurm names a known one).")
+@click.option("--no-memory-check", is_flag=True, help="Queue it even when the memory estimate says it will not fit.")
+def submit(recipe_path, overrides, run_dir, dry_run, device_memory, no_memory_check, **slurm):
     """Submit the recipe to Slurm as a batch job (from a login node); print the job id."""
     from launcher.slurm.jobs import SlurmError
     from launcher.slurm.sbatch import SlurmOptions
 
     options = SlurmOptions(**slurm)
     submission = refusing(lambda: plan_submission(recipe_path, overrides, options, run_dir))
+    if not no_memory_check:
+        refusing(lambda: check_memory(recipe_path, overrides, submission, options, device_memory))
     if dry_run:
         click.echo(submission.script, nl=False)
         return
@@ -105,7 +111,21 @@ def plan_submission(recipe_path: str, overrides: tuple[str, ...], options: Slurm
     request = SbatchRequest(job_name=slurm_job_name(directory.name), recipe_path=str(Path(recipe_path).absolute()),
                             run_dir=str(directory), workdir=os.getcwd(), python=sys.executable, options=options,
                             overrides=tuple(public), secret_names=tuple(sorted(secret_env)))
-    return Submission(render_sbatch(request), directory, loaded, resolved, len(array), secret_env)
+    return Submission(render_sbatch(request), directory, loaded, resolved, len(array), secret_env, launch_plan)
+
+
+def check_memory(recipe_path: str, overrides: tuple[str, ...], submission: Submission, options: SlurmOptions,
+                 device_memory: str | None) -> None:
+    """Refuse, before the queue, a job predicted not to fit its GPUs: their size from
+    --device-memory or the partition's GPU type (sinfo); not checked when neither is known."""
+    from launcher.cli.common import refuse_if_it_does_not_fit
+    from launcher.slurm.jobs import partition_gpu_types
+
+    gpu = options.gpus_per_node > 0
+    gpu_types = tuple(partition_gpu_types(options.partition)) if gpu and not device_memory else ()
+    if device_memory or gpu_types:
+        refuse_if_it_does_not_fit(recipe_path, overrides, submission.loaded, submission.launch_plan, device_memory,
+                                  gpu=gpu, gpu_types=gpu_types)
 
 
 def queue(recipe_path: str, submission: Submission, allow_schedule_change: bool) -> tuple[Path, str]:

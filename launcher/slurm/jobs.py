@@ -137,3 +137,24 @@ def log_files(job_id: str, run_dir: Path | None) -> list[Path]:
         return sorted(folder.glob(f"{job_id}.out"))
     folder = RunDir(run_dir).slurm  # the job's file, or every task's of its array (not job 123's for 12)
     return sorted([*folder.glob(f"{job_id}.out"), *folder.glob(f"{job_id}_*.out")])
+
+
+def partition_gpu_types(partition: str) -> list[str]:
+    """The GPU types the partition's nodes offer (`gpu:a100:8` -> a100), from sinfo; [] when it
+    names none or sinfo cannot answer (the memory check then asks for --device-memory)."""
+    argv = ["sinfo", "--noheader", "--format=%G", *(["--partition", partition] if partition else [])]
+    try:
+        done = _run(argv, timeout=20)
+    except SlurmError:
+        return []
+    return gpu_types_of_gres(done.stdout) if done.returncode == 0 else []
+
+
+def gpu_types_of_gres(text: str) -> list[str]:
+    """`gpu:a100:8(S:0-1),gpu:h100:4` -> ["a100", "h100"]; untyped `gpu:8` names none."""
+    found = []
+    for item in re.split(r"[,\s]+", text):
+        parts = item.split("(")[0].split(":")
+        if len(parts) >= 3 and parts[0] == "gpu" and parts[1].lower() not in found:
+            found.append(parts[1].lower())
+    return found

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 from tests.helpers import launch, launcher_env
 
@@ -53,3 +54,29 @@ def test_a_size_that_is_not_one_is_refused_before_anything_starts(tmp_path):
     done = launch("mlp-tiny", tmp_path / "run", "--device-memory", "lots")
     assert done.returncode == 2 and "80GiB" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_submit_refuses_before_the_queue_from_the_partitions_gpu_type(tmp_path):
+    """sinfo (a stand-in on PATH: the one seam) says the partition has T4s (16 GiB): GPT-2 at
+    16 x 1024 tokens a micro-batch needs tens of GiB of activations, so the job is refused, with
+    the micro-batch that would fit, and no sbatch is run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sinfo = bin_dir / "sinfo"
+    sinfo.write_text("#!/bin/sh\necho 'gpu:t4:4(S:0)'\n")
+    sinfo.chmod(0o755)
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\ntouch {tmp_path}/sbatch-ran\necho 'Submitted batch job 1'\n")
+    sbatch.chmod(0o755)
+    env = launcher_env(PATH=f"{bin_dir}:{launcher_env()['PATH']}")
+    argv = ["launcher", "submit", "gpt2-finetune", "model.init=scratch", "model.size=gpt2",
+            "data.corpus=package:austen", "data.vocab_size=50257", "data.max_seq_len=1024",
+            "backend.name=deepspeed", "backend.zero_stage=0",
+            "batch.global=128", "batch.micro=16", "--nodes", "1", "--gpus-per-node", "8", "--partition", "gpu",
+            "--run-dir", str(tmp_path / "job")]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "t4, the partition's GPU" in done.stderr, done.stderr
+    micro = int(re.search(r"batch\.micro=(\d+) \(accumulation", done.stderr).group(1))
+    assert micro < 16 and 128 % (micro * 8) == 0
+    assert not (tmp_path / "sbatch-ran").exists() and not (tmp_path / "job").exists()
