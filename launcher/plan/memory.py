@@ -210,7 +210,7 @@ def _terms(model: Model, setup: Setup) -> tuple[list[Term], str]:
         if setup.strategy == "fsdp":
             note = "strategy fsdp runs as DDP on ranks without a GPU (Accelerate's CPU path ignores the plugin)"
         terms += [Term("parameters", p * 4), Term("DDP buckets", t * 4), Term("optimizer states", k * t * 4),
-                  Term("optimizer step temporaries", (3 if adam else 0) * largest * 4, STEP)]
+                  Term("optimizer step temporaries", (3 if adam and not setup.gpu else 0) * largest * 4, STEP)]
         return terms + _whole_gradients(t * 4, setup.accumulation, beside, joint, suffix), note
     stage = setup.zero_stage
     if stage == 0:
@@ -222,21 +222,27 @@ def _terms(model: Model, setup: Setup) -> tuple[list[Term], str]:
         return terms + _whole_gradients(t * w, setup.accumulation, beside, joint, suffix), note
     offload = setup.offload_optimizer
     buckets = 2 if setup.gpu else 1  # overlap_comm (on with GPUs) double-buffers the reduce bucket
+    # The update runs over one flat partition: torch's default AdamW makes a square root and a
+    # quotient of its size. Fused (one kernel, no temporaries) on a GPU and under offload
+    # (backends/deepspeed_backend.py: fused_optimizer_fits).
+    fused = setup.gpu or offload
     terms += [Term("reduce bucket", buckets * setup.reduce_bucket * w),
               Term("fp32 partition", t * 4 // n, host=offload),
               Term("optimizer states (partition)", k * t * 4 // n, host=offload),
-              Term("fp32 gradient partition", t * 4 // n, STEP, host=offload),
-              # The update runs over one flat partition: a square root and a quotient of its size.
-              Term("optimizer step temporaries", (2 if adam else 0) * t * 4 // n, STEP, host=offload)]
+              # Offloaded, the fp32 gradients are kept in host memory from the first boundary on.
+              Term("fp32 gradient partition", t * 4 // n, LASTING if offload else STEP, host=offload),
+              Term("optimizer step temporaries", (2 if adam and not fused else 0) * t * 4 // n, STEP, host=offload)]
     if stage == 3:
         # Parameters are gathered one at a time (the running one and the prefetched next), or a
-        # prefetch bucket's worth; each new gradient (one is in the traced activations) is
-        # flattened with the reduce bucket's.
-        gathered = min(p, max(setup.prefetch_bucket, 2 * largest)) * w
+        # prefetch bucket's worth (nothing to gather on one rank); each new gradient (one is in
+        # the traced activations) is flattened with the reduce bucket's; offloaded, each
+        # gradient is copied once more for its norm.
+        gathered = min(p, max(setup.prefetch_bucket, 2 * largest)) * w if n > 1 else 0
         terms += [Term("parameters (partition)", p * w // n, host=setup.offload_params),
                   Term("gradients (partition)", t * w // n),
                   Term("gathered parameters", gathered, BACKWARD),
                   Term("gradients being reduced", min(t, largest + setup.reduce_bucket) * w, BACKWARD),
+                  Term("a gradient's copy for its norm", largest * 4 if offload else 0, BACKWARD),
                   Term("activations" + suffix, beside, BACKWARD)]
         return terms, note
     # Stages 1 and 2 (DeepSpeed 0.18): gradients accumulate whole, and a micro-step's new ones
@@ -246,8 +252,16 @@ def _terms(model: Model, setup: Setup) -> tuple[list[Term], str]:
     # flattened bucket; one such buffer stays for the update.
     in_partition = model.partition_overlap(n) * 4
     staged = 2 if stage == 2 and n > 1 else 1
-    terms += [Term("parameters", p * w), Term("gradients (accumulated)", t * w),
-              Term("new gradients and activations" + suffix, joint, BACKWARD),
+    if setup.accumulation > 1:
+        # The earlier micro-steps' gradients wait in .grad (stage 2 on more than one rank keeps
+        # only the partition's), and the new ones add into them one tensor at a time (that
+        # tensor is in the traced activations).
+        earlier = t * w // n if stage == 2 and n > 1 else t * w
+        in_backward = [Term("the earlier micro-steps' gradients", earlier, BACKWARD),
+                       Term("activations" + suffix, beside, BACKWARD)]
+    else:
+        in_backward = [Term("new gradients and activations" + suffix, joint, BACKWARD)]
+    terms += [Term("parameters", p * w), Term("gradients (accumulated)", t * w), *in_backward,
               Term("gradients in the partition", staged * in_partition, REDUCTION),
               # stage 1 reduces after the backward (every new gradient alive); stage 2 as they
               # come, so only the tensors in flight (two, as measured).
@@ -284,13 +298,26 @@ def host_share(nproc: int) -> int:
     raise OSError("no MemTotal in /proc/meminfo")
 
 
-def probe_model(path: str, overrides: tuple[str, ...], micros: list[int], checkpointed: bool) -> Model | str:
-    """The recipe's model traced on the meta device in a child process; a sentence when it cannot be."""
+def probe_model(path: str, overrides: tuple[str, ...], micros: list[int], checkpointed: bool,
+                fingerprint: str = "") -> Model | str:
+    """The recipe's model traced on the meta device in a child process; a sentence when it cannot
+    be. With a fingerprint (what the figures depend on: fingerprint_of), a trace already made is
+    read from $LAUNCHER_CACHE_DIR/memory-probe/ instead: the child's torch and transformers imports
+    are most of its cost."""
     request = {"path": path, "overrides": list(overrides), "micro": sorted(set(micros)),
                "checkpointed_too": checkpointed}
-    figures = _run_probe(request)
+    cached = _cache_file(request, fingerprint) if fingerprint else None
+    try:
+        figures = json.loads(cached.read_text(encoding="utf-8")) if cached else None
+    except (OSError, ValueError):
+        figures = None
+    if figures is None:
+        figures = _run_probe(request)
+        if cached and "params" in figures:
+            _remember(cached, figures)
     if "failed" in figures or "unsupported" in figures:
         return figures.get("unsupported") or f"the trace failed: {figures['failed']}"
+
     def table(key: str) -> dict[int, int]:
         return {int(m): b for m, b in figures.get(key, {}).items()}
 
@@ -301,6 +328,50 @@ def probe_model(path: str, overrides: tuple[str, ...], micros: list[int], checkp
                  activations_checkpointed=table("activations_checkpointed"),
                  with_gradients_checkpointed=table("with_gradients_checkpointed"), precision=figures["precision"],
                  trainable_sizes=tuple(figures.get("trainable_sizes", ())))
+
+
+def fingerprint_of(loaded) -> str:
+    """What a trace depends on beyond the request: the resolved recipe, the recipe module's source,
+    the probe's own, and the versions of torch and transformers."""
+    import hashlib
+    from importlib import metadata
+    from pathlib import Path
+
+    from launcher.config.load import recipe_to_dict
+
+    parts = [json.dumps(recipe_to_dict(loaded.recipe), sort_keys=True, default=str)]
+    runtime = Path(__file__).resolve().parent.parent / "runtime"
+    for source in (getattr(loaded.recipe_module, "__file__", None), runtime / "memory_probe.py",
+                   runtime / "live_bytes.py"):
+        try:
+            parts.append(Path(source).read_text(encoding="utf-8") if source else "")
+        except OSError:
+            return ""  # no fingerprint, no cache: traced every time
+    for package in ("torch", "transformers", "torchvision", "peft"):
+        try:
+            parts.append(f"{package}={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{package}=none")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _cache_file(request: dict, fingerprint: str):
+    import hashlib
+    from pathlib import Path
+
+    key = hashlib.sha256(json.dumps([request, fingerprint], sort_keys=True).encode()).hexdigest()[:32]
+    root = Path(os.environ.get("LAUNCHER_CACHE_DIR") or Path.home() / ".cache" / "launcher")
+    return root / "memory-probe" / f"{key}.json"
+
+
+def _remember(path, figures: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(figures), encoding="utf-8")
+        partial.replace(path)
+    except OSError:
+        pass  # a cache that cannot be written costs the next estimate a trace, nothing more
 
 
 def _run_probe(request: dict) -> dict:
@@ -358,7 +429,7 @@ def alternatives(model: Model, setup: Setup, capacity: int) -> list[str]:
             if estimate(model, dataclasses.replace(setup, **change)).peak <= capacity]
 
 
-def render(result: Estimate, capacity: int, capacity_source: str) -> list[str]:
+def render(result: Estimate, capacity: int, capacity_source: str, nproc: int = 1) -> list[str]:
     lines = ["# memory per rank (predicted peak; launcher/plan/memory.py says how each term is obtained)"]
     device = [term for term in result.terms if not term.host and term.bytes > 0]
     host = [term for term in result.terms if term.host and term.bytes > 0]
@@ -369,7 +440,8 @@ def render(result: Estimate, capacity: int, capacity_source: str) -> list[str]:
     if host:
         lines.append("  in host memory (offloaded):")
         lines += [f"  {term.label.ljust(width)}  {_gib(term.bytes)}" for term in host]
-        lines.append(f"  {'host peak'.ljust(width)}  {_gib(result.host_peak)} per rank")
+        lines.append(f"  {'host peak'.ljust(width)}  {_gib(result.host_peak)} per rank, "
+                     f"{_gib(result.host_peak * nproc)} per node of {nproc} processes")
     if result.note:
         lines.append(f"  note: {result.note}")
     return lines
@@ -387,34 +459,54 @@ class Verdict:
     suggestion: str = ""
 
 
-def check(recipe_path: str, overrides: tuple[str, ...], loaded, launch_plan, device_memory: str | None) -> Verdict:
-    """The estimate for a planned job against its device (or its share of host memory)."""
+def device_size(gpu_type: str) -> int | None:
+    """Bytes of a known accelerator (`a100-80gb`, `H100`), else None."""
+    name = gpu_type.lower().removeprefix("nvidia-").removeprefix("nvidia ")
+    size = ACCELERATORS.get(name)
+    return None if size is None else size * GiB
 
+
+def check(recipe_path: str, overrides: tuple[str, ...], loaded, launch_plan, device_memory: str | None,
+          gpu: bool | None = None, gpu_types: tuple[str, ...] = ()) -> Verdict:
+    """The estimate for a planned job against its device (or its share of host memory). `gpu`:
+    whether its ranks have GPUs (default: this machine's); `gpu_types`: what Slurm says the
+    partition has (the smallest known one counts)."""
     from launcher.plan.topology import count_local_gpus
 
     recipe, math = loaded.recipe, launch_plan.math
-    gpu = bool(count_local_gpus())
+    gpu = bool(count_local_gpus()) if gpu is None else gpu
     nproc = max(launch_plan.procs_by_node)
+    known = sorted((size, name) for name in gpu_types if (size := device_size(name)) is not None)
     if device_memory:
         capacity, source = parse_size(device_memory), "--device-memory"
+    elif gpu and known:
+        capacity, source = known[0][0], f"{known[0][1]}, the partition's GPU"
     elif gpu:
-        return Verdict(["# memory per rank: give --device-memory (GPU sizes are not read yet)"], {}, True)
+        return Verdict(["# memory per rank: not checked: give --device-memory (the GPU's size is not known here)"],
+                       {"not_estimated": "no device size"}, True)
     else:
         capacity, source = host_share(nproc), f"this machine's memory / {nproc} processes"
-    # Traced at 2 and 4 (BatchNorm cannot train on one sample) and at the job's own micro-batch.
-    model = probe_model(recipe_path, overrides, [2, 4, math.micro], not recipe.train.activation_checkpointing)
+    # Traced at the job's own micro-batch and one other (BatchNorm cannot train on one sample):
+    # the line through them gives the others. Checkpointed too only when it does not fit.
+    micros = [2 if math.micro != 2 else 4, math.micro]
+    fingerprint = fingerprint_of(loaded)
+    model = probe_model(recipe_path, overrides, micros, False, fingerprint)
     if isinstance(model, str):
         return Verdict([f"# memory per rank: not estimated: {model}"], {"not_estimated": model}, True)
     setup = setup_of(recipe, math, gpu)
     result = estimate(model, setup)
     fits = result.peak <= capacity
-    lines = render(result, capacity, source)
+    lines = render(result, capacity, source, nproc)
     data = {"peak_bytes": result.peak, "peak_phase": result.phase, "capacity_bytes": capacity,
-            "capacity_source": source, "host_peak_bytes": result.host_peak, "fits": fits,
+            "capacity_source": source, "host_peak_bytes": result.host_peak,
+            "host_peak_bytes_per_node": result.host_peak * nproc, "fits": fits,
             "terms": [{"what": t.what, "bytes": t.bytes, "phase": t.phase, "host": t.host}
                       for t in result.terms if t.bytes > 0]}
     suggestion = ""
     if not fits:
+        if not recipe.train.activation_checkpointing:
+            with_checkpointing = probe_model(recipe_path, overrides, micros, True, fingerprint)
+            model = with_checkpointing if isinstance(with_checkpointing, Model) else model
         micro = largest_fitting_micro(model, setup, capacity, math.global_batch)
         other = alternatives(model, setup, capacity)
         parts = []
@@ -424,7 +516,7 @@ def check(recipe_path: str, overrides: tuple[str, ...], loaded, launch_plan, dev
             parts.append(f"batch.micro={micro} (accumulation {accumulation} keeps batch.global "
                          f"{math.global_batch}; predicted {_gib(smaller.peak)})")
         if other:
-            parts.append("or, at micro " + str(math.micro) + ": " + ", ".join(other))
+            parts.append(("or, " if parts else "") + f"at batch.micro {math.micro}: " + ", ".join(other))
         suggestion = "; ".join(parts) or "no micro-batch, ZeRO stage, offload or checkpointing fits this device"
         lines.append(f"  does not fit: {suggestion}")
         data.update({"suggested_micro": micro, "alternatives": other})

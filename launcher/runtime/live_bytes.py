@@ -40,11 +40,11 @@ class LiveBytes(TorchDispatchMode):
         for plain in _plain_tensors([tensor]):
             self._count(plain.untyped_storage())
 
-    def watch_grads(self, parameters) -> None:
-        """Tell parameter gradients apart from activations: each .grad, once accumulated."""
-        for parameter in parameters:
-            if parameter.requires_grad:
-                parameter.register_post_accumulate_grad_hook(self._grad_ready)
+    def watch_grads(self, parameters) -> list:
+        """Tell parameter gradients apart from activations: each .grad, once accumulated. Returns
+        the hooks' handles (remove them when the count is done)."""
+        return [parameter.register_post_accumulate_grad_hook(self._grad_ready)
+                for parameter in parameters if parameter.requires_grad]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))

@@ -47,20 +47,22 @@ def probe(path: str, overrides: list[str], micros: list[int], checkpointed_too: 
     if checkpointed_too and not recipe.train.activation_checkpointing:
         variants.append(("_checkpointed", True))
     for key, checkpointed in variants:
-        for micro in micros:
+        with torch.device("meta"):
+            made = make(recipe)
+            model = made.model.to(low) if low is not None else made.model
+        if checkpointed:
+            enable = getattr(model, "gradient_checkpointing_enable", None)
+            if enable is None:
+                continue  # the model cannot checkpoint (the trainer refuses the setting too)
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        if not out.get("param_bytes"):
+            out.update(_parameter_figures(model))
+        for micro in micros:  # one model for every size: the gradients are dropped between traces
             with torch.device("meta"):
-                made = make(recipe)
-                model = made.model.to(low) if low is not None else made.model
                 batch = made.batch(micro)
-            if checkpointed:
-                enable = getattr(model, "gradient_checkpointing_enable", None)
-                if enable is None:
-                    break  # the model cannot checkpoint (the trainer refuses the setting too)
-                enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.train()
-            if not out.get("param_bytes"):
-                out.update(_parameter_figures(model))
             beside, joint = _activation_peak(model, batch, made.loss)
+            model.zero_grad(set_to_none=True)
             out["activations" + key][str(micro)], out["with_gradients" + key][str(micro)] = beside, joint
             out["batch_bytes"][str(micro)] = sum(t.numel() * t.element_size() for t in _tensors(batch))
     out["seconds"] = round(time.perf_counter() - started, 3)
@@ -104,11 +106,13 @@ def _activation_peak(model, batch, loss) -> tuple[int, int]:
     counter = LiveBytes()
     for tensor in (*model.parameters(), *model.buffers()):
         counter.hold(tensor)
-    counter.watch_grads(model.parameters())
+    hooks = counter.watch_grads(model.parameters())
     held = counter.live
     with counter:
         loss_sum, _ = loss(model, batch)
         loss_sum.backward()
+    for hook in hooks:
+        hook.remove()
     return max(0, counter.peak_beside_grads - held), max(0, counter.peak - held)
 
 
