@@ -186,89 +186,122 @@ def _peak(terms: list[Term]) -> tuple[int, str]:
     return lasting + phases[phase], phase
 
 
+@dataclass(frozen=True)
+class _Sizes:
+    """What every engine's terms are made of, for one setup."""
+
+    n: int  # world size
+    k: int  # optimizer states per element
+    t: int  # trainable elements
+    p: int  # parameter elements
+    largest: int  # the largest trainable tensor's elements
+    w: int  # bytes of a weight as the engine keeps it
+    beside: int  # activations beside the gradients written so far
+    joint: int  # activations and gradients together
+    suffix: str  # " (checkpointed)" or ""
+
+    @property
+    def adam(self) -> bool:
+        return self.k == 2
+
+
 def _terms(model: Model, setup: Setup) -> tuple[list[Term], str]:
-    n, k = setup.world_size, setup.optimizer_states
-    t, p, largest = model.trainable, model.params, model.largest_trainable
-    w = 2 if setup.precision in ("bf16", "fp16") and setup.backend == "deepspeed" else 4
-    adam = k == 2
     checkpointed = setup.activation_checkpointing and model.can_checkpoint()
-    beside = model.at(model.activations_checkpointed if checkpointed else model.activations, setup.micro)
-    joint = model.at(model.with_gradients_checkpointed if checkpointed else model.with_gradients, setup.micro)
-    suffix = " (checkpointed)" if checkpointed else ""
-    note = ""
+    sizes = _Sizes(
+        n=setup.world_size, k=setup.optimizer_states, t=model.trainable, p=model.params,
+        largest=model.largest_trainable,
+        w=2 if setup.precision in ("bf16", "fp16") and setup.backend == "deepspeed" else 4,
+        beside=model.at(model.activations_checkpointed if checkpointed else model.activations, setup.micro),
+        joint=model.at(model.with_gradients_checkpointed if checkpointed else model.with_gradients, setup.micro),
+        suffix=" (checkpointed)" if checkpointed else "")
     # All of a step's micro-batches are fetched before its first forward.
     terms = [Term("the step's micro-batches", setup.accumulation * model.at(model.batch_bytes, setup.micro)),
              Term("buffers", model.buffer_bytes)]
-    if setup.backend == "accelerate" and setup.strategy == "fsdp" and setup.gpu:
-        terms += [Term("parameters (sharded)", p * 4 // n), Term("gradients (sharded)", t * 4 // n),
-                  Term("optimizer states (sharded)", k * t * 4 // n),
-                  Term("gathered blocks", 2 * model.largest_block_bytes, BACKWARD),
-                  Term("activations" + suffix, beside, BACKWARD),
-                  Term("optimizer step temporaries", (3 if adam else 0) * largest * 4 // n, STEP)]
-        return terms, note
     if setup.backend == "accelerate":
-        if setup.strategy == "fsdp":
-            note = "strategy fsdp runs as DDP on ranks without a GPU (Accelerate's CPU path ignores the plugin)"
-        terms += [Term("parameters", p * 4), Term("DDP buckets", t * 4), Term("optimizer states", k * t * 4),
-                  Term("optimizer step temporaries", (3 if adam and not setup.gpu else 0) * largest * 4, STEP)]
-        return terms + _whole_gradients(t * 4, setup.accumulation, beside, joint, suffix), note
-    stage = setup.zero_stage
-    if stage == 0:
-        terms += [Term("parameters", p * w), Term("optimizer states", k * t * 4),
-                  Term("all-reduce buffer, then the update's temporaries",
-                       max(t * w, (3 if adam else 0) * largest * 4), STEP)]
-        if w == 2:
-            terms.append(Term("fp32 master weights", t * 4))
-        return terms + _whole_gradients(t * w, setup.accumulation, beside, joint, suffix), note
-    offload = setup.offload_optimizer
+        return terms + _accelerate(model, setup, sizes), (
+            "strategy fsdp runs as DDP on ranks without a GPU (Accelerate's CPU path ignores the plugin)"
+            if setup.strategy == "fsdp" and not setup.gpu else "")
+    if setup.zero_stage == 0:
+        return terms + _zero0(setup, sizes), ""
+    return terms + _zero_partitions(setup, sizes) + (
+        _zero3(model, setup, sizes) if setup.zero_stage == 3 else _zero12(model, setup, sizes)), ""
+
+
+def _accelerate(model: Model, setup: Setup, z: _Sizes) -> list[Term]:
+    n, k, t, p = z.n, z.k, z.t, z.p
+    if setup.strategy == "fsdp" and setup.gpu:
+        return [Term("parameters (sharded)", p * 4 // n), Term("gradients (sharded)", t * 4 // n),
+                Term("optimizer states (sharded)", k * t * 4 // n),
+                Term("gathered blocks", 2 * model.largest_block_bytes, BACKWARD),
+                Term("activations" + z.suffix, z.beside, BACKWARD)]
+    # The optimizer is fused on a GPU; on a CPU torch's default AdamW works tensor by tensor.
+    return [Term("parameters", p * 4), Term("DDP buckets", t * 4), Term("optimizer states", k * t * 4),
+            Term("optimizer step temporaries", (3 if z.adam and not setup.gpu else 0) * z.largest * 4, STEP),
+            *_whole_gradients(t * 4, setup.accumulation, z.beside, z.joint, z.suffix)]
+
+
+def _zero0(setup: Setup, z: _Sizes) -> list[Term]:
+    t, w = z.t, z.w
+    terms = [Term("parameters", z.p * w), Term("optimizer states", z.k * t * 4),
+             Term("all-reduce buffer, then the update's temporaries",
+                  max(t * w, (3 if z.adam else 0) * z.largest * 4), STEP)]
+    if w == 2:
+        terms.append(Term("fp32 master weights", t * 4))
+    return terms + _whole_gradients(t * w, setup.accumulation, z.beside, z.joint, z.suffix)
+
+
+def _zero_partitions(setup: Setup, z: _Sizes) -> list[Term]:
+    """What stages 1-3 share: the reduce bucket and the fp32 partition with its states."""
+    n, t, offload = z.n, z.t, setup.offload_optimizer
     buckets = 2 if setup.gpu else 1  # overlap_comm (on with GPUs) double-buffers the reduce bucket
     # The update runs over one flat partition: torch's default AdamW makes a square root and a
     # quotient of its size. Fused (one kernel, no temporaries) on a GPU and under offload
     # (backends/deepspeed_backend.py: fused_optimizer_fits).
     fused = setup.gpu or offload
-    terms += [Term("reduce bucket", buckets * setup.reduce_bucket * w),
-              Term("fp32 partition", t * 4 // n, host=offload),
-              Term("optimizer states (partition)", k * t * 4 // n, host=offload),
-              # Offloaded, the fp32 gradients are kept in host memory from the first boundary on.
-              Term("fp32 gradient partition", t * 4 // n, LASTING if offload else STEP, host=offload),
-              Term("optimizer step temporaries", (2 if adam and not fused else 0) * t * 4 // n, STEP, host=offload)]
-    if stage == 3:
-        # Parameters are gathered one at a time (the running one and the prefetched next), or a
-        # prefetch bucket's worth (nothing to gather on one rank); each new gradient (one is in
-        # the traced activations) is flattened with the reduce bucket's; offloaded, each
-        # gradient is copied once more for its norm.
-        gathered = min(p, max(setup.prefetch_bucket, 2 * largest)) * w if n > 1 else 0
-        terms += [Term("parameters (partition)", p * w // n, host=setup.offload_params),
-                  Term("gradients (partition)", t * w // n),
-                  Term("gathered parameters", gathered, BACKWARD),
-                  Term("gradients being reduced", min(t, largest + setup.reduce_bucket) * w, BACKWARD),
-                  Term("a gradient's copy for its norm", largest * 4 if offload else 0, BACKWARD),
-                  Term("activations" + suffix, beside, BACKWARD)]
-        return terms, note
-    # Stages 1 and 2 (DeepSpeed 0.18): gradients accumulate whole, and a micro-step's new ones
-    # are added only after its backward, so both are alive in it. At the last micro-step the
-    # partition's gradients are gathered as whole tensors (the ones overlapping it; stage 2 on
-    # more than one rank stages them twice), with the new gradients still alive and one
-    # flattened bucket; one such buffer stays for the update.
+    return [Term("reduce bucket", buckets * setup.reduce_bucket * z.w),
+            Term("fp32 partition", t * 4 // n, host=offload),
+            Term("optimizer states (partition)", z.k * t * 4 // n, host=offload),
+            # Offloaded, the fp32 gradients are kept in host memory from the first boundary on.
+            Term("fp32 gradient partition", t * 4 // n, LASTING if offload else STEP, host=offload),
+            Term("optimizer step temporaries", (2 if z.adam and not fused else 0) * t * 4 // n, STEP, host=offload)]
+
+
+def _zero3(model: Model, setup: Setup, z: _Sizes) -> list[Term]:
+    """Parameters are gathered one at a time (the running one and the prefetched next), or a
+    prefetch bucket's worth (nothing to gather on one rank); each new gradient (one is in the
+    traced activations) is flattened with the reduce bucket's; offloaded, each gradient is copied
+    once more for its norm."""
+    n, w, largest = z.n, z.w, z.largest
+    gathered = min(z.p, max(setup.prefetch_bucket, 2 * largest)) * w if n > 1 else 0
+    return [Term("parameters (partition)", z.p * w // n, host=setup.offload_params),
+            Term("gradients (partition)", z.t * w // n),
+            Term("gathered parameters", gathered, BACKWARD),
+            Term("gradients being reduced", min(z.t, largest + setup.reduce_bucket) * w, BACKWARD),
+            Term("a gradient's copy for its norm", largest * 4 if setup.offload_optimizer else 0, BACKWARD),
+            Term("activations" + z.suffix, z.beside, BACKWARD)]
+
+
+def _zero12(model: Model, setup: Setup, z: _Sizes) -> list[Term]:
+    """Stages 1 and 2 (DeepSpeed 0.18): gradients accumulate whole. With accumulation, the
+    earlier micro-steps' gradients wait in .grad (stage 2 on more than one rank keeps only the
+    partition's) and the new ones add into them one tensor at a time (that tensor is in the
+    traced activations). At the last micro-step the partition's gradients are gathered as whole
+    tensors (the ones overlapping it; stage 2 on more than one rank stages them twice), with the
+    new gradients still alive (stage 1 reduces after the backward; stage 2 as they come: the two
+    in flight, as measured) and one flattened bucket; one such buffer stays for the update."""
+    n, t, w, stage = z.n, z.t, z.w, setup.zero_stage
+    several = stage == 2 and n > 1
     in_partition = model.partition_overlap(n) * 4
-    staged = 2 if stage == 2 and n > 1 else 1
     if setup.accumulation > 1:
-        # The earlier micro-steps' gradients wait in .grad (stage 2 on more than one rank keeps
-        # only the partition's), and the new ones add into them one tensor at a time (that
-        # tensor is in the traced activations).
-        earlier = t * w // n if stage == 2 and n > 1 else t * w
-        in_backward = [Term("the earlier micro-steps' gradients", earlier, BACKWARD),
-                       Term("activations" + suffix, beside, BACKWARD)]
+        in_backward = [Term("the earlier micro-steps' gradients", t * w // n if several else t * w, BACKWARD),
+                       Term("activations" + z.suffix, z.beside, BACKWARD)]
     else:
-        in_backward = [Term("new gradients and activations" + suffix, joint, BACKWARD)]
-    terms += [Term("parameters", p * w), Term("gradients (accumulated)", t * w), *in_backward,
-              Term("gradients in the partition", staged * in_partition, REDUCTION),
-              # stage 1 reduces after the backward (every new gradient alive); stage 2 as they
-              # come, so only the tensors in flight (two, as measured).
-              Term("new gradients", (t if stage == 1 else min(t, 2 * largest)) * w, REDUCTION),
-              Term("a flattened reduce bucket", min(t, max(setup.reduce_bucket, largest)) * w, REDUCTION),
-              Term("gradients in the partition", in_partition, STEP)]
-    return terms, note
+        in_backward = [Term("new gradients and activations" + z.suffix, z.joint, BACKWARD)]
+    return [Term("parameters", z.p * w), Term("gradients (accumulated)", t * w), *in_backward,
+            Term("gradients in the partition", (2 if several else 1) * in_partition, REDUCTION),
+            Term("new gradients", (t if stage == 1 else min(t, 2 * z.largest)) * w, REDUCTION),
+            Term("a flattened reduce bucket", min(t, max(setup.reduce_bucket, z.largest)) * w, REDUCTION),
+            Term("gradients in the partition", in_partition, STEP)]
 
 
 def _whole_gradients(size: int, accumulation: int, beside: int, joint: int, suffix: str) -> list[Term]:
