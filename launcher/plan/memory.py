@@ -134,6 +134,10 @@ class Setup:
     activation_checkpointing: bool
     gpu: bool
     accumulation: int = 1
+    # Temporaries of torch's unfused update, in tensors of the size it updates at once: AdamW a
+    # square root and a quotient (and, one tensor at a time, the previous tensor's denominator:
+    # 3); SGD with Nesterov momentum the look-ahead gradient (and the previous one's: 2).
+    update_temporaries: int = 2
     reduce_bucket: int = int(5e8)  # elements
     prefetch_bucket: int = int(5e7)
 
@@ -200,9 +204,7 @@ class _Sizes:
     joint: int  # activations and gradients together
     suffix: str  # " (checkpointed)" or ""
 
-    @property
-    def adam(self) -> bool:
-        return self.k == 2
+    temporaries: int  # of the unfused update, partition-sized (flat) or +1 tensor by tensor
 
 
 def _terms(model: Model, setup: Setup) -> tuple[list[Term], str]:
@@ -213,7 +215,7 @@ def _terms(model: Model, setup: Setup) -> tuple[list[Term], str]:
         w=2 if setup.precision in ("bf16", "fp16") and setup.backend == "deepspeed" else 4,
         beside=model.at(model.activations_checkpointed if checkpointed else model.activations, setup.micro),
         joint=model.at(model.with_gradients_checkpointed if checkpointed else model.with_gradients, setup.micro),
-        suffix=" (checkpointed)" if checkpointed else "")
+        suffix=" (checkpointed)" if checkpointed else "", temporaries=setup.update_temporaries)
     # All of a step's micro-batches are fetched before its first forward.
     terms = [Term("the step's micro-batches", setup.accumulation * model.at(model.batch_bytes, setup.micro)),
              Term("buffers", model.buffer_bytes)]
@@ -236,15 +238,20 @@ def _accelerate(model: Model, setup: Setup, z: _Sizes) -> list[Term]:
                 Term("activations" + z.suffix, z.beside, BACKWARD)]
     # The optimizer is fused on a GPU; on a CPU torch's default AdamW works tensor by tensor.
     return [Term("parameters", p * 4), Term("DDP buckets", t * 4), Term("optimizer states", k * t * 4),
-            Term("optimizer step temporaries", (3 if z.adam and not setup.gpu else 0) * z.largest * 4, STEP),
+            Term("optimizer step temporaries", _per_tensor(z) * z.largest * 4 if not setup.gpu else 0, STEP),
             *_whole_gradients(t * 4, setup.accumulation, z.beside, z.joint, z.suffix)]
+
+
+def _per_tensor(z: _Sizes) -> int:
+    """Tensor by tensor, the previous tensor's temporary is still alive while the next is made."""
+    return z.temporaries + 1 if z.temporaries else 0
 
 
 def _zero0(setup: Setup, z: _Sizes) -> list[Term]:
     t, w = z.t, z.w
     terms = [Term("parameters", z.p * w), Term("optimizer states", z.k * t * 4),
              Term("all-reduce buffer, then the update's temporaries",
-                  max(t * w, (3 if z.adam else 0) * z.largest * 4), STEP)]
+                  max(t * w, _per_tensor(z) * z.largest * 4), STEP)]
     if w == 2:
         terms.append(Term("fp32 master weights", t * 4))
     return terms + _whole_gradients(t * w, setup.accumulation, z.beside, z.joint, z.suffix)
@@ -263,7 +270,7 @@ def _zero_partitions(setup: Setup, z: _Sizes) -> list[Term]:
             Term("optimizer states (partition)", z.k * t * 4 // n, host=offload),
             # Offloaded, the fp32 gradients are kept in host memory from the first boundary on.
             Term("fp32 gradient partition", t * 4 // n, LASTING if offload else STEP, host=offload),
-            Term("optimizer step temporaries", (2 if z.adam and not fused else 0) * t * 4 // n, STEP, host=offload)]
+            Term("optimizer step temporaries", 0 if fused else z.temporaries * t * 4 // n, STEP, host=offload)]
 
 
 def _zero3(model: Model, setup: Setup, z: _Sizes) -> list[Term]:
@@ -425,9 +432,11 @@ def setup_of(recipe, math, gpu: bool, micro: int | None = None, **changes) -> Se
     zero = ds.get("zero_optimization", {}) if isinstance(ds.get("zero_optimization"), dict) else {}
     precision = recipe.precision if recipe.precision != "auto" else ("bf16" if gpu else "fp32")
     states = 2 if optimizer.name == "adamw" else (1 if optimizer.momentum else 0)
+    temporaries = 2 if optimizer.name == "adamw" else (1 if optimizer.momentum and optimizer.nesterov else 0)
     values = dict(backend=backend.name, strategy=backend.strategy, zero_stage=backend.zero_stage,
                   offload_optimizer=backend.offload_optimizer, offload_params=backend.offload_params,
-                  precision=precision, optimizer_states=states, world_size=math.world_size,
+                  precision=precision, optimizer_states=states, update_temporaries=temporaries,
+                  world_size=math.world_size,
                   micro=micro or math.micro, accumulation=math.accumulation,
                   activation_checkpointing=recipe.train.activation_checkpointing,
                   gpu=gpu, reduce_bucket=int(zero.get("reduce_bucket_size", 5e8)),
