@@ -514,6 +514,7 @@ def check(recipe_path: str, overrides: tuple[str, ...], loaded, launch_plan, dev
     whether its ranks have GPUs (default: this machine's); `gpu_types`: what Slurm says the
     partition has (the smallest known one counts)."""
     from launcher.plan.topology import count_local_gpus
+    from launcher.secrets import split_secret_overrides
 
     recipe, math = loaded.recipe, launch_plan.math
     gpu = bool(count_local_gpus()) if gpu is None else gpu
@@ -532,6 +533,8 @@ def check(recipe_path: str, overrides: tuple[str, ...], loaded, launch_plan, dev
     # the line through them gives the others. Checkpointed too only when it does not fit.
     micros = [2 if math.micro != 2 else 4, math.micro]
     fingerprint = fingerprint_of(loaded)
+    # Secrets (cluster.env.HF_TOKEN=...) change no memory; kept out of the child and its errors.
+    overrides = tuple(split_secret_overrides(overrides)[0])
     model = probe_model(recipe_path, overrides, micros, False, fingerprint)
     if isinstance(model, str):
         return Verdict([f"# memory per rank: not estimated: {model}"], {"not_estimated": model}, True)

@@ -101,3 +101,24 @@ def test_slurm_gres_names_the_gpu_types_and_the_table_knows_their_sizes():
     assert gpu_types_of_gres("gpu:a100:8(S:0-1),gpu:h100:4\ngpu:8\n(null)") == ["a100", "h100"]
     assert device_size("H100") == 80 * 1024**3 and device_size("NVIDIA-A100-40GB") == 40 * 1024**3
     assert device_size("mystery") is None
+
+
+def test_a_secret_given_as_an_override_never_reaches_the_trace(monkeypatch, tmp_path):
+    from launcher.config.catalog import resolve_recipe_file
+    from launcher.plan import memory
+    from launcher.plan.prepare import Placement, prepare
+
+    path = resolve_recipe_file("mlp-tiny")
+    overrides = ("cluster.env.HF_TOKEN=hf_sekrit123", "model.hidden=32")
+    loaded, launch_plan, _ = prepare(path, overrides, Placement(nproc=1, run_dir=str(tmp_path / "run")))
+    requests = []
+
+    def stand_in(request):  # the subprocess seam
+        requests.append(request)
+        return {"failed": "no child in this test"}
+
+    monkeypatch.setattr(memory, "_run_probe", stand_in)
+    monkeypatch.setenv("LAUNCHER_CACHE_DIR", str(tmp_path / "cache"))
+    verdict = memory.check(path, overrides, loaded, launch_plan, "1GiB")
+    assert requests and "hf_sekrit123" not in repr(requests) and "model.hidden=32" in requests[0]["overrides"]
+    assert "hf_sekrit123" not in repr(verdict)
