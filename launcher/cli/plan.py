@@ -50,4 +50,3 @@ def plan(recipe_path, overrides, as_json, memory, device_memory, **placement):
         click.echo(render_plan(launch_plan, yaml.safe_dump(resolved, sort_keys=False), loaded.taken, resume), nl=False)
         if verdict is not None:
             click.echo("\n".join(verdict.lines))
-

@@ -14,8 +14,10 @@ from pathlib import Path
 
 
 def cache_root(configured: str) -> Path:
-    """data.cache_dir, else $LAUNCHER_CACHE_DIR, else ~/.cache/launcher."""
-    return Path(configured or os.environ.get("LAUNCHER_CACHE_DIR") or Path.home() / ".cache" / "launcher")
+    """data.cache_dir, else the launcher's cache root ($LAUNCHER_CACHE_DIR, else ~/.cache/launcher)."""
+    from launcher.plan.cache import cache_root as launcher_cache_root
+
+    return Path(configured) if configured else launcher_cache_root()
 
 
 def files_key(settings: dict, files: list[tuple[Path, int]]) -> str:

@@ -9,11 +9,11 @@ launcher's process never does; it runs in a process of its own
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 from launcher.config.errors import Problem, RecipeError
+from launcher.plan.cache import cache_root, remember
 
 SCHEMA_CHECK = "launcher.backends.deepspeed_schema"  # run as `python -m`, never imported here
 
@@ -133,33 +133,20 @@ def _verdicts(configs: list[dict]) -> dict[str, list]:
         for key, verdict in zip(unknown, json.loads(done.stdout.strip().splitlines()[-1]), strict=True):
             known[key] = verdict
             if cache:
-                _remember(cache / f"{key}.json", verdict)
+                remember(cache / f"{key}.json", verdict)
     return known
 
 
 def _cache_dir():
     """$LAUNCHER_CACHE_DIR/deepspeed-schema/<DeepSpeed and torch versions>, or None without them (the
     child then says so)."""
-    import os
     from importlib import metadata
-    from pathlib import Path
 
     try:
         version = f"deepspeed-{metadata.version('deepspeed')}-torch-{metadata.version('torch')}"
     except metadata.PackageNotFoundError:
         return None
-    root = Path(os.environ.get("LAUNCHER_CACHE_DIR") or Path.home() / ".cache" / "launcher")
-    return root / "deepspeed-schema" / version
-
-
-def _remember(path, verdict: list) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(verdict), encoding="utf-8")
-        partial.replace(path)
-    except OSError:
-        pass  # a cache that cannot be written costs the next check a DeepSpeed import, nothing more
+    return cache_root() / "deepspeed-schema" / version
 
 
 def batch_from_config(loaded, world_size: int):

@@ -33,14 +33,14 @@ phase. Weights are w bytes (2 for DeepSpeed's bf16/fp16, which casts them; else 
 
 Against the anchors' formulas: DeepSpeed's estimate_zero2_model_states_mem_needs gives 2·P +
 18·P/N for fp16 without offload; the model states here are the same per element (16-bit weights,
-fp32 partition and two states), but the gradients are whole (2·P more: DeepSpeed 0.18 accumulates
+fp32 partition and two states), but the gradients are whole (2·P more: DeepSpeed 0.19 accumulates
 them per tensor and partitions at the boundary, as the measurement shows) and the reduce bucket,
 the reduction's buffers and the activations, which its estimator leaves out, are added. Its
 ZeRO-3 estimate (4·largest layer + 18·P/N) keeps the gathered layer; here the gathered
 parameters follow the prefetch bucket. `accelerate estimate-memory` multiplies the weights (x4
 for Adam training, no activations): the DDP terms above without the buckets and activations.
 
-These come from DeepSpeed 0.18's and torch's code and were checked against the bytes a real run
+These come from DeepSpeed 0.19's and torch's code and were checked against the bytes a real run
 holds (bench/memory.py; bench/results/memory-cpu-*.jsonl has every case with its error). On a GPU
 the CUDA context and NCCL's buffers (FIXED_GPU_BYTES) and the caching allocator's headroom
 (GPU_HEADROOM of the rest) are added; neither on ranks without one.
@@ -55,6 +55,8 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
+
+from launcher.plan.cache import cache_root, remember
 
 PROBE = "launcher.runtime.memory_probe"  # run as `python -m`, never imported here
 GiB = 1024**3
@@ -289,7 +291,7 @@ def _zero3(model: Model, setup: Setup, z: _Sizes) -> list[Term]:
 
 
 def _zero12(model: Model, setup: Setup, z: _Sizes) -> list[Term]:
-    """Stages 1 and 2 (DeepSpeed 0.18): gradients accumulate whole. With accumulation, the
+    """Stages 1 and 2 (DeepSpeed 0.19): gradients accumulate whole. With accumulation, the
     earlier micro-steps' gradients wait in .grad (stage 2 on more than one rank keeps only the
     partition's) and the new ones add into them one tensor at a time (that tensor is in the
     traced activations). At the last micro-step the partition's gradients are gathered as whole
@@ -354,7 +356,7 @@ def probe_model(path: str, overrides: tuple[str, ...], micros: list[int], checkp
     if figures is None:
         figures = _run_probe(request)
         if cached and "params" in figures:
-            _remember(cached, figures)
+            remember(cached, figures)
     if "failed" in figures or "unsupported" in figures:
         return figures.get("unsupported") or f"the trace failed: {figures['failed']}"
 
@@ -397,21 +399,9 @@ def fingerprint_of(loaded) -> str:
 
 def _cache_file(request: dict, fingerprint: str):
     import hashlib
-    from pathlib import Path
 
     key = hashlib.sha256(json.dumps([request, fingerprint], sort_keys=True).encode()).hexdigest()[:32]
-    root = Path(os.environ.get("LAUNCHER_CACHE_DIR") or Path.home() / ".cache" / "launcher")
-    return root / "memory-probe" / f"{key}.json"
-
-
-def _remember(path, figures: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(figures), encoding="utf-8")
-        partial.replace(path)
-    except OSError:
-        pass  # a cache that cannot be written costs the next estimate a trace, nothing more
+    return cache_root() / "memory-probe" / f"{key}.json"
 
 
 def _run_probe(request: dict) -> dict:

@@ -135,13 +135,7 @@ def build(recipe, ctx):
     train = Augmented(_limit(train_raw, cfg.train_limit), cfg, train=True)
     evaluation = Augmented(_limit(eval_raw, cfg.eval_limit), cfg, train=False)
     normalized = _normalizer(mean, std, ctx.device, channels_last)
-
-    def loss(model, batch):
-        logits = model(normalized(batch))
-        # The count is filled on the device (a kernel): torch.tensor(n, device=...) would copy it from
-        # the host and wait for the GPU, every micro-step.
-        return torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="sum"), \
-            torch.full((), len(batch["label"]), device=logits.device)
+    loss = _classification_loss(normalized)
 
     def eval_artifacts(tensors, step, run_dir):
         path = os.path.join(run_dir, "confusion", f"confusion-step{step:08d}.png")
@@ -163,6 +157,20 @@ def build(recipe, ctx):
         export=_exporter(recipe, classes, mean, std),
         loader_workers=cfg.workers,
     )
+
+
+def _classification_loss(normalized):
+    """loss(model, batch) -> (summed cross-entropy, the batch's size) on the normalised images."""
+    import torch
+
+    def loss(model, batch):
+        logits = model(normalized(batch))
+        # The count is filled on the device (a kernel): torch.tensor(n, device=...) would copy it from
+        # the host and wait for the GPU, every micro-step.
+        return torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="sum"), \
+            torch.full((), len(batch["label"]), device=logits.device)
+
+    return loss
 
 
 def _normalizer(mean, std, device, channels_last: bool):
@@ -535,12 +543,7 @@ def memory_probe(recipe):
         return {"image": torch.zeros(micro, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8),
                 "label": torch.zeros(micro, dtype=torch.long)}
 
-    def loss(model, batch):
-        logits = model(normalized(batch))
-        return torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="sum"), \
-            torch.full((), len(batch["label"]), device=logits.device)
-
-    return MemoryProbe(model=model, batch=batch, loss=loss)
+    return MemoryProbe(model=model, batch=batch, loss=_classification_loss(normalized))
 
 
 def _class_count(source: str) -> int:
