@@ -33,8 +33,10 @@ from launcher.cli.common import (
 @with_placement
 @click.option("--no-preflight", is_flag=True, help="Skip the ssh/port checks of hostfile hosts.")
 @click.option("--allow-schedule-change", is_flag=True, help=ALLOW_HELP)
-@click.option("--device-memory", metavar="SIZE", help="Memory of one rank's device, e.g. 80GiB: refuse (exit 2) "
-                                                      "a job predicted not to fit, and say what would.")
+@click.option("--device-memory", metavar="SIZE", help="Memory of one rank's device, e.g. 80GiB (default: the GPU's "
+                                                      "size from nvidia-smi; without a GPU, this machine's memory "
+                                                      "/ processes per node). A job predicted not to fit is "
+                                                      "refused (exit 2) with what would.")
 @click.option("--no-memory-check", is_flag=True, help="Start even when the memory estimate says it will not fit.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show third-party notices the console holds back (LAUNCHER_VERBOSE=1; always in the rank logs).")
@@ -57,7 +59,7 @@ def run(recipe_path, overrides, no_preflight, allow_schedule_change, verbose, de
 
     def checked_claim():
         check_before_start(recipe_path, loaded, launch_plan)
-        if device_memory and not no_memory_check:
+        if not no_memory_check:  # the first step's out-of-memory error, found before anything starts
             refuse_if_it_does_not_fit(recipe_path, overrides, loaded, launch_plan, device_memory)
         return claim_run(loaded, launch_plan.run_dir, resolved, recipe_path, allow_schedule_change)
 

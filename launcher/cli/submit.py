@@ -57,14 +57,16 @@ class Submission:
 @click.option("--dry-run", is_flag=True, help="Print the sbatch script; submit nothing.")
 @click.option("--allow-schedule-change", is_flag=True, help=ALLOW_HELP)
 @click.option("--device-memory", metavar="SIZE", help="Memory of one rank's GPU, e.g. 80GiB (default: the "
-                                                      "partition's GPU type, when Slurm names a known one).")
-@click.option("--no-memory-check", is_flag=True, help="Queue it even when the memory estimate says it will not fit.")
+                                                      "partition's GPU type, when Slurm names a known one; "
+                                                      "without GPUs, its nodes' memory / processes per node).")
+@click.option("--no-memory-check", is_flag=True, help="Queue and start it even when the memory estimate says it will "
+                                                      "not fit.")
 def submit(recipe_path, overrides, run_dir, dry_run, device_memory, no_memory_check, **slurm):
     """Submit the recipe to Slurm as a batch job (from a login node); print the job id."""
     from launcher.slurm.jobs import SlurmError
     from launcher.slurm.sbatch import SlurmOptions
 
-    options = SlurmOptions(**slurm)
+    options = SlurmOptions(**slurm, device_memory=device_memory or "", memory_check=not no_memory_check)
     submission = refusing(lambda: plan_submission(recipe_path, overrides, options, run_dir))
     if not no_memory_check:
         refusing(lambda: check_memory(recipe_path, overrides, submission, options, device_memory))
@@ -116,16 +118,21 @@ def plan_submission(recipe_path: str, overrides: tuple[str, ...], options: Slurm
 
 def check_memory(recipe_path: str, overrides: tuple[str, ...], submission: Submission, options: SlurmOptions,
                  device_memory: str | None) -> None:
-    """Refuse, before the queue, a job predicted not to fit its GPUs: their size from
-    --device-memory or the partition's GPU type (sinfo); not checked when neither is known."""
+    """Refuse, before the queue, a job predicted not to fit: its GPUs' size from --device-memory or
+    the partition's GPU type (sinfo); without GPUs, its nodes' memory (sinfo) shared by the
+    processes of a node. Not checked when Slurm says neither."""
     from launcher.cli.common import refuse_if_it_does_not_fit
-    from launcher.slurm.jobs import partition_gpu_types
+    from launcher.slurm.jobs import partition_gpu_types, partition_node_memory
 
     gpu = options.gpus_per_node > 0
-    gpu_types = tuple(partition_gpu_types(options.partition)) if gpu and not device_memory else ()
-    if device_memory or gpu_types:
+    where: dict = {"gpu": gpu}
+    if gpu and not device_memory:
+        where["gpu_types"] = tuple(partition_gpu_types(options.partition))
+    elif not gpu and not device_memory:
+        where["node_memory"] = partition_node_memory(options.partition)
+    if device_memory or where.get("gpu_types") or where.get("node_memory"):
         refuse_if_it_does_not_fit(recipe_path, overrides, submission.loaded, submission.launch_plan, device_memory,
-                                  gpu=gpu, gpu_types=gpu_types)
+                                  **where)
 
 
 def queue(recipe_path: str, submission: Submission, allow_schedule_change: bool) -> tuple[Path, str]:

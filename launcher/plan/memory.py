@@ -355,7 +355,7 @@ def probe_model(path: str, overrides: tuple[str, ...], micros: list[int], checkp
         figures = None
     if figures is None:
         figures = _run_probe(request)
-        if cached and "params" in figures:
+        if cached and "failed" not in figures:  # a module without a probe stays without one
             remember(cached, figures)
     if "failed" in figures or "unsupported" in figures:
         return figures.get("unsupported") or f"the trace failed: {figures['failed']}"
@@ -372,16 +372,27 @@ def probe_model(path: str, overrides: tuple[str, ...], micros: list[int], checkp
                  trainable_sizes=tuple(figures.get("trainable_sizes", ())))
 
 
+# What the trace reads of a recipe: the model, the data's shapes, the precision and activation
+# checkpointing. The schedule, batch, backend, checkpoints, tracking and cluster are applied by the
+# arithmetic above, so two runs that differ only there (a run directory, a step count, a backend)
+# share one trace: that is what keeps the default check to one child per model in a test suite.
+TRACED_FIELDS = ("recipe", "model", "data", "precision")
+
+
 def fingerprint_of(loaded) -> str:
-    """What a trace depends on beyond the request: the resolved recipe, the recipe module's source,
-    the probe's own, and the versions of torch and transformers."""
+    """What a trace depends on beyond the micro-batch sizes: the traced fields of the resolved
+    recipe, the recipe module's source, the probe's own, and the versions of torch and
+    transformers."""
     import hashlib
     from importlib import metadata
     from pathlib import Path
 
     from launcher.config.load import recipe_to_dict
 
-    parts = [json.dumps(recipe_to_dict(loaded.recipe), sort_keys=True, default=str)]
+    resolved = recipe_to_dict(loaded.recipe)
+    traced = {key: resolved.get(key) for key in TRACED_FIELDS}
+    traced["activation_checkpointing"] = loaded.recipe.train.activation_checkpointing
+    parts = [json.dumps(traced, sort_keys=True, default=str)]
     runtime = Path(__file__).resolve().parent.parent / "runtime"
     for source in (getattr(loaded.recipe_module, "__file__", None), runtime / "memory_probe.py",
                    runtime / "live_bytes.py"):
@@ -400,8 +411,10 @@ def fingerprint_of(loaded) -> str:
 def _cache_file(request: dict, fingerprint: str):
     import hashlib
 
-    key = hashlib.sha256(json.dumps([request, fingerprint], sort_keys=True).encode()).hexdigest()[:32]
-    return cache_root() / "memory-probe" / f"{key}.json"
+    # Not the recipe's path or its overrides: the fingerprint holds what they resolve to.
+    key = [request["micro"], request["checkpointed_too"], fingerprint]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_root() / "memory-probe" / f"{digest}.json"
 
 
 def _run_probe(request: dict) -> dict:
@@ -498,27 +511,47 @@ def device_size(gpu_type: str) -> int | None:
     return None if size is None else size * GiB
 
 
+def _capacity(device_memory: str | None, gpu: bool | None, gpu_types: tuple[str, ...], node_memory: int | None,
+              nproc: int) -> tuple[int, str, bool] | None:
+    """(bytes a rank may hold, where that figure comes from, whether the ranks have GPUs); None
+    when they have GPUs of a size nobody says."""
+    from launcher.plan.topology import count_local_gpus, local_gpu_memory
+
+    here = gpu is None
+    gpu = bool(count_local_gpus()) if gpu is None else gpu
+    known = sorted((size, name) for name in gpu_types if (size := device_size(name)) is not None)
+    if device_memory:
+        return parse_size(device_memory), "--device-memory", gpu
+    if gpu and known:
+        return known[0][0], f"{known[0][1]}, the partition's GPU", gpu
+    if gpu and here and (local := local_gpu_memory()):
+        return local, "this machine's smallest GPU (nvidia-smi)", gpu
+    if gpu:
+        return None
+    if node_memory:
+        return node_memory // nproc, f"the partition's node memory / {nproc} processes", gpu
+    return host_share(nproc), f"this machine's memory / {nproc} processes", gpu
+
+
 def check(recipe_path: str, overrides: tuple[str, ...], loaded, launch_plan, device_memory: str | None,
-          gpu: bool | None = None, gpu_types: tuple[str, ...] = ()) -> Verdict:
+          gpu: bool | None = None, gpu_types: tuple[str, ...] = (), node_memory: int | None = None) -> Verdict:
     """The estimate for a planned job against its device (or its share of host memory). `gpu`:
-    whether its ranks have GPUs (default: this machine's); `gpu_types`: what Slurm says the
-    partition has (the smallest known one counts)."""
-    from launcher.plan.topology import count_local_gpus
+    whether its ranks have GPUs (default: this machine's, whose size nvidia-smi then gives);
+    `gpu_types`: what Slurm says the partition has (the smallest known one counts); `node_memory`:
+    a node's memory where the ranks run elsewhere (Slurm's figure for the partition), shared by
+    the processes of a node when they have no GPU."""
     from launcher.secrets import split_secret_overrides
 
     recipe, math = loaded.recipe, launch_plan.math
-    gpu = bool(count_local_gpus()) if gpu is None else gpu
     nproc = max(launch_plan.procs_by_node)
-    known = sorted((size, name) for name in gpu_types if (size := device_size(name)) is not None)
-    if device_memory:
-        capacity, source = parse_size(device_memory), "--device-memory"
-    elif gpu and known:
-        capacity, source = known[0][0], f"{known[0][1]}, the partition's GPU"
-    elif gpu:
+    found = _capacity(device_memory, gpu, gpu_types, node_memory, nproc)
+    if found is None:
         return Verdict(["# memory per rank: not checked: give --device-memory (the GPU's size is not known here)"],
                        {"not_estimated": "no device size"}, True)
-    else:
-        capacity, source = host_share(nproc), f"this machine's memory / {nproc} processes"
+    capacity, source, gpu = found
+    if not callable(getattr(loaded.recipe_module, "memory_probe", None)):  # no child to start for that
+        reason = f"recipe module {recipe.recipe} defines no memory_probe(recipe)"
+        return Verdict([f"# memory per rank: not estimated: {reason}"], {"not_estimated": reason}, True)
     # Traced at the job's own micro-batch and one other (BatchNorm cannot train on one sample):
     # the line through them gives the others. Checkpointed too only when it does not fit.
     micros = [2 if math.micro != 2 else 4, math.micro]

@@ -62,6 +62,19 @@ def count_local_gpus() -> int:
     return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
 
 
+def local_gpu_memory() -> int | None:
+    """Bytes of this machine's smallest GPU (nvidia-smi), or None when it cannot say."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        listing = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    sizes = [int(line.strip()) for line in listing.stdout.splitlines() if line.strip().isdigit()]
+    return min(sizes) * 1024**2 if listing.returncode == 0 and sizes else None  # nvidia-smi counts MiB
+
+
 @dataclass(frozen=True)
 class TopologyRequest:
     nodes: int | None  # None: not asked for (the recipe default or the Slurm allocation decides)

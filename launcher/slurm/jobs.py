@@ -150,6 +150,18 @@ def partition_gpu_types(partition: str) -> list[str]:
     return gpu_types_of_gres(done.stdout) if done.returncode == 0 else []
 
 
+def partition_node_memory(partition: str) -> int | None:
+    """Bytes of the smallest node's memory in the partition (sinfo's %m, in MB), or None when
+    sinfo cannot say."""
+    argv = ["sinfo", "--noheader", "--format=%m", *(["--partition", partition] if partition else [])]
+    try:
+        done = _run(argv, timeout=20)
+    except SlurmError:
+        return None
+    sizes = [int(word.rstrip("+")) for word in done.stdout.split() if word.rstrip("+").isdigit()]
+    return min(sizes) * 1024**2 if done.returncode == 0 and sizes and min(sizes) > 1 else None
+
+
 def gpu_types_of_gres(text: str) -> list[str]:
     """`gpu:a100:8(S:0-1),gpu:h100:4` -> ["a100", "h100"]; untyped `gpu:8` names none."""
     found = []

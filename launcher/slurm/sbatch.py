@@ -41,6 +41,8 @@ class SlurmOptions:
     sweeps: tuple[str, ...] = ()  # `key=v1,v2,...`: one array task per combination
     extra: tuple[str, ...] = ()  # more `--option=value` lines for #SBATCH
     allow_schedule_change: bool = False  # passed on to `launcher run`
+    device_memory: str = ""  # passed on: the job's own memory check then counts the same size
+    memory_check: bool = True  # False (--no-memory-check) is passed on too: queued anyway, started anyway
 
     @property
     def processes_per_node(self) -> int | None:
@@ -184,5 +186,9 @@ def _exec_line(request: SbatchRequest, run_dir: str, overrides: tuple[str, ...])
         argv += ["--nproc", str(options.processes_per_node)]
     if options.allow_schedule_change:
         argv.append("--allow-schedule-change")
+    if options.device_memory:
+        argv += ["--device-memory", options.device_memory]
+    if not options.memory_check:
+        argv.append("--no-memory-check")
     # `--` ends the options: an override can never be read as a flag of `launcher run`.
     return "exec " + shlex.join([*argv, "--", *overrides])

@@ -80,3 +80,39 @@ def test_submit_refuses_before_the_queue_from_the_partitions_gpu_type(tmp_path):
     micro = int(re.search(r"batch\.micro=(\d+) \(accumulation", done.stderr).group(1))
     assert micro < 16 and 128 % (micro * 8) == 0
     assert not (tmp_path / "sbatch-ran").exists() and not (tmp_path / "job").exists()
+
+
+def test_without_a_size_run_checks_its_share_of_this_machines_memory(tmp_path):
+    """No flag: the check is on by default. One 100,000 x 100,000 layer is 40 GB of fp32 weights,
+    with its gradient and AdamW states 160 GB a rank: more than any share of this machine (the
+    refusal names it), refused before the run directory exists."""
+    done = launch("mlp-tiny", tmp_path / "huge", "model.hidden=100000", "model.layers=2", nproc=2)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "this machine's memory / 2 processes" in done.stderr and "Traceback" not in done.stderr
+    assert "offload" in done.stderr or "zero_stage" in done.stderr or "batch.micro" in done.stderr
+    assert not (tmp_path / "huge").exists()
+
+
+def test_submit_to_a_partition_without_gpus_checks_its_nodes_memory(tmp_path):
+    """sinfo (a stand-in) says the partition's nodes have 1000 MB: two processes a node get 500 MB
+    each, and an MLP of 4 x 4096^2 weights (268 MB in fp32, about 1 GB with its gradients, DDP
+    buckets and AdamW states) does not fit; 16 GB nodes do, and then sbatch runs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sinfo").write_text(f"#!/bin/sh\ncat {tmp_path}/node-mb\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/sbatch-ran\necho 7\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = launcher_env(PATH=f"{bin_dir}:{launcher_env()['PATH']}")
+    argv = ["launcher", "submit", "mlp-tiny", "model.hidden=4096", "model.layers=4", "--nodes", "1", "--nproc", "2",
+            "--partition", "cpu"]
+    (tmp_path / "node-mb").write_text("1000\n")
+    done = subprocess.run([*argv, "--run-dir", str(tmp_path / "small")], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "the partition's node memory / 2 processes" in done.stderr
+    assert not (tmp_path / "sbatch-ran").exists() and not (tmp_path / "small").exists()
+    (tmp_path / "node-mb").write_text("16000\n")
+    done = subprocess.run([*argv, "--run-dir", str(tmp_path / "large")], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0 and (tmp_path / "sbatch-ran").exists(), done.stderr

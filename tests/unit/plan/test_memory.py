@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +124,93 @@ def test_a_secret_given_as_an_override_never_reaches_the_trace(monkeypatch, tmp_
     verdict = memory.check(path, overrides, loaded, launch_plan, "1GiB")
     assert requests and "hf_sekrit123" not in repr(requests) and "model.hidden=32" in requests[0]["overrides"]
     assert "hf_sekrit123" not in repr(verdict)
+
+
+# What the child would answer for a 10-parameter model at micro-batches 2 and 16.
+TRACED = {"params": 10, "trainable": 10, "param_bytes": 40, "buffer_bytes": 0, "largest_trainable": 10,
+          "largest_block_bytes": 40, "activations": {"2": 8, "16": 64}, "with_gradients": {"2": 48, "16": 104},
+          "batch_bytes": {"2": 8, "16": 64}, "precision": "fp32"}
+
+
+def _prepared(tmp_path, *overrides, recipe="mlp-tiny"):
+    from launcher.config.catalog import resolve_recipe_file
+    from launcher.plan.prepare import Placement, prepare
+
+    path = resolve_recipe_file(recipe)
+    loaded, launch_plan, _ = prepare(path, overrides, Placement(nproc=1, run_dir=str(tmp_path / "run")))
+    return path, loaded, launch_plan
+
+
+def test_runs_that_differ_only_where_the_trace_does_not_look_share_one_trace(monkeypatch, tmp_path):
+    """The default check traces once per model: a run directory, a step count, a backend or a
+    schedule do not start another child; a model or data shape or the precision does."""
+    from launcher.plan import memory
+
+    requests = []
+
+    def stand_in(request):  # the subprocess seam: figures a trace would give
+        requests.append(request)
+        return TRACED
+
+    monkeypatch.setattr(memory, "_run_probe", stand_in)
+    monkeypatch.setenv("LAUNCHER_CACHE_DIR", str(tmp_path / "cache"))
+    same = [(), ("train.steps=70",), ("backend.name=deepspeed", "backend.zero_stage=2"), ("scheduler.warmup_steps=1",),
+            ("checkpoint.every_steps=5", "tracking.mode=offline")]
+    for index, overrides in enumerate(same):
+        path, loaded, launch_plan = _prepared(tmp_path / str(index), *overrides)
+        assert memory.check(path, overrides, loaded, launch_plan, "100GiB").fits
+    assert len(requests) == 1
+    for index, overrides in enumerate([("model.hidden=32",), ("data.features=8",), ("precision=bf16",)]):
+        path, loaded, launch_plan = _prepared(tmp_path / f"other-{index}", *overrides)
+        memory.check(path, overrides, loaded, launch_plan, "1GiB")
+        assert len(requests) == 2 + index, overrides
+
+
+def test_a_module_without_a_probe_starts_no_child(monkeypatch, tmp_path):
+    from launcher.plan import memory
+
+    def no_child(request):
+        raise AssertionError("a child was started")
+
+    monkeypatch.setattr(memory, "_run_probe", no_child)
+    module = tmp_path / "plain_module.py"
+    source = (Path(__file__).resolve().parents[3] / "launcher" / "recipes" / "mlp_regression.py").read_text()
+    module.write_text(source.replace("def memory_probe(", "def _no_memory_probe("))
+    path, loaded, launch_plan = _prepared(tmp_path, f"recipe={module}")
+    verdict = memory.check(path, (f"recipe={module}",), loaded, launch_plan, None)
+    assert verdict.fits and "defines no memory_probe" in verdict.data["not_estimated"]
+
+
+def _stand_in(bin_dir: Path, name: str, script: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text("#!/bin/sh\n" + script)
+    (bin_dir / name).chmod(0o755)
+
+
+def test_on_a_gpu_machine_the_size_is_the_smallest_gpu_nvidia_smi_reports(monkeypatch, tmp_path):
+    """nvidia-smi is a stand-in on PATH (the one seam): two GPUs of 81559 and 40960 MiB."""
+    from launcher.plan import memory
+    from launcher.plan.topology import local_gpu_memory
+
+    _stand_in(tmp_path / "bin", "nvidia-smi", 'case "$1" in\n  -L) echo "GPU 0: A"; echo "GPU 1: B" ;;\n'
+                                              '  *) echo 81559; echo 40960 ;;\nesac\n')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert local_gpu_memory() == 40960 * 1024**2
+    monkeypatch.setattr(memory, "_run_probe", lambda request: TRACED)
+    monkeypatch.setenv("LAUNCHER_CACHE_DIR", str(tmp_path / "cache"))
+    path, loaded, launch_plan = _prepared(tmp_path)
+    verdict = memory.check(path, (), loaded, launch_plan, None)
+    assert verdict.data["capacity_bytes"] == 40960 * 1024**2 and "nvidia-smi" in verdict.data["capacity_source"]
+    _stand_in(tmp_path / "bin", "nvidia-smi", "exit 9\n")
+    assert local_gpu_memory() is None
+
+
+def test_slurm_node_memory_is_the_smallest_node_of_the_partition(monkeypatch, tmp_path):
+    from launcher.slurm.jobs import partition_node_memory
+
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    _stand_in(tmp_path / "bin", "sinfo", "echo 257000; echo '128000+'\n")
+    assert partition_node_memory("cpu") == 128000 * 1024**2
+    _stand_in(tmp_path / "bin", "sinfo", "echo 1\n")  # RealMemory not configured: Slurm says 1 MB
+    assert partition_node_memory("cpu") is None

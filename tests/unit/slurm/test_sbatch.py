@@ -188,3 +188,10 @@ def test_a_failed_submit_leaves_no_secret_behind(tmp_path, monkeypatch):
 def test_a_secret_cannot_be_swept():
     problems = check_options(_options(sweeps=("cluster.env.HF_TOKEN=a,b",)))
     assert [p.path for p in problems] == ["--sweep"] and "secret" in problems[0].message
+
+
+def test_the_jobs_own_run_gets_the_memory_size_and_the_override_that_submit_got():
+    text = render_sbatch(_request(device_memory="40GiB", memory_check=False))
+    command = text.strip().splitlines()[-1]
+    assert "--device-memory 40GiB --no-memory-check --" in command
+    assert "--no-memory-check" not in render_sbatch(_request())
