@@ -62,6 +62,16 @@ PROBE = "launcher.runtime.memory_probe"  # run as `python -m`, never imported he
 GiB = 1024**3
 FIXED_GPU_BYTES = int(0.75 * GiB)  # CUDA context ~0.5 GiB + NCCL communicator buffers
 GPU_HEADROOM = 0.10  # fragmentation of the caching allocator, as a share of the predicted bytes
+# A node's host memory beyond the ranks' tensors: proportional set sizes (PSS: a page shared by
+# processes counts once among them) summed over real jobs' process trees, torch 2.14.1 on CPU,
+# fitted by bench/host_memory.py (bench/results/host-memory-cpu-*.jsonl has the cases).
+# MLP at 1, 2 and 4 ranks: 610, 726 and 984 MiB, so 485 MiB once a node (the launcher, torchrun's
+# agent, torch's shared libraries) and 125 MiB a rank, its pages shared with the agent it forks
+# from; GPT small with two workers a rank: 119 MiB more than without, 30 MiB a worker.
+AGENT_HOST_BYTES = 485 * 1024**2  # the launcher, torchrun's agent (which imports torch), shared libraries
+RANK_HOST_BYTES = 125 * 1024**2  # a rank's own pages beside its tensors, for the MLP module
+WORKER_HOST_BYTES = 30 * 1024**2  # a forked DataLoader worker: the pages it writes (refcounts, batches)
+MLP_PROBE_BYTES = 361 * 1024**2  # the MLP's trace child's anonymous memory, against which others add
 
 # Device memory of known accelerators (bytes the driver reports, rounded down to the GiB). Keys
 # are lowercase names as Slurm's gres types and nvidia-smi spell them.
@@ -91,6 +101,7 @@ class Model:
     with_gradients_checkpointed: dict[int, int] = field(default_factory=dict)
     precision: str = "fp32"
     trainable_sizes: tuple[int, ...] = ()
+    process_bytes: int = 0  # the trace child's own anonymous memory (interpreter, torch, libraries)
 
     def partition_overlap(self, world_size: int) -> int:
         """Elements of the whole tensors that overlap one rank's ZeRO partition, on the rank with
@@ -331,6 +342,25 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * 1024**power)
 
 
+def host_per_node(model: Model, result: Estimate, setup: Setup, nproc: int, workers: int) -> list[Term]:
+    """A node's host memory: the processes (fitted figures above; a recipe module whose libraries
+    hold more than the MLP's, as its trace child measures, adds the difference to each rank), the
+    ranks' tensors where they have no GPU, what they offload, and their loaders' worker
+    processes. Preprocessing caches are memory-mapped: page cache, shared by the node's ranks and
+    given back under pressure; not counted."""
+    libraries = max(0, model.process_bytes - MLP_PROBE_BYTES) if model.process_bytes else 0
+    terms = [Term("the launcher and torchrun's agent", AGENT_HOST_BYTES),
+             Term(f"{nproc} rank processes (interpreter, torch, libraries)", nproc * (RANK_HOST_BYTES + libraries))]
+    if not setup.gpu:
+        terms.append(Term(f"{nproc} ranks' tensors (the device is host memory)", nproc * result.peak))
+    elif result.host_peak:
+        terms.append(Term(f"{nproc} ranks' offloaded states", nproc * result.host_peak))
+    if workers:
+        terms.append(Term(f"{nproc * workers} data loader workers ({workers} a rank)",
+                          nproc * workers * WORKER_HOST_BYTES))
+    return [dataclasses.replace(term, host=True) for term in terms]
+
+
 def host_share(nproc: int) -> int:
     """Each rank's share of this machine's memory (MemTotal / processes per node)."""
     with open("/proc/meminfo", encoding="ascii") as handle:
@@ -369,7 +399,8 @@ def probe_model(path: str, overrides: tuple[str, ...], micros: list[int], checkp
                  with_gradients=table("with_gradients"), batch_bytes=table("batch_bytes"),
                  activations_checkpointed=table("activations_checkpointed"),
                  with_gradients_checkpointed=table("with_gradients_checkpointed"), precision=figures["precision"],
-                 trainable_sizes=tuple(figures.get("trainable_sizes", ())))
+                 trainable_sizes=tuple(figures.get("trainable_sizes", ())),
+                 process_bytes=figures.get("process_private_bytes", 0))
 
 
 # What the trace reads of a recipe: the model, the data's shapes, the precision and activation
@@ -544,6 +575,7 @@ def check(recipe_path: str, overrides: tuple[str, ...], loaded, launch_plan, dev
 
     recipe, math = loaded.recipe, launch_plan.math
     nproc = max(launch_plan.procs_by_node)
+    here = gpu is None and node_memory is None  # the job runs on this machine
     found = _capacity(device_memory, gpu, gpu_types, node_memory, nproc)
     if found is None:
         return Verdict(["# memory per rank: not checked: give --device-memory (the GPU's size is not known here)"],
@@ -563,40 +595,71 @@ def check(recipe_path: str, overrides: tuple[str, ...], loaded, launch_plan, dev
         return Verdict([f"# memory per rank: not estimated: {model}"], {"not_estimated": model}, True)
     setup = setup_of(recipe, math, gpu)
     result = estimate(model, setup)
-    fits = result.peak <= capacity
-    lines = render(result, capacity, source, nproc)
+    host = host_per_node(model, result, setup, nproc, int(getattr(recipe.data, "workers", 0) or 0))
+    host_total = sum(term.bytes for term in host)
+    node = node_memory or (host_share(1) if here else None)  # the ranks' node, where its size is known
+    lines = render(result, capacity, source, nproc) + render_host(host, node)
     data = {"peak_bytes": result.peak, "peak_phase": result.phase, "capacity_bytes": capacity,
             "capacity_source": source, "host_peak_bytes": result.host_peak,
-            "host_peak_bytes_per_node": result.host_peak * nproc, "fits": fits,
+            "host_peak_bytes_per_node": result.host_peak * nproc, "fits": result.peak <= capacity,
             "terms": [{"what": t.what, "bytes": t.bytes, "phase": t.phase, "host": t.host}
-                      for t in result.terms if t.bytes > 0]}
-    suggestion = ""
-    if not fits:
+                      for t in result.terms if t.bytes > 0],
+            "host_bytes_per_node": host_total, "node_memory_bytes": node, "host_fits": not node or host_total <= node,
+            "host_terms": [{"what": t.what, "bytes": t.bytes} for t in host if t.bytes > 0]}
+    parts = []
+    if not data["fits"]:
         if not recipe.train.activation_checkpointing:
             with_checkpointing = probe_model(recipe_path, overrides, micros, True, fingerprint)
             model = with_checkpointing if isinstance(with_checkpointing, Model) else model
-        micro = largest_fitting_micro(model, setup, capacity, math.global_batch)
-        other = alternatives(model, setup, capacity)
-        parts = []
-        if micro:
-            accumulation = math.global_batch // (micro * math.world_size)
-            smaller = estimate(model, dataclasses.replace(setup, micro=micro, accumulation=accumulation))
-            parts.append(f"batch.micro={micro} (accumulation {accumulation} keeps batch.global "
-                         f"{math.global_batch}; predicted {_gib(smaller.peak)})")
-        if other:
-            parts.append(("or, " if parts else "") + f"at batch.micro {math.micro}: " + ", ".join(other))
-        suggestion = "; ".join(parts) or "no micro-batch, ZeRO stage, offload or checkpointing fits this device"
+        parts.append(_suggestion(model, setup, capacity, math, data))
+    if not data["host_fits"]:
+        parts.append("for host memory per node: fewer processes a node (--nproc), fewer data.workers, or less "
+                     "offload")
+    suggestion = "; ".join(parts)
+    if suggestion:
         lines.append(f"  does not fit: {suggestion}")
-        data.update({"suggested_micro": micro, "alternatives": other})
-    return Verdict(lines, data, fits, suggestion)
+    return Verdict(lines, data, not parts, suggestion)
+
+
+def _suggestion(model: Model, setup: Setup, capacity: int, math, data: dict) -> str:
+    """What would fit the device: a smaller micro-batch with the accumulation that keeps the global
+    batch, and settings that make the current one fit (also into data)."""
+    micro = largest_fitting_micro(model, setup, capacity, math.global_batch)
+    other = alternatives(model, setup, capacity)
+    parts = []
+    if micro:
+        accumulation = math.global_batch // (micro * math.world_size)
+        smaller = estimate(model, dataclasses.replace(setup, micro=micro, accumulation=accumulation))
+        parts.append(f"batch.micro={micro} (accumulation {accumulation} keeps batch.global "
+                     f"{math.global_batch}; predicted {_gib(smaller.peak)})")
+    if other:
+        parts.append(("or, " if parts else "") + f"at batch.micro {math.micro}: " + ", ".join(other))
+    data.update({"suggested_micro": micro, "alternatives": other})
+    return "; ".join(parts) or "no micro-batch, ZeRO stage, offload or checkpointing fits this device"
+
+
+def render_host(terms: list[Term], node: int | None) -> list[str]:
+    shown = [term for term in terms if term.bytes > 0]
+    width = max(len(term.what) for term in shown)
+    total = sum(term.bytes for term in shown)
+    of = f" of {_gib(node)}" if node else ""
+    return (["# host memory per node (preprocessing caches are memory-mapped: page cache, not counted)"]
+            + [f"  {term.what.ljust(width)}  {_gib(term.bytes)}" for term in shown]
+            + [f"  {'total'.ljust(width)}  {_gib(total)}{of}"])
 
 
 def refusal(recipe_path: str, loaded, verdict: Verdict):
     """The RecipeError that `run` and `submit` exit 2 with."""
     from launcher.config.errors import Problem, RecipeError
 
-    peak, capacity = verdict.data["peak_bytes"], verdict.data["capacity_bytes"]
-    return RecipeError(recipe_path, [Problem(
-        "batch.micro", f"the job is predicted to need {_gib(peak)} per rank, more than the "
-        f"{_gib(capacity)} available ({verdict.data['capacity_source']})",
-        f"{verdict.suggestion}; --no-memory-check starts it anyway", loaded.location("batch.micro"))])
+    data = verdict.data
+    if data["fits"]:  # the device holds it; the node's host memory does not
+        key, message = "cluster.nproc_per_node", (
+            f"the job is predicted to need {_gib(data['host_bytes_per_node'])} of host memory per node, more than "
+            f"its {_gib(data['node_memory_bytes'])}")
+    else:
+        key, message = "batch.micro", (
+            f"the job is predicted to need {_gib(data['peak_bytes'])} per rank, more than the "
+            f"{_gib(data['capacity_bytes'])} available ({data['capacity_source']})")
+    return RecipeError(recipe_path, [Problem(key, message, f"{verdict.suggestion}; --no-memory-check starts it anyway",
+                                             loaded.location(key))])

@@ -13,7 +13,9 @@ allocation as the real step would make it. What is measured here, per rank and u
   gradients together (for engines that keep every gradient whole), at each micro-batch size;
 - the bytes of one micro-batch as the loader hands it over;
 - the largest trainable tensor (an optimizer's per-tensor temporaries) and the largest block of
-  parameters (FSDP gathers one block at a time).
+  parameters (FSDP gathers one block at a time);
+- this process's own anonymous memory after all that (the interpreter, torch and the recipe's
+  libraries: what a rank's process holds beside its tensors).
 
 How the engines shard, copy and buffer these is arithmetic, in launcher/plan/memory.py.
 """
@@ -66,7 +68,21 @@ def probe(path: str, overrides: list[str], micros: list[int], checkpointed_too: 
             out["activations" + key][str(micro)], out["with_gradients" + key][str(micro)] = beside, joint
             out["batch_bytes"][str(micro)] = sum(t.numel() * t.element_size() for t in _tensors(batch))
     out["seconds"] = round(time.perf_counter() - started, 3)
+    out["process_private_bytes"] = _private_bytes()
     return out
+
+
+def _private_bytes() -> int:
+    """This process's anonymous resident memory: the interpreter, torch and the recipe module's
+    libraries as a rank holds them, without tensors (everything here was on the meta device)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _parameter_figures(model) -> dict:

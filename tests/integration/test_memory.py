@@ -93,26 +93,38 @@ def test_without_a_size_run_checks_its_share_of_this_machines_memory(tmp_path):
     assert not (tmp_path / "huge").exists()
 
 
-def test_submit_to_a_partition_without_gpus_checks_its_nodes_memory(tmp_path):
-    """sinfo (a stand-in) says the partition's nodes have 1000 MB: two processes a node get 500 MB
-    each, and an MLP of 4 x 4096^2 weights (268 MB in fp32, about 1 GB with its gradients, DDP
-    buckets and AdamW states) does not fit; 16 GB nodes do, and then sbatch runs."""
+def _submit_to_cpu_nodes(tmp_path, node_mb: int, name: str, *overrides) -> subprocess.CompletedProcess:
+    """`launcher submit` of the MLP, two processes a node, where sinfo (a stand-in) says the
+    partition's nodes have node_mb MB and sbatch (a stand-in) leaves a mark."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sinfo").write_text(f"#!/bin/sh\ncat {tmp_path}/node-mb\n")
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sinfo").write_text(f"#!/bin/sh\necho {node_mb}\n")
     (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/sbatch-ran\necho 7\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     env = launcher_env(PATH=f"{bin_dir}:{launcher_env()['PATH']}")
-    argv = ["launcher", "submit", "mlp-tiny", "model.hidden=4096", "model.layers=4", "--nodes", "1", "--nproc", "2",
-            "--partition", "cpu"]
-    (tmp_path / "node-mb").write_text("1000\n")
-    done = subprocess.run([*argv, "--run-dir", str(tmp_path / "small")], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    argv = ["launcher", "submit", "mlp-tiny", *overrides, "--nodes", "1", "--nproc", "2", "--partition", "cpu",
+            "--run-dir", str(tmp_path / name)]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_submit_to_a_partition_without_gpus_checks_its_nodes_memory(tmp_path):
+    """Nodes of 1000 MB: two processes get 500 MB each, and an MLP of 4 x 4096^2 weights (268 MB in
+    fp32, about 1 GB with its gradients, DDP buckets and AdamW states) does not fit; 16 GB nodes
+    do, and then sbatch runs."""
+    done = _submit_to_cpu_nodes(tmp_path, 1000, "small", "model.hidden=4096", "model.layers=4")
     assert done.returncode == 2, done.stderr
     assert "the partition's node memory / 2 processes" in done.stderr
     assert not (tmp_path / "sbatch-ran").exists() and not (tmp_path / "small").exists()
-    (tmp_path / "node-mb").write_text("16000\n")
-    done = subprocess.run([*argv, "--run-dir", str(tmp_path / "large")], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    done = _submit_to_cpu_nodes(tmp_path, 16000, "large", "model.hidden=4096", "model.layers=4")
     assert done.returncode == 0 and (tmp_path / "sbatch-ran").exists(), done.stderr
+
+
+def test_a_node_whose_processes_do_not_fit_beside_the_tensors_is_refused(tmp_path):
+    """4 x 2048^2 weights: about 0.35 GB a rank, under the 500 MB share of a 1000 MB node, but two
+    ranks' tensors, their processes and torchrun's agent are more than the node: refused, naming
+    host memory per node."""
+    done = _submit_to_cpu_nodes(tmp_path, 1000, "job", "model.hidden=2048", "model.layers=4")
+    assert done.returncode == 2, done.stderr
+    assert "of host memory per node, more than" in done.stderr and "cluster.nproc_per_node" in done.stderr
+    assert not (tmp_path / "sbatch-ran").exists()

@@ -214,3 +214,28 @@ def test_slurm_node_memory_is_the_smallest_node_of_the_partition(monkeypatch, tm
     assert partition_node_memory("cpu") == 128000 * 1024**2
     _stand_in(tmp_path / "bin", "sinfo", "echo 1\n")  # RealMemory not configured: Slurm says 1 MB
     assert partition_node_memory("cpu") is None
+
+
+def test_host_memory_per_node_counts_processes_tensors_offload_and_workers():
+    from launcher.plan.memory import (
+        AGENT_HOST_BYTES,
+        MLP_PROBE_BYTES,
+        RANK_HOST_BYTES,
+        WORKER_HOST_BYTES,
+        host_per_node,
+    )
+
+    cpu = estimate(MODEL, DDP)
+    found = {t.what: t.bytes for t in host_per_node(MODEL, cpu, DDP, nproc=4, workers=2)}
+    assert found == {"the launcher and torchrun's agent": AGENT_HOST_BYTES,
+                     "4 rank processes (interpreter, torch, libraries)": 4 * RANK_HOST_BYTES,
+                     "4 ranks' tensors (the device is host memory)": 4 * cpu.peak,
+                     "8 data loader workers (2 a rank)": 8 * WORKER_HOST_BYTES}
+    heavier = dataclasses.replace(MODEL, process_bytes=MLP_PROBE_BYTES + 100 * MiB)  # transformers, say
+    found = {t.what: t.bytes for t in host_per_node(heavier, cpu, DDP, nproc=4, workers=0)}
+    assert found["4 rank processes (interpreter, torch, libraries)"] == 4 * (RANK_HOST_BYTES + 100 * MiB)
+    offload = dataclasses.replace(DDP, backend="deepspeed", zero_stage=3, offload_optimizer=True, gpu=True)
+    gpu = estimate(MODEL, offload)
+    found = {t.what: t.bytes for t in host_per_node(MODEL, gpu, offload, nproc=8, workers=0)}
+    assert gpu.host_peak > 0 and found["8 ranks' offloaded states"] == 8 * gpu.host_peak
+    assert not any("tensors" in what for what in found)  # on a GPU they are device memory
