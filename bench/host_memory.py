@@ -1,11 +1,13 @@
 """Host memory per node, predicted against the memory a real job's processes hold.
 
 For each case: `launcher plan --memory --json` predicts the node's host memory; `launcher run`
-is sampled every 0.2 s, and the measured figure is the largest sum over the job's process tree
-(the launcher, torchrun's agent, the ranks, their DataLoader workers) of each process's
-proportional set size (PSS, /proc/PID/smaps_rollup): shared pages (torch's libraries, a worker's
-copy-on-write pages) count once across the processes that share them, as they do in the node's
-memory. One JSON line per case into bench/results/host-memory-cpu-<time>.jsonl.
+is sampled every 0.2 s over its process tree (the launcher, torchrun's agent, the ranks, their
+DataLoader workers), and the measured figure is the largest, over the samples, of the pages each
+process holds alone (Private_Clean + Private_Dirty, /proc/PID/smaps_rollup) summed, plus the
+shared pages of the process with the most: torch's libraries and the copy-on-write pages a
+forked rank or worker still shares with its parent are the same pages in every process, and count
+once, as they do in a node that runs this job alone. (PSS would split them with whatever else runs
+on the machine.) One JSON line per case into bench/results/host-memory-cpu-<time>.jsonl.
 
     python bench/host_memory.py                 # the cases below (about 5 minutes on 2 cores)
     python bench/host_memory.py --only gpt-2x2  # one of them
@@ -57,14 +59,25 @@ def tree(root: int) -> list[int]:
     return found
 
 
-def pss(pid: int) -> int:
+def pages(pid: int) -> tuple[int, int]:
+    """(private, shared) resident bytes of a process; (0, 0) once it is gone."""
+    private = shared = 0
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+            name, _, value = line.partition(":")
+            if name in ("Private_Clean", "Private_Dirty"):
+                private += int(value.split()[0]) * 1024
+            elif name in ("Shared_Clean", "Shared_Dirty"):
+                shared += int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return private, shared
+
+
+def held(pids: list[int]) -> int:
+    """What the processes hold together: each one's own pages, and the shared ones once."""
+    counted = [pages(pid) for pid in pids]
+    return sum(private for private, _ in counted) + max((shared for _, shared in counted), default=0)
 
 
 def case(name: str, work: Path) -> dict:
@@ -85,7 +98,7 @@ def case(name: str, work: Path) -> dict:
     measured, ranks_seen = 0, 0
     while job.poll() is None:
         pids = tree(job.pid)
-        measured = max(measured, sum(pss(pid) for pid in pids))
+        measured = max(measured, held(pids))
         ranks_seen = max(ranks_seen, len(pids))
         time.sleep(0.2)
     if job.returncode != 0:

@@ -62,15 +62,15 @@ PROBE = "launcher.runtime.memory_probe"  # run as `python -m`, never imported he
 GiB = 1024**3
 FIXED_GPU_BYTES = int(0.75 * GiB)  # CUDA context ~0.5 GiB + NCCL communicator buffers
 GPU_HEADROOM = 0.10  # fragmentation of the caching allocator, as a share of the predicted bytes
-# A node's host memory beyond the ranks' tensors: proportional set sizes (PSS: a page shared by
-# processes counts once among them) summed over real jobs' process trees, torch 2.14.1 on CPU,
-# fitted by bench/host_memory.py (bench/results/host-memory-cpu-*.jsonl has the cases).
-# MLP at 1, 2 and 4 ranks: 610, 726 and 984 MiB, so 485 MiB once a node (the launcher, torchrun's
-# agent, torch's shared libraries) and 125 MiB a rank, its pages shared with the agent it forks
-# from; GPT small with two workers a rank: 119 MiB more than without, 30 MiB a worker.
-AGENT_HOST_BYTES = 485 * 1024**2  # the launcher, torchrun's agent (which imports torch), shared libraries
-RANK_HOST_BYTES = 125 * 1024**2  # a rank's own pages beside its tensors, for the MLP module
-WORKER_HOST_BYTES = 30 * 1024**2  # a forked DataLoader worker: the pages it writes (refcounts, batches)
+# A node's host memory beyond the ranks' tensors, fitted by bench/host_memory.py from real jobs'
+# process trees on torch 2.14.1, CPU (bench/results/host-memory-cpu-*.jsonl has the cases): each
+# process's own pages summed, and the pages they share (torch's libraries, what a forked rank
+# shares with the agent) once. The MLP at 1, 2 and 4 ranks held 1024, 1136 and 1367 MiB: 910 MiB
+# once a node and 114 MiB a rank; GPT small with two loader workers a rank held 14 MiB more than
+# without (4 MiB a worker beside the batches it prefetches).
+AGENT_HOST_BYTES = 910 * 1024**2  # the launcher, torchrun's agent (which imports torch), shared libraries
+RANK_HOST_BYTES = 114 * 1024**2  # a rank's own pages beside its tensors, for the MLP module
+WORKER_HOST_BYTES = 4 * 1024**2  # a forked loader worker's own pages, beside its prefetched batches
 MLP_PROBE_BYTES = 361 * 1024**2  # the MLP's trace child's anonymous memory, against which others add
 
 # Device memory of known accelerators (bytes the driver reports, rounded down to the GiB). Keys
@@ -355,9 +355,10 @@ def host_per_node(model: Model, result: Estimate, setup: Setup, nproc: int, work
         terms.append(Term(f"{nproc} ranks' tensors (the device is host memory)", nproc * result.peak))
     elif result.host_peak:
         terms.append(Term(f"{nproc} ranks' offloaded states", nproc * result.host_peak))
-    if workers:
+    if workers:  # each prefetches two batches (the DataLoader's default prefetch_factor)
+        batches = 2 * model.at(model.batch_bytes, setup.micro)
         terms.append(Term(f"{nproc * workers} data loader workers ({workers} a rank)",
-                          nproc * workers * WORKER_HOST_BYTES))
+                          nproc * workers * (WORKER_HOST_BYTES + batches)))
     return [dataclasses.replace(term, host=True) for term in terms]
 
 

@@ -230,7 +230,7 @@ def test_host_memory_per_node_counts_processes_tensors_offload_and_workers():
     assert found == {"the launcher and torchrun's agent": AGENT_HOST_BYTES,
                      "4 rank processes (interpreter, torch, libraries)": 4 * RANK_HOST_BYTES,
                      "4 ranks' tensors (the device is host memory)": 4 * cpu.peak,
-                     "8 data loader workers (2 a rank)": 8 * WORKER_HOST_BYTES}
+                     "8 data loader workers (2 a rank)": 8 * (WORKER_HOST_BYTES + 2 * 16000)}
     heavier = dataclasses.replace(MODEL, process_bytes=MLP_PROBE_BYTES + 100 * MiB)  # transformers, say
     found = {t.what: t.bytes for t in host_per_node(heavier, cpu, DDP, nproc=4, workers=0)}
     assert found["4 rank processes (interpreter, torch, libraries)"] == 4 * (RANK_HOST_BYTES + 100 * MiB)
