@@ -150,13 +150,14 @@ def memory_verdict(recipe_path, overrides, loaded, launch_plan, device_memory, *
     """The memory estimate (launcher/plan/memory.py), with a size that does not parse as an error
     the user can fix (exit 2)."""
     from launcher.config.errors import Problem, RecipeError
-    from launcher.plan.memory import check
+    from launcher.plan.memory import check, parse_size
 
-    try:
-        return check(recipe_path, overrides, loaded, launch_plan, device_memory, **where)
+    try:  # only the size: any other error is ours, not a flag to fix
+        parse_size(device_memory) if device_memory else None
     except ValueError as error:
         raise RecipeError(recipe_path, [Problem("", str(error), "e.g. --device-memory 80GiB", "--device-memory")]) \
             from None
+    return check(recipe_path, overrides, loaded, launch_plan, device_memory, **where)
 
 
 def refuse_if_it_does_not_fit(recipe_path, overrides, loaded, launch_plan, device_memory, **where) -> None:

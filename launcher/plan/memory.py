@@ -67,9 +67,11 @@ GPU_HEADROOM = 0.10  # fragmentation of the caching allocator, as a share of the
 # process's own pages summed, and the pages they share (torch's libraries, what a forked rank
 # shares with the agent) once. The MLP at 1, 2 and 4 ranks held 1024, 1136 and 1367 MiB: 910 MiB
 # once a node and 114 MiB a rank; GPT small with two loader workers a rank held 14 MiB more than
-# without (4 MiB a worker beside the batches it prefetches).
+# without (4 MiB a worker beside the batches it prefetches); the MLP on ZeRO-2 held 173 MiB more
+# than on DDP at 2 ranks (DeepSpeed's modules and its CPU Adam op: 86 MiB a rank).
 AGENT_HOST_BYTES = 910 * 1024**2  # the launcher, torchrun's agent (which imports torch), shared libraries
 RANK_HOST_BYTES = 114 * 1024**2  # a rank's own pages beside its tensors, for the MLP module
+DEEPSPEED_RANK_BYTES = 86 * 1024**2  # what importing DeepSpeed and its CPU ops adds to a rank
 WORKER_HOST_BYTES = 4 * 1024**2  # a forked loader worker's own pages, beside its prefetched batches
 MLP_PROBE_BYTES = 361 * 1024**2  # the MLP's trace child's anonymous memory, against which others add
 
@@ -349,6 +351,7 @@ def host_per_node(model: Model, result: Estimate, setup: Setup, nproc: int, work
     processes. Preprocessing caches are memory-mapped: page cache, shared by the node's ranks and
     given back under pressure; not counted."""
     libraries = max(0, model.process_bytes - MLP_PROBE_BYTES) if model.process_bytes else 0
+    libraries += DEEPSPEED_RANK_BYTES if setup.backend == "deepspeed" else 0
     terms = [Term("the launcher and torchrun's agent", AGENT_HOST_BYTES),
              Term(f"{nproc} rank processes (interpreter, torch, libraries)", nproc * (RANK_HOST_BYTES + libraries))]
     if not setup.gpu:
@@ -641,7 +644,7 @@ def _suggestion(model: Model, setup: Setup, capacity: int, math, data: dict) -> 
 
 def render_host(terms: list[Term], node: int | None) -> list[str]:
     shown = [term for term in terms if term.bytes > 0]
-    width = max(len(term.what) for term in shown)
+    width = max((len(term.what) for term in shown), default=0)
     total = sum(term.bytes for term in shown)
     of = f" of {_gib(node)}" if node else ""
     return (["# host memory per node (preprocessing caches are memory-mapped: page cache, not counted)"]

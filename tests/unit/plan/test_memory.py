@@ -219,6 +219,7 @@ def test_slurm_node_memory_is_the_smallest_node_of_the_partition(monkeypatch, tm
 def test_host_memory_per_node_counts_processes_tensors_offload_and_workers():
     from launcher.plan.memory import (
         AGENT_HOST_BYTES,
+        DEEPSPEED_RANK_BYTES,
         MLP_PROBE_BYTES,
         RANK_HOST_BYTES,
         WORKER_HOST_BYTES,
@@ -239,3 +240,6 @@ def test_host_memory_per_node_counts_processes_tensors_offload_and_workers():
     found = {t.what: t.bytes for t in host_per_node(MODEL, gpu, offload, nproc=8, workers=0)}
     assert gpu.host_peak > 0 and found["8 ranks' offloaded states"] == 8 * gpu.host_peak
     assert not any("tensors" in what for what in found)  # on a GPU they are device memory
+    zero = dataclasses.replace(DDP, backend="deepspeed", zero_stage=2)
+    found = {t.what: t.bytes for t in host_per_node(MODEL, estimate(MODEL, zero), zero, nproc=2, workers=0)}
+    assert found["2 rank processes (interpreter, torch, libraries)"] == 2 * (RANK_HOST_BYTES + DEEPSPEED_RANK_BYTES)
