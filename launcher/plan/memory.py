@@ -104,6 +104,7 @@ class Model:
     precision: str = "fp32"
     trainable_sizes: tuple[int, ...] = ()
     process_bytes: int = 0  # the trace child's own anonymous memory (interpreter, torch, libraries)
+    cannot_train: dict[int, str] = field(default_factory=dict)  # micro-batch -> the model's own error
 
     def partition_overlap(self, world_size: int) -> int:
         """Elements of the whole tensors that overlap one rank's ZeRO partition, on the rank with
@@ -404,7 +405,8 @@ def probe_model(path: str, overrides: tuple[str, ...], micros: list[int], checkp
                  activations_checkpointed=table("activations_checkpointed"),
                  with_gradients_checkpointed=table("with_gradients_checkpointed"), precision=figures["precision"],
                  trainable_sizes=tuple(figures.get("trainable_sizes", ())),
-                 process_bytes=figures.get("process_private_bytes", 0))
+                 process_bytes=figures.get("process_private_bytes", 0),
+                 cannot_train={int(m): e for m, e in figures.get("cannot_train", {}).items()})
 
 
 # What the trace reads of a recipe: the model, the data's shapes, the precision and activation
@@ -597,6 +599,8 @@ def check(recipe_path: str, overrides: tuple[str, ...], loaded, launch_plan, dev
     model = probe_model(recipe_path, overrides, micros, False, fingerprint)
     if isinstance(model, str):
         return Verdict([f"# memory per rank: not estimated: {model}"], {"not_estimated": model}, True)
+    if math.micro in model.cannot_train:
+        return _untrainable(model, math)
     setup = setup_of(recipe, math, gpu)
     result = estimate(model, setup)
     host = host_per_node(model, result, setup, nproc, int(getattr(recipe.data, "workers", 0) or 0))
@@ -623,6 +627,19 @@ def check(recipe_path: str, overrides: tuple[str, ...], loaded, launch_plan, dev
     if suggestion:
         lines.append(f"  does not fit: {suggestion}")
     return Verdict(lines, data, not parts, suggestion)
+
+
+def _untrainable(model: Model, math) -> Verdict:
+    """The model's own refusal of this micro-batch size, seen in its trace while another size
+    traced: the first step would fail the same way."""
+    error = model.cannot_train[math.micro]
+    works = [m for m in sorted(model.activations) if math.global_batch % (m * math.world_size) == 0]
+    hint = (f"batch.micro={works[0]} (accumulation {math.global_batch // (works[0] * math.world_size)} keeps "
+            f"batch.global {math.global_batch})" if works else
+            f"a batch.micro the model trains at, e.g. {min(model.activations)}, with a batch.global it divides")
+    lines = [f"# memory per rank: the model cannot train at batch.micro={math.micro}: {error}",
+             f"  does not fit: {hint}"]
+    return Verdict(lines, {"cannot_train": error, "micro": math.micro, "fits": False}, False, hint)
 
 
 def _suggestion(model: Model, setup: Setup, capacity: int, math, data: dict) -> str:
@@ -657,6 +674,11 @@ def refusal(recipe_path: str, loaded, verdict: Verdict):
     from launcher.config.errors import Problem, RecipeError
 
     data = verdict.data
+    if "cannot_train" in data:
+        return RecipeError(recipe_path, [Problem(
+            "batch.micro", f"the model cannot train at batch.micro={data['micro']}: {data['cannot_train']} "
+            "(its trace at another size works)", f"{verdict.suggestion}; --no-memory-check starts it anyway",
+            loaded.location("batch.micro"))])
     if data["fits"]:  # the device holds it; the node's host memory does not
         key, message = "cluster.nproc_per_node", (
             f"the job is predicted to need {_gib(data['host_bytes_per_node'])} of host memory per node, more than "

@@ -14,6 +14,8 @@ allocation as the real step would make it. What is measured here, per rank and u
 - the bytes of one micro-batch as the loader hands it over;
 - the largest trainable tensor (an optimizer's per-tensor temporaries) and the largest block of
   parameters (FSDP gathers one block at a time);
+- the sizes the model itself cannot train at, with its error, when another size traces (a model
+  with BatchNorm refuses one sample: the real step would fail the same way);
 - this process's own anonymous memory after all that (the interpreter, torch and the recipe's
   libraries: what a rank's process holds beside its tensors).
 
@@ -63,10 +65,17 @@ def probe(path: str, overrides: list[str], micros: list[int], checkpointed_too: 
         for micro in micros:  # one model for every size: the gradients are dropped between traces
             with torch.device("meta"):
                 batch = made.batch(micro)
-            beside, joint = _activation_peak(model, batch, made.loss)
+            try:
+                beside, joint = _activation_peak(model, batch, made.loss)
+            except Exception as error:  # a size the model itself refuses (BatchNorm on one sample)
+                model.zero_grad(set_to_none=True)
+                out.setdefault("cannot_train", {})[str(micro)] = f"{type(error).__name__}: {error}"[:500]
+                continue
             model.zero_grad(set_to_none=True)
             out["activations" + key][str(micro)], out["with_gradients" + key][str(micro)] = beside, joint
             out["batch_bytes"][str(micro)] = sum(t.numel() * t.element_size() for t in _tensors(batch))
+    if not out["activations"]:  # no size traced: the trace itself fails, not one size
+        raise RuntimeError(next(iter(out.get("cannot_train", {}).values()), "nothing traced"))
     out["seconds"] = round(time.perf_counter() - started, 3)
     out["process_private_bytes"] = _private_bytes()
     return out

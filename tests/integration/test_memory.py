@@ -128,3 +128,15 @@ def test_a_node_whose_processes_do_not_fit_beside_the_tensors_is_refused(tmp_pat
     assert done.returncode == 2, done.stderr
     assert "of host memory per node, more than" in done.stderr and "cluster.nproc_per_node" in done.stderr
     assert not (tmp_path / "sbatch-ran").exists()
+
+
+def test_a_micro_batch_the_model_cannot_train_at_is_refused_before_the_run(tmp_path):
+    """ResNet's BatchNorm cannot train on one sample a rank: the trace at micro 1 fails in the
+    model while micro 2 traces, and the run is refused with that error and micro 2, instead of
+    starting a job whose first step would raise the same ValueError."""
+    done = launch("resnet-transfer-tiny", tmp_path / "one", 'model.weights=""', "batch.micro=1", "batch.global=4",
+                  "train.steps=2", "scheduler.warmup_steps=0", "train.eval_every=0", nproc=2)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "cannot train at batch.micro=1" in done.stderr and "more than 1 value per channel" in done.stderr
+    assert "batch.micro=2 (accumulation 1 keeps batch.global 4)" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "one").exists()
