@@ -68,8 +68,8 @@ def submit(recipe_path, overrides, run_dir, dry_run, device_memory, no_memory_ch
 
     options = SlurmOptions(**slurm, device_memory=device_memory or "", memory_check=not no_memory_check)
     submission = refusing(lambda: plan_submission(recipe_path, overrides, options, run_dir))
-    if not no_memory_check:
-        refusing(lambda: check_memory(recipe_path, overrides, submission, options, device_memory))
+    if options.memory_check:
+        refusing(lambda: check_memory(recipe_path, overrides, submission, options))
     if dry_run:
         click.echo(submission.script, nl=False)
         return
@@ -116,15 +116,14 @@ def plan_submission(recipe_path: str, overrides: tuple[str, ...], options: Slurm
     return Submission(render_sbatch(request), directory, loaded, resolved, len(array), secret_env, launch_plan)
 
 
-def check_memory(recipe_path: str, overrides: tuple[str, ...], submission: Submission, options: SlurmOptions,
-                 device_memory: str | None) -> None:
+def check_memory(recipe_path: str, overrides: tuple[str, ...], submission: Submission, options: SlurmOptions) -> None:
     """Refuse, before the queue, a job predicted not to fit: its GPUs' size from --device-memory or
     the partition's GPU type (sinfo); without GPUs, its nodes' memory (sinfo) shared by the
     processes of a node. Not checked when Slurm says neither."""
     from launcher.cli.common import refuse_if_it_does_not_fit
     from launcher.slurm.jobs import partition_gpu_types, partition_node_memory
 
-    gpu = options.gpus_per_node > 0
+    gpu, device_memory = options.gpus_per_node > 0, options.device_memory
     where: dict = {"gpu": gpu}
     if gpu and not device_memory:
         where["gpu_types"] = tuple(partition_gpu_types(options.partition))

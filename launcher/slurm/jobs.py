@@ -142,24 +142,26 @@ def log_files(job_id: str, run_dir: Path | None) -> list[Path]:
 def partition_gpu_types(partition: str) -> list[str]:
     """The GPU types the partition's nodes offer (`gpu:a100:8` -> a100), from sinfo; [] when it
     names none or sinfo cannot answer (the memory check then asks for --device-memory)."""
-    argv = ["sinfo", "--noheader", "--format=%G", *(["--partition", partition] if partition else [])]
-    try:
-        done = _run(argv, timeout=20)
-    except SlurmError:
-        return []
-    return gpu_types_of_gres(done.stdout) if done.returncode == 0 else []
+    answer = _sinfo_column(partition, "%G")
+    return gpu_types_of_gres(answer) if answer is not None else []
 
 
 def partition_node_memory(partition: str) -> int | None:
     """Bytes of the smallest node's memory in the partition (sinfo's %m, in MB), or None when
     sinfo cannot say."""
-    argv = ["sinfo", "--noheader", "--format=%m", *(["--partition", partition] if partition else [])]
+    answer = _sinfo_column(partition, "%m")
+    sizes = [int(word.rstrip("+")) for word in (answer or "").split() if word.rstrip("+").isdigit()]
+    return min(sizes) * 1024**2 if sizes and min(sizes) > 1 else None
+
+
+def _sinfo_column(partition: str, field: str) -> str | None:
+    """sinfo's column `field` (%G, %m) for the partition's nodes, or None when sinfo cannot answer."""
+    argv = ["sinfo", "--noheader", f"--format={field}", *(["--partition", partition] if partition else [])]
     try:
         done = _run(argv, timeout=20)
     except SlurmError:
         return None
-    sizes = [int(word.rstrip("+")) for word in done.stdout.split() if word.rstrip("+").isdigit()]
-    return min(sizes) * 1024**2 if done.returncode == 0 and sizes and min(sizes) > 1 else None
+    return done.stdout if done.returncode == 0 else None
 
 
 def gpu_types_of_gres(text: str) -> list[str]:
